@@ -1,0 +1,356 @@
+#include "chain.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "status.h"
+
+int rg_chain_validate(const double *T, int64_t V, double tol,
+                      int64_t *bad_row, int64_t *bad_col, double *bad_value)
+{
+    for (int64_t i = 0; i < V; i++) {
+        const double *row = T + i * V;
+        double sum = 0.0;
+        for (int64_t j = 0; j < V; j++) {
+            double x = row[j];
+            if (!isfinite(x) || x < 0.0) {
+                *bad_row = i; *bad_col = j; *bad_value = x;
+                return isfinite(x) ? RG_ERR_VALUE : RG_ERR_NOT_FINITE;
+            }
+            sum += x;
+        }
+        if (fabs(sum - 1.0) > tol) {
+            *bad_row = i; *bad_col = -1; *bad_value = sum;
+            return RG_ERR_VALUE;
+        }
+    }
+    return RG_OK;
+}
+
+/* Tarjan's strongly connected components on the graph i -> j iff T[i,j] > 0, iteratively.
+ * comp[v] receives the component number; closed[c] = 1 if no edge leaves component c.
+ * work: 4*V int64 (index, low, stack, call stack) + V uint8 on-stack flags + V int64 edge
+ * cursors.  Returns the number of components. */
+static int64_t strongly_connected(const double *T, int64_t V, int64_t *comp, uint8_t *closed,
+                                  int64_t *work, uint8_t *onstack)
+{
+    int64_t *index = work, *low = work + V, *stack = work + 2 * V, *calls = work + 3 * V;
+    int64_t *cursor = work + 4 * V;
+    int64_t next_index = 0, sp = 0, n_comp = 0;
+    for (int64_t v = 0; v < V; v++) { index[v] = -1; onstack[v] = 0; }
+    for (int64_t root = 0; root < V; root++) {
+        if (index[root] >= 0) continue;
+        int64_t depth = 0;
+        calls[depth] = root; cursor[root] = 0;
+        index[root] = low[root] = next_index++;
+        stack[sp++] = root; onstack[root] = 1;
+        while (depth >= 0) {
+            int64_t v = calls[depth];
+            if (cursor[v] < V) {
+                int64_t w = cursor[v]++;
+                if (!(T[v * V + w] > 0.0)) continue;
+                if (index[w] < 0) {
+                    index[w] = low[w] = next_index++;
+                    stack[sp++] = w; onstack[w] = 1;
+                    cursor[w] = 0;
+                    calls[++depth] = w;
+                } else if (onstack[w] && index[w] < low[v]) {
+                    low[v] = index[w];
+                }
+                continue;
+            }
+            if (low[v] == index[v]) { /* v roots a component */
+                int64_t w;
+                do {
+                    w = stack[--sp]; onstack[w] = 0; comp[w] = n_comp;
+                } while (w != v);
+                n_comp++;
+            }
+            depth--;
+            if (depth >= 0) {
+                int64_t u = calls[depth];
+                if (low[v] < low[u]) low[u] = low[v];
+            }
+        }
+    }
+    for (int64_t c = 0; c < n_comp; c++) closed[c] = 1;
+    for (int64_t i = 0; i < V; i++)
+        for (int64_t j = 0; j < V; j++)
+            if (T[i * V + j] > 0.0 && comp[i] != comp[j]) closed[comp[i]] = 0;
+    return n_comp;
+}
+
+int rg_chain_stationary(const double *T, int64_t V, double *pi,
+                        int64_t *n_closed, int64_t example[2])
+{
+    int status = RG_OK;
+    int64_t *iwork = malloc(sizeof(int64_t) * (size_t)(7 * V));
+    uint8_t *bwork = malloc((size_t)(2 * V));
+    double *P = NULL;
+    if (!iwork || !bwork) { status = RG_ERR_NOMEM; goto exit; }
+    int64_t *comp = iwork, *members = iwork + V, *scc_work = iwork + 2 * V;
+    uint8_t *closed = bwork, *onstack = bwork + V;
+
+    int64_t n_comp = strongly_connected(T, V, comp, closed, scc_work, onstack);
+    /* the closed classes, with one member of each of the first two for the error message */
+    int64_t closed_comp = -1;
+    *n_closed = 0;
+    example[0] = example[1] = -1;
+    for (int64_t c = 0; c < n_comp; c++) *n_closed += closed[c];
+    for (int64_t v = 0; v < V; v++) {
+        if (!closed[comp[v]]) continue;
+        if (closed_comp < 0) { closed_comp = comp[v]; example[0] = v; }
+        else if (comp[v] != closed_comp && example[1] < 0) example[1] = v;
+    }
+    if (*n_closed != 1) { status = RG_ERR_REDUCIBLE; goto exit; }
+
+    int64_t m = 0;
+    for (int64_t v = 0; v < V; v++)
+        if (comp[v] == closed_comp) members[m++] = v;
+    P = malloc(sizeof(double) * (size_t)(m * m));
+    if (!P) { status = RG_ERR_NOMEM; goto exit; }
+    for (int64_t a = 0; a < m; a++)
+        for (int64_t b = 0; b < m; b++)
+            P[a * m + b] = T[members[a] * V + members[b]];
+
+    /* GTH: eliminate states m-1..1; the censored chain on {0..k-1} gets
+     * P[i][j] += P[i][k] P[k][j] / S_k with S_k = sum_{j<k} P[k][j] (all terms >= 0). */
+    for (int64_t k = m - 1; k >= 1; k--) {
+        double s = 0.0;
+        for (int64_t j = 0; j < k; j++) s += P[k * m + j];
+        if (!(s > 0.0)) { status = RG_ERR_REDUCIBLE; goto exit; } /* cannot happen if closed */
+        for (int64_t i = 0; i < k; i++) P[i * m + k] /= s;
+        RG_BLAS(cblas_dger)(CblasRowMajor, (int)k, (int)k, 1.0, P + k, (int)m, P + k * m, 1,
+                            P, (int)m);
+    }
+    double *x = malloc(sizeof(double) * (size_t)m);
+    if (!x) { status = RG_ERR_NOMEM; goto exit; }
+    x[0] = 1.0;
+    double total = 1.0;
+    for (int64_t j = 1; j < m; j++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < j; i++) acc += x[i] * P[i * m + j];
+        x[j] = acc;
+        total += acc;
+    }
+    for (int64_t v = 0; v < V; v++) pi[v] = 0.0;
+    for (int64_t a = 0; a < m; a++) pi[members[a]] = x[a] / total;
+    free(x);
+exit:
+    free(P);
+    free(iwork);
+    free(bwork);
+    return status;
+}
+
+int rg_chain_eigenvalues(const double *T, int64_t V, double *re, double *im, int64_t *info)
+{
+    double *A = malloc(sizeof(double) * (size_t)(V * V));
+    if (!A) return RG_ERR_NOMEM;
+    memcpy(A, T, sizeof(double) * (size_t)(V * V));
+    lapack_int rc = RG_BLAS(LAPACKE_dgeev)(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)V, A,
+                                           (lapack_int)V, re, im, NULL, 1, NULL, 1);
+    free(A);
+    *info = rc;
+    return rc == 0 ? RG_OK : RG_ERR_LAPACK;
+}
+
+void rg_sampler_thresholds(const double *T, const double *init, int64_t V, uint64_t *thr)
+{
+    const double scale = 4294967296.0; /* 2^32 */
+    for (int64_t r = 0; r <= V; r++) {
+        const double *p = r < V ? T + r * V : init;
+        uint64_t *row = thr + r * V;
+        double cdf = 0.0;
+        for (int64_t j = 0; j < V; j++) {
+            cdf += p[j];
+            double t = nearbyint(cdf * scale);
+            row[j] = t >= scale ? (uint64_t)1 << 32 : (uint64_t)t;
+        }
+        row[V - 1] = (uint64_t)1 << 32;
+    }
+}
+
+/* First j with u < row[j]: a branch-free count for small V, binary search beyond. */
+static inline int32_t draw_state(const uint64_t *row, int64_t V, uint64_t u)
+{
+    if (V <= 32) {
+        int32_t count = 0;
+        for (int64_t j = 0; j < V - 1; j++) count += (u >= row[j]);
+        return count;
+    }
+    int64_t lo = 0, hi = V - 1;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (u < row[mid]) hi = mid; else lo = mid + 1;
+    }
+    return (int32_t)lo;
+}
+
+void rg_sample_sequence(const uint64_t *thr, int64_t V, rg_rng *rng, int64_t L, int32_t *out)
+{
+    int32_t x = draw_state(thr + V * V, V, rg_rng_u32(rng));
+    out[0] = x;
+    for (int64_t t = 1; t < L; t++) {
+        x = draw_state(thr + (int64_t)x * V, V, rg_rng_u32(rng));
+        out[t] = x;
+    }
+}
+
+void rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
+                     int64_t n, int64_t L, int32_t *out)
+{
+    rg_rng rng;
+    for (int64_t i = 0; i < n; i++) {
+        rg_rng_init(&rng, seed, RG_DOMAIN_SAMPLE, first + (uint64_t)i);
+        rg_sample_sequence(thr, V, &rng, L, out + i * L);
+    }
+}
+
+void rg_mask_sequence(rg_rng *rng, const int32_t *tokens, int64_t L, double rate, int64_t span,
+                      int32_t mask_id, int32_t *masked, uint8_t *mask)
+{
+    double p_start = rate / (double)span;
+    int64_t n_masked = 0;
+    memset(mask, 0, (size_t)L);
+    for (int64_t t = 0; t < L; t++) {
+        if (rg_rng_uniform(rng) < p_start) {
+            for (int64_t s = t; s < t + span && s < L; s++) mask[s] = 1;
+            n_masked++;
+        }
+    }
+    if (n_masked == 0) {
+        int64_t t = (int64_t)(rg_rng_uniform(rng) * (double)L);
+        if (t >= L) t = L - 1;
+        for (int64_t s = t; s < t + span && s < L; s++) mask[s] = 1;
+    }
+    for (int64_t t = 0; t < L; t++) masked[t] = mask[t] ? mask_id : tokens[t];
+}
+
+void rg_mask_tokens(const int32_t *tokens, int64_t n, int64_t L, double rate, int64_t span,
+                    uint64_t seed, uint64_t first, int32_t mask_id,
+                    int32_t *masked, uint8_t *mask)
+{
+    rg_rng rng;
+    for (int64_t i = 0; i < n; i++) {
+        rg_rng_init(&rng, seed, RG_DOMAIN_MASK, first + (uint64_t)i);
+        rg_mask_sequence(&rng, tokens + i * L, L, rate, span, mask_id, masked + i * L,
+                         mask + i * L);
+    }
+}
+
+/* Scale a row to sum 1; returns the sum (0 means the row was all zero). */
+static inline double normalize_row(double *row, int64_t V)
+{
+    double s = 0.0;
+    for (int64_t j = 0; j < V; j++) s += row[j];
+    if (s > 0.0) {
+        double inv = 1.0 / s;
+        for (int64_t j = 0; j < V; j++) row[j] *= inv;
+    }
+    return s;
+}
+
+int rg_chain_posterior(const double *T, const double *pi, int64_t V,
+                       const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
+                       double *out, double *work, int64_t *bad_seq, int64_t *bad_pos)
+{
+    const int64_t ld = L * V; /* row stride of out viewed as (n, L*V) */
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t t = 0; t < L; t++)
+            if (!mask[i * L + t] && (tokens[i * L + t] < 0 || tokens[i * L + t] >= V)) {
+                *bad_seq = i; *bad_pos = t;
+                return RG_ERR_VALUE;
+            }
+
+    /* Forward: out[i, t] = P(x_t | visible x_0..x_t), normalised per step. */
+    for (int64_t i = 0; i < n; i++)
+        memcpy(out + i * ld, pi, sizeof(double) * (size_t)V);
+    for (int64_t t = 0; t < L; t++) {
+        if (t > 0)
+            RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)V,
+                                 (int)V, 1.0, out + (t - 1) * V, (int)ld, T, (int)V, 0.0,
+                                 out + t * V, (int)ld);
+        for (int64_t i = 0; i < n; i++) {
+            double *a = out + i * ld + t * V;
+            if (mask[i * L + t]) {
+                normalize_row(a, V);
+                continue;
+            }
+            int32_t x = tokens[i * L + t];
+            if (!(a[x] > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+            memset(a, 0, sizeof(double) * (size_t)V);
+            a[x] = 1.0;
+        }
+    }
+
+    /* Backward: b = P(visible x_{t+1..L-1} | x_t) up to a per-row scale; out[t] *= b. */
+    double *b = work, *g = work + n * V;
+    for (int64_t k = 0; k < n * V; k++) b[k] = 1.0;
+    for (int64_t t = L - 2; t >= 0; t--) {
+        /* g = e_{t+1} * b_{t+1}: the evidence at t+1 times what lies beyond it */
+        for (int64_t i = 0; i < n; i++) {
+            double *gi = g + i * V;
+            const double *bi = b + i * V;
+            if (mask[i * L + t + 1]) {
+                memcpy(gi, bi, sizeof(double) * (size_t)V);
+            } else {
+                int32_t x = tokens[i * L + t + 1];
+                memset(gi, 0, sizeof(double) * (size_t)V);
+                gi[x] = bi[x];
+            }
+        }
+        RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)V, (int)V,
+                             1.0, g, (int)V, T, (int)V, 0.0, b, (int)V);
+        for (int64_t i = 0; i < n; i++) {
+            double *bi = b + i * V;
+            if (!(normalize_row(bi, V) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+            double *a = out + i * ld + t * V;
+            for (int64_t j = 0; j < V; j++) a[j] *= bi[j];
+            if (!(normalize_row(a, V) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+        }
+    }
+    return RG_OK;
+}
+
+int rg_chain_bayes_nll(const double *T, const double *pi, int64_t V,
+                       const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
+                       double *nll_sum, int64_t *count, int64_t *bad_seq, int64_t *bad_pos)
+{
+    /* chunk so that the posterior workspace stays near 32 MiB whatever n is */
+    int64_t chunk = (int64_t)(4u << 20) / (L * V + 2 * V);
+    if (chunk < 1) chunk = 1;
+    if (chunk > n) chunk = n;
+    double *post = malloc(sizeof(double) * (size_t)(chunk * (L * V + 2 * V)));
+    if (!post) return RG_ERR_NOMEM;
+    double *work = post + chunk * L * V;
+    double sum = 0.0;
+    int64_t cnt = 0;
+    int status = RG_OK;
+    for (int64_t s = 0; s < n; s += chunk) {
+        int64_t m = n - s < chunk ? n - s : chunk;
+        for (int64_t k = s * L; k < (s + m) * L; k++)
+            if (tokens[k] < 0 || tokens[k] >= V) {
+                *bad_seq = k / L; *bad_pos = k % L;
+                status = RG_ERR_VALUE;
+                goto exit;
+            }
+        status = rg_chain_posterior(T, pi, V, tokens + s * L, mask + s * L, m, L, post, work,
+                                    bad_seq, bad_pos);
+        if (status != RG_OK) { *bad_seq += s; goto exit; }
+        for (int64_t i = 0; i < m; i++)
+            for (int64_t t = 0; t < L; t++) {
+                int64_t k = (s + i) * L + t;
+                if (!mask[k]) continue;
+                sum -= log(post[(i * L + t) * V + tokens[k]]);
+                cnt++;
+            }
+    }
+    *nll_sum = sum;
+    *count = cnt;
+exit:
+    free(post);
+    return status;
+}

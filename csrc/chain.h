@@ -1,0 +1,72 @@
+/* Markov chains: validation, stationary law, spectrum, sampling, masking and the exact
+ * masked-token posterior.  All matrices are row-major; T[i*V + j] = P(x_{t+1}=j | x_t=i). */
+#ifndef RG_CHAIN_H
+#define RG_CHAIN_H
+
+#include <stdint.h>
+#include "rng.h"
+
+/* Largest state count: token ids (and the mask id V) must fit int32 and the (V, V) matrix
+ * must be addressable; 65535 keeps V*V*8 bytes below 2^35. */
+#define RG_MAX_STATES 65535
+
+/* T must be finite, non-negative, rows summing to 1 within tol.  On failure, *bad_row and
+ * *bad_col (-1 for a row-sum failure) locate the first offending entry, *bad_value holds it (or
+ * the row sum). */
+int rg_chain_validate(const double *T, int64_t V, double tol,
+                      int64_t *bad_row, int64_t *bad_col, double *bad_value);
+
+/* Stationary law pi (V) of T.  Requires exactly one closed communicating class (else
+ * RG_ERR_REDUCIBLE with *n_closed and one state of each of the first two closed classes in
+ * example[0..1]).  pi is computed by GTH state reduction on that class (no subtractions, so it
+ * is accurate to a few ulps even for nearly decomposable chains); transient states get 0. */
+int rg_chain_stationary(const double *T, int64_t V, double *pi,
+                        int64_t *n_closed, int64_t example[2]);
+
+/* Eigenvalues of T (LAPACK dgeev), unsorted.  *info gets LAPACK's info on failure. */
+int rg_chain_eigenvalues(const double *T, int64_t V, double *re, double *im, int64_t *info);
+
+/* Inverse-CDF tables for sampling: thr is (V+1) x V, rows 0..V-1 for T, row V for the initial
+ * law.  thr[r*V + j] = round(2^32 * sum_{k<=j} p_k), the last column forced to 2^32: a 32-bit
+ * uniform u selects the first j with u < thr[j], so probabilities are resolved to 2^-32. */
+void rg_sampler_thresholds(const double *T, const double *init, int64_t V, uint64_t *thr);
+
+/* One sequence of length L from the stream rng. */
+void rg_sample_sequence(const uint64_t *thr, int64_t V, rg_rng *rng, int64_t L, int32_t *out);
+
+/* n sequences; sequence i uses stream (seed, RG_DOMAIN_SAMPLE, first + i), so any split of the
+ * index range over calls or threads gives the same tokens. out: (n, L). */
+void rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
+                     int64_t n, int64_t L, int32_t *out);
+
+/* Mask one sequence: each position starts a span of `span` masked positions with probability
+ * rate/span (span = 1: independent Bernoulli(rate) per position); if nothing was masked, one
+ * span start is drawn uniformly.  masked = tokens with masked positions set to mask_id;
+ * mask[t] = 1 where masked. */
+void rg_mask_sequence(rg_rng *rng, const int32_t *tokens, int64_t L, double rate, int64_t span,
+                      int32_t mask_id, int32_t *masked, uint8_t *mask);
+
+/* n sequences (n, L); sequence i uses stream (seed, RG_DOMAIN_MASK, first + i). */
+void rg_mask_tokens(const int32_t *tokens, int64_t n, int64_t L, double rate, int64_t span,
+                    uint64_t seed, uint64_t first, int32_t mask_id,
+                    int32_t *masked, uint8_t *mask);
+
+/* Exact posterior of every position given the visible ones (mask[i*L+t] == 0), by
+ * forward-backward with per-step normalisation.  Chains of n sequences are processed together,
+ * one dgemm per step.  tokens at visible positions must lie in [0, V); values at masked
+ * positions are ignored.  out: (n, L, V), one-hot at visible positions.  work: 2*n*V doubles.
+ * RG_ERR_VALUE: visible token out of range at (*bad_seq, *bad_pos).
+ * RG_ERR_ZERO_PROB: the visible tokens of sequence *bad_seq are impossible (first seen at
+ * *bad_pos). */
+int rg_chain_posterior(const double *T, const double *pi, int64_t V,
+                       const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
+                       double *out, double *work, int64_t *bad_seq, int64_t *bad_pos);
+
+/* Sum over masked positions of -log posterior(true token), and their count, computed in chunks
+ * with one workspace allocation.  tokens must hold the true tokens everywhere.  A true token
+ * with posterior 0 contributes +inf. */
+int rg_chain_bayes_nll(const double *T, const double *pi, int64_t V,
+                       const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
+                       double *nll_sum, int64_t *count, int64_t *bad_seq, int64_t *bad_pos);
+
+#endif

@@ -1,0 +1,634 @@
+/* rgflow._core: the one file that sees Python.h.
+ *
+ * Every entry point parses its arguments, validates dtype / ndim / shape / values, converts to
+ * C-contiguous arrays (copying only when needed, never casting lossily), releases the GIL
+ * around the kernel and turns kernel status codes into exceptions naming the argument.
+ * References are released at one `exit:` label per function. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define NPY_NO_DEPRECATED_API NPY_1_23_API_VERSION
+#define NPY_TARGET_VERSION NPY_1_23_API_VERSION
+#include <numpy/arrayobject.h>
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "blas.h"
+#include "chain.h"
+#include "status.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Argument converters                                                                         */
+
+/* PyErr_Format knows no floating-point conversions: format with vsnprintf instead. */
+static void rg_error(PyObject *type, const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    PyErr_SetString(type, buf);
+}
+
+/* "float64 array of shape (3, 4)" for error messages. */
+static void describe(PyArrayObject *a, char *buf, size_t size)
+{
+    int n = snprintf(buf, size, "%s array of shape (", PyArray_DESCR(a)->typeobj->tp_name);
+    for (int d = 0; d < PyArray_NDIM(a) && n > 0 && (size_t)n < size; d++)
+        n += snprintf(buf + n, size - (size_t)n, d ? ", %ld" : "%ld", (long)PyArray_DIM(a, d));
+    if (n > 0 && (size_t)n < size)
+        snprintf(buf + n, size - (size_t)n, PyArray_NDIM(a) == 1 ? ",)" : ")");
+}
+
+static PyArrayObject *as_any_array(PyObject *obj, const char *name)
+{
+    if (obj == Py_None) {
+        rg_error(PyExc_TypeError, "%s must be an array, got None", name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FROMANY(obj, NPY_NOTYPE, 0, 0, 0);
+    if (!a && PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        rg_error(PyExc_TypeError, "%s must be array-like", name);
+    }
+    return a;
+}
+
+static int check_ndim(PyArrayObject *a, const char *name, int ndim, const char *what)
+{
+    if (PyArray_NDIM(a) == ndim) return 0;
+    char buf[160];
+    describe(a, buf, sizeof buf);
+    rg_error(PyExc_ValueError, "%s must be a %d-D array %s, got a %s", name, ndim, what, buf);
+    return -1;
+}
+
+/* A float array converted losslessly to float64 (float16/32/64 and integers are accepted;
+ * complex, bool and object are not), C-contiguous, all finite. */
+static PyArrayObject *float64_array(PyObject *obj, const char *name, int ndim, const char *what)
+{
+    PyArrayObject *a = as_any_array(obj, name), *out = NULL;
+    if (!a) return NULL;
+    int type = PyArray_TYPE(a);
+    if (!(PyArray_ISFLOAT(a) || PyArray_ISINTEGER(a)) || type == NPY_LONGDOUBLE) {
+        char buf[160];
+        describe(a, buf, sizeof buf);
+        rg_error(PyExc_TypeError, "%s must be a real floating-point array, got a %s", name,
+                     buf);
+        goto exit;
+    }
+    if (check_ndim(a, name, ndim, what) < 0) goto exit;
+    out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_FLOAT64, 0, 0,
+                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!out) goto exit;
+    const double *x = PyArray_DATA(out);
+    npy_intp size = PyArray_SIZE(out);
+    for (npy_intp k = 0; k < size; k++)
+        if (!isfinite(x[k])) {
+            rg_error(PyExc_ValueError, "%s contains a non-finite value (%s) at flat index %zd",
+                         name, isnan(x[k]) ? "nan" : x[k] > 0 ? "inf" : "-inf", k);
+            Py_CLEAR(out);
+            goto exit;
+        }
+exit:
+    Py_DECREF(a);
+    return out;
+}
+
+/* An integer array converted to int32 after checking every value lies in [lo, hi]. */
+static PyArrayObject *int32_array(PyObject *obj, const char *name, int ndim, const char *what,
+                                  int64_t lo, int64_t hi)
+{
+    PyArrayObject *a = as_any_array(obj, name), *wide = NULL, *out = NULL;
+    if (!a) return NULL;
+    if (!PyArray_ISINTEGER(a)) {
+        char buf[160];
+        describe(a, buf, sizeof buf);
+        rg_error(PyExc_TypeError, "%s must be an integer array, got a %s", name, buf);
+        goto exit;
+    }
+    if (check_ndim(a, name, ndim, what) < 0) goto exit;
+    if (PyArray_TYPE(a) == NPY_UINT64 || PyArray_TYPE(a) == NPY_ULONGLONG ||
+        (PyArray_TYPE(a) == NPY_ULONG && sizeof(long) == 8)) {
+        /* values >= 2^63 would wrap in int64: check against hi first in unsigned space */
+        PyArrayObject *u = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_UINT64, 0, 0,
+                                                            NPY_ARRAY_IN_ARRAY);
+        if (!u) goto exit;
+        const uint64_t *x = PyArray_DATA(u);
+        for (npy_intp k = 0; k < PyArray_SIZE(u); k++)
+            if (x[k] > (uint64_t)hi) {
+                rg_error(PyExc_ValueError, "%s has a value %llu at flat index %zd outside "
+                             "[%lld, %lld]", name, (unsigned long long)x[k], k, (long long)lo,
+                             (long long)hi);
+                Py_DECREF(u);
+                goto exit;
+            }
+        Py_DECREF(u);
+    }
+    wide = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_INT64, 0, 0,
+                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!wide) goto exit;
+    const int64_t *x = PyArray_DATA(wide);
+    npy_intp size = PyArray_SIZE(wide);
+    for (npy_intp k = 0; k < size; k++)
+        if (x[k] < lo || x[k] > hi) {
+            rg_error(PyExc_ValueError, "%s has a value %lld at flat index %zd outside "
+                         "[%lld, %lld]", name, (long long)x[k], k, (long long)lo,
+                         (long long)hi);
+            goto exit;
+        }
+    out = (PyArrayObject *)PyArray_FROMANY((PyObject *)wide, NPY_INT32, 0, 0,
+                                           NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+exit:
+    Py_DECREF(a);
+    Py_XDECREF(wide);
+    return out;
+}
+
+/* A boolean array, C-contiguous (one byte per element, 0 or 1). */
+static PyArrayObject *bool_array(PyObject *obj, const char *name, int ndim, const char *what)
+{
+    PyArrayObject *a = as_any_array(obj, name), *out = NULL;
+    if (!a) return NULL;
+    if (PyArray_TYPE(a) != NPY_BOOL) {
+        char buf[160];
+        describe(a, buf, sizeof buf);
+        rg_error(PyExc_TypeError, "%s must be a boolean array, got a %s", name, buf);
+        goto exit;
+    }
+    if (check_ndim(a, name, ndim, what) < 0) goto exit;
+    out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_BOOL, 0, 0, NPY_ARRAY_IN_ARRAY);
+exit:
+    Py_DECREF(a);
+    return out;
+}
+
+/* A positive size (n, length, ...), with a clear error for 0, negatives and non-integers. */
+static int size_arg(PyObject *obj, void *out)
+{
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        rg_error(PyExc_TypeError, "sizes must be integers, got %s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    PyObject *idx = PyNumber_Index(obj);
+    if (!idx) return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(idx, &overflow);
+    Py_DECREF(idx);
+    if (v == -1 && PyErr_Occurred()) return 0;
+    if (overflow > 0 || v > (long long)PY_SSIZE_T_MAX) v = PY_SSIZE_T_MAX;
+    if (overflow < 0) v = -1;
+    *(int64_t *)out = (int64_t)v;
+    return 1;
+}
+
+/* seed: a non-negative integer below 2^64. */
+static int seed_arg(PyObject *obj, void *out)
+{
+    if (PyBool_Check(obj) || !PyLong_Check(obj)) {
+        rg_error(PyExc_TypeError, "seed must be an int, got %s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "seed must be an integer in [0, 2**64)");
+        return 0;
+    }
+    *(uint64_t *)out = (uint64_t)v;
+    return 1;
+}
+
+static int check_positive(int64_t v, const char *name)
+{
+    if (v > 0) return 0;
+    rg_error(PyExc_ValueError, "%s must be positive, got %lld", name, (long long)v);
+    return -1;
+}
+
+/* n * m * itemsize must fit in memory addressing; returns -1 with ValueError otherwise. */
+static int check_product(int64_t n, int64_t m, int64_t itemsize, const char *what)
+{
+    if (n > 0 && m > 0 && n > (int64_t)(PY_SSIZE_T_MAX / itemsize) / m) {
+        rg_error(PyExc_ValueError, "%s = %lld x %lld is too large", what, (long long)n,
+                     (long long)m);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *raise_status(int status, const char *context)
+{
+    if (status == RG_ERR_NOMEM) return PyErr_NoMemory();
+    rg_error(status == RG_ERR_LAPACK ? PyExc_RuntimeError : PyExc_ValueError, "%s: %s",
+                 context, rg_strerror(status));
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Chains                                                                                      */
+
+/* Square float64 transition matrix, validated as row-stochastic. */
+static PyArrayObject *transition_arg(PyObject *obj, double tol)
+{
+    PyArrayObject *T = float64_array(obj, "transition", 2, "of shape (V, V)");
+    if (!T) return NULL;
+    int64_t V = PyArray_DIM(T, 0);
+    if (PyArray_DIM(T, 1) != V) {
+        rg_error(PyExc_ValueError, "transition must be square, got shape (%ld, %ld)",
+                     (long)PyArray_DIM(T, 0), (long)PyArray_DIM(T, 1));
+        goto fail;
+    }
+    if (V < 2 || V > RG_MAX_STATES) {
+        rg_error(PyExc_ValueError, "transition must have between 2 and %d states, got %lld",
+                     RG_MAX_STATES, (long long)V);
+        goto fail;
+    }
+    int64_t row, col;
+    double value;
+    if (rg_chain_validate(PyArray_DATA(T), V, tol, &row, &col, &value) != RG_OK) {
+        if (col >= 0)
+            rg_error(PyExc_ValueError, "transition[%lld, %lld] = %.17g is negative",
+                         (long long)row, (long long)col, value);
+        else
+            rg_error(PyExc_ValueError, "transition row %lld sums to %.17g, not 1 (tolerance "
+                         "%g)", (long long)row, value, tol);
+        goto fail;
+    }
+    return T;
+fail:
+    Py_DECREF(T);
+    return NULL;
+}
+
+/* Stationary law matching transition (length V, non-negative, summing to 1). */
+static PyArrayObject *stationary_arg(PyObject *obj, int64_t V)
+{
+    PyArrayObject *pi = float64_array(obj, "stationary", 1, "of shape (V,)");
+    if (!pi) return NULL;
+    if (PyArray_DIM(pi, 0) != V) {
+        rg_error(PyExc_ValueError, "stationary must have length %lld (the number of states), "
+                     "got %ld", (long long)V, (long)PyArray_DIM(pi, 0));
+        goto fail;
+    }
+    const double *p = PyArray_DATA(pi);
+    double sum = 0.0;
+    for (int64_t j = 0; j < V; j++) {
+        if (p[j] < 0.0) {
+            rg_error(PyExc_ValueError, "stationary[%lld] = %.17g is negative", (long long)j,
+                         p[j]);
+            goto fail;
+        }
+        sum += p[j];
+    }
+    if (fabs(sum - 1.0) > 1e-9) {
+        rg_error(PyExc_ValueError, "stationary sums to %.17g, not 1", sum);
+        goto fail;
+    }
+    return pi;
+fail:
+    Py_DECREF(pi);
+    return NULL;
+}
+
+static PyObject *py_chain_check(PyObject *self, PyObject *args)
+{
+    PyObject *T_obj;
+    double tol;
+    if (!PyArg_ParseTuple(args, "Od:chain_check", &T_obj, &tol)) return NULL;
+    PyArrayObject *T = transition_arg(T_obj, tol);
+    if (!T) return NULL;
+    Py_DECREF(T);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_chain_stationary(PyObject *self, PyObject *args)
+{
+    PyObject *T_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "O:chain_stationary", &T_obj)) return NULL;
+    PyArrayObject *T = transition_arg(T_obj, 1e-9), *pi = NULL;
+    if (!T) return NULL;
+    int64_t V = PyArray_DIM(T, 0), n_closed = 0, example[2];
+    npy_intp dims[1] = {V};
+    pi = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_FLOAT64);
+    if (!pi) goto exit;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_stationary(PyArray_DATA(T), V, PyArray_DATA(pi), &n_closed, example);
+    Py_END_ALLOW_THREADS
+    if (status == RG_ERR_REDUCIBLE) {
+        rg_error(PyExc_ValueError, "transition has %lld closed classes (states %lld and %lld "
+                     "lie in different ones), so its stationary law is not unique",
+                     (long long)n_closed, (long long)example[0], (long long)example[1]);
+        goto exit;
+    }
+    if (status != RG_OK) { raise_status(status, "transition"); goto exit; }
+    result = (PyObject *)pi;
+    pi = NULL;
+exit:
+    Py_DECREF(T);
+    Py_XDECREF(pi);
+    return result;
+}
+
+static PyObject *py_chain_eigenvalues(PyObject *self, PyObject *args)
+{
+    PyObject *T_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "O:chain_eigenvalues", &T_obj)) return NULL;
+    PyArrayObject *T = transition_arg(T_obj, 1e-9), *ev = NULL;
+    if (!T) return NULL;
+    int64_t V = PyArray_DIM(T, 0), info = 0;
+    npy_intp dims[1] = {V};
+    ev = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_COMPLEX128);
+    double *re = PyMem_Malloc(sizeof(double) * 2 * (size_t)V);
+    if (!ev || !re) { if (!re) PyErr_NoMemory(); goto exit; }
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_eigenvalues(PyArray_DATA(T), V, re, re + V, &info);
+    Py_END_ALLOW_THREADS
+    if (status != RG_OK) {
+        rg_error(PyExc_RuntimeError, "LAPACK dgeev failed (info = %lld)", (long long)info);
+        goto exit;
+    }
+    double *z = PyArray_DATA(ev);
+    for (int64_t j = 0; j < V; j++) { z[2 * j] = re[j]; z[2 * j + 1] = re[V + j]; }
+    result = (PyObject *)ev;
+    ev = NULL;
+exit:
+    PyMem_Free(re);
+    Py_DECREF(T);
+    Py_XDECREF(ev);
+    return result;
+}
+
+static PyObject *py_chain_sample(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"transition", "stationary", "n", "length", "seed", "first", NULL};
+    PyObject *T_obj, *pi_obj, *result = NULL;
+    int64_t n, L, first = 0;
+    uint64_t seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO&O&O&|O&:chain_sample", kwlist, &T_obj,
+                                     &pi_obj, size_arg, &n, size_arg, &L, seed_arg, &seed,
+                                     size_arg, &first))
+        return NULL;
+    if (check_positive(n, "n") < 0 || check_positive(L, "length") < 0) return NULL;
+    if (first < 0) { PyErr_SetString(PyExc_ValueError, "first must be >= 0"); return NULL; }
+    if (check_product(n, L, 4, "n * length") < 0) return NULL;
+    PyArrayObject *T = transition_arg(T_obj, 1e-9), *pi = NULL, *out = NULL;
+    uint64_t *thr = NULL;
+    if (!T) return NULL;
+    int64_t V = PyArray_DIM(T, 0);
+    if (!(pi = stationary_arg(pi_obj, V))) goto exit;
+    npy_intp dims[2] = {n, L};
+    out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
+    thr = PyMem_Malloc(sizeof(uint64_t) * (size_t)((V + 1) * V));
+    if (!out || !thr) { if (!thr) PyErr_NoMemory(); goto exit; }
+    Py_BEGIN_ALLOW_THREADS
+    rg_sampler_thresholds(PyArray_DATA(T), PyArray_DATA(pi), V, thr);
+    rg_chain_sample(thr, V, seed, (uint64_t)first, n, L, PyArray_DATA(out));
+    Py_END_ALLOW_THREADS
+    result = (PyObject *)out;
+    out = NULL;
+exit:
+    PyMem_Free(thr);
+    Py_DECREF(T);
+    Py_XDECREF(pi);
+    Py_XDECREF(out);
+    return result;
+}
+
+static PyObject *py_mask_tokens(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"tokens", "rate", "span", "seed", "mask_id", "first", NULL};
+    PyObject *tok_obj, *result = NULL;
+    double rate;
+    int64_t span, mask_id, first = 0;
+    uint64_t seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OdO&O&O&|O&:mask_tokens", kwlist, &tok_obj,
+                                     &rate, size_arg, &span, seed_arg, &seed, size_arg, &mask_id,
+                                     size_arg, &first))
+        return NULL;
+    if (!(rate >= 0.0 && rate <= 1.0)) {
+        rg_error(PyExc_ValueError, "rate must lie in [0, 1], got %.17g", rate);
+        return NULL;
+    }
+    if (check_positive(span, "span") < 0) return NULL;
+    if (mask_id < 1 || mask_id > RG_MAX_STATES) {
+        rg_error(PyExc_ValueError, "mask_id must lie in [1, %d], got %lld", RG_MAX_STATES,
+                     (long long)mask_id);
+        return NULL;
+    }
+    if (first < 0) { PyErr_SetString(PyExc_ValueError, "first must be >= 0"); return NULL; }
+    PyArrayObject *tok = int32_array(tok_obj, "tokens", 2, "of shape (n, length)", 0,
+                                     mask_id - 1);
+    PyArrayObject *masked = NULL, *mask = NULL;
+    if (!tok) return NULL;
+    int64_t n = PyArray_DIM(tok, 0), L = PyArray_DIM(tok, 1);
+    if (check_positive(n, "tokens.shape[0]") < 0 || check_positive(L, "tokens.shape[1]") < 0)
+        goto exit;
+    npy_intp dims[2] = {n, L};
+    masked = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
+    mask = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_BOOL);
+    if (!masked || !mask) goto exit;
+    Py_BEGIN_ALLOW_THREADS
+    rg_mask_tokens(PyArray_DATA(tok), n, L, rate, span, seed, (uint64_t)first, (int32_t)mask_id,
+                   PyArray_DATA(masked), PyArray_DATA(mask));
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("NN", masked, mask);
+    masked = mask = NULL;
+exit:
+    Py_DECREF(tok);
+    Py_XDECREF(masked);
+    Py_XDECREF(mask);
+    return result;
+}
+
+/* Shared argument handling of posterior and bayes_nll. */
+typedef struct {
+    PyArrayObject *T, *pi, *tokens, *mask;
+    int64_t V, n, L;
+} chain_obs;
+
+static void chain_obs_clear(chain_obs *c)
+{
+    Py_XDECREF(c->T); Py_XDECREF(c->pi); Py_XDECREF(c->tokens); Py_XDECREF(c->mask);
+}
+
+static int chain_obs_parse(chain_obs *c, PyObject *T_obj, PyObject *pi_obj, PyObject *tok_obj,
+                           PyObject *mask_obj)
+{
+    memset(c, 0, sizeof *c);
+    if (!(c->T = transition_arg(T_obj, 1e-9))) return -1;
+    c->V = PyArray_DIM(c->T, 0);
+    if (!(c->pi = stationary_arg(pi_obj, c->V))) return -1;
+    /* masked positions may hold the mask id V; visible ones are checked to be < V by the kernel */
+    if (!(c->tokens = int32_array(tok_obj, "tokens", 2, "of shape (n, length)", 0, c->V)))
+        return -1;
+    if (!(c->mask = bool_array(mask_obj, "mask", 2, "of shape (n, length)"))) return -1;
+    c->n = PyArray_DIM(c->tokens, 0);
+    c->L = PyArray_DIM(c->tokens, 1);
+    if (PyArray_DIM(c->mask, 0) != c->n || PyArray_DIM(c->mask, 1) != c->L) {
+        rg_error(PyExc_ValueError, "mask has shape (%ld, %ld) but tokens has shape (%lld, "
+                     "%lld)", (long)PyArray_DIM(c->mask, 0), (long)PyArray_DIM(c->mask, 1),
+                     (long long)c->n, (long long)c->L);
+        return -1;
+    }
+    if (check_positive(c->n, "tokens.shape[0]") < 0 ||
+        check_positive(c->L, "tokens.shape[1]") < 0)
+        return -1;
+    if (c->n > INT32_MAX || c->L * c->V > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "tokens is too large for the posterior kernel");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *obs_error(int status, int64_t seq, int64_t pos, const chain_obs *c)
+{
+    if (status == RG_ERR_VALUE)
+        rg_error(PyExc_ValueError, "tokens[%lld, %lld] = %d is not a state in [0, %lld)",
+                     (long long)seq, (long long)pos,
+                     ((int32_t *)PyArray_DATA(c->tokens))[seq * c->L + pos], (long long)c->V);
+    else if (status == RG_ERR_ZERO_PROB)
+        rg_error(PyExc_ValueError, "the visible tokens of sequence %lld have probability zero "
+                     "under the chain (first impossible at position %lld)", (long long)seq,
+                     (long long)pos);
+    else
+        raise_status(status, "posterior");
+    return NULL;
+}
+
+static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
+{
+    PyObject *T_obj, *pi_obj, *tok_obj, *mask_obj, *result = NULL;
+    if (!PyArg_ParseTuple(args, "OOOO:chain_posterior", &T_obj, &pi_obj, &tok_obj, &mask_obj))
+        return NULL;
+    chain_obs c;
+    PyArrayObject *out = NULL;
+    double *work = NULL;
+    if (chain_obs_parse(&c, T_obj, pi_obj, tok_obj, mask_obj) < 0) goto exit;
+    if (check_product(c.n * c.L, c.V, 8, "n * length * V") < 0) goto exit;
+    npy_intp dims[3] = {c.n, c.L, c.V};
+    out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT64);
+    work = PyMem_Malloc(sizeof(double) * 2 * (size_t)(c.n * c.V));
+    if (!out || !work) { if (!work) PyErr_NoMemory(); goto exit; }
+    int status;
+    int64_t seq = 0, pos = 0;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_posterior(PyArray_DATA(c.T), PyArray_DATA(c.pi), c.V,
+                                PyArray_DATA(c.tokens), PyArray_DATA(c.mask), c.n, c.L,
+                                PyArray_DATA(out), work, &seq, &pos);
+    Py_END_ALLOW_THREADS
+    if (status != RG_OK) { obs_error(status, seq, pos, &c); goto exit; }
+    result = (PyObject *)out;
+    out = NULL;
+exit:
+    PyMem_Free(work);
+    chain_obs_clear(&c);
+    Py_XDECREF(out);
+    return result;
+}
+
+static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
+{
+    PyObject *T_obj, *pi_obj, *tok_obj, *mask_obj;
+    if (!PyArg_ParseTuple(args, "OOOO:chain_bayes_nll", &T_obj, &pi_obj, &tok_obj, &mask_obj))
+        return NULL;
+    chain_obs c;
+    PyObject *result = NULL;
+    if (chain_obs_parse(&c, T_obj, pi_obj, tok_obj, mask_obj) < 0) goto exit;
+    int status;
+    int64_t seq = 0, pos = 0, count = 0;
+    double sum = 0.0;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_bayes_nll(PyArray_DATA(c.T), PyArray_DATA(c.pi), c.V,
+                                PyArray_DATA(c.tokens), PyArray_DATA(c.mask), c.n, c.L, &sum,
+                                &count, &seq, &pos);
+    Py_END_ALLOW_THREADS
+    if (status != RG_OK) { obs_error(status, seq, pos, &c); goto exit; }
+    result = Py_BuildValue("dL", sum, (long long)count);
+exit:
+    chain_obs_clear(&c);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Build information                                                                           */
+
+static PyObject *py_blas_info(PyObject *self, PyObject *noargs)
+{
+    return Py_BuildValue("ssi", RG_BLAS_PROVIDER, RG_BLAS(openblas_get_config)(),
+                         RG_BLAS(openblas_get_num_threads)());
+}
+
+static PyObject *py_blas_set_num_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 1024) {
+        rg_error(PyExc_ValueError, "n_threads must lie in [1, 1024], got %ld", n);
+        return NULL;
+    }
+    RG_BLAS(openblas_set_num_threads)((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_philox(PyObject *self, PyObject *args)
+{
+    unsigned int c0, c1, c2, c3, k0, k1;
+    if (!PyArg_ParseTuple(args, "(IIII)(II):philox4x32_10", &c0, &c1, &c2, &c3, &k0, &k1))
+        return NULL;
+    uint32_t ctr[4] = {c0, c1, c2, c3}, key[2] = {k0, k1}, out[4];
+    rg_philox4x32_10(ctr, key, out);
+    return Py_BuildValue("(kkkk)", (unsigned long)out[0], (unsigned long)out[1],
+                         (unsigned long)out[2], (unsigned long)out[3]);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static PyMethodDef methods[] = {
+    {"chain_check", py_chain_check, METH_VARARGS,
+     "chain_check(transition, tol): raise ValueError unless transition is row-stochastic."},
+    {"chain_stationary", py_chain_stationary, METH_VARARGS,
+     "chain_stationary(transition) -> (V,) float64 stationary law (GTH)."},
+    {"chain_eigenvalues", py_chain_eigenvalues, METH_VARARGS,
+     "chain_eigenvalues(transition) -> (V,) complex128, unsorted (LAPACK dgeev)."},
+    {"chain_sample", (PyCFunction)(void (*)(void))py_chain_sample, METH_VARARGS | METH_KEYWORDS,
+     "chain_sample(transition, stationary, n, length, seed, first=0) -> (n, length) int32."},
+    {"mask_tokens", (PyCFunction)(void (*)(void))py_mask_tokens, METH_VARARGS | METH_KEYWORDS,
+     "mask_tokens(tokens, rate, span, seed, mask_id, first=0) -> (masked int32, mask bool)."},
+    {"chain_posterior", py_chain_posterior, METH_VARARGS,
+     "chain_posterior(transition, stationary, tokens, mask) -> (n, length, V) float64."},
+    {"chain_bayes_nll", py_chain_bayes_nll, METH_VARARGS,
+     "chain_bayes_nll(transition, stationary, tokens, mask) -> (sum of -log p, count)."},
+    {"blas_info", py_blas_info, METH_NOARGS,
+     "blas_info() -> (provider, OpenBLAS config string, OpenBLAS thread count)."},
+    {"blas_set_num_threads", py_blas_set_num_threads, METH_O,
+     "blas_set_num_threads(n): set OpenBLAS's thread count."},
+    {"philox4x32_10", py_philox, METH_VARARGS,
+     "philox4x32_10((c0, c1, c2, c3), (k0, k1)) -> 4 words; for known-answer tests."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_core",
+    .m_doc = "rgflow's C compute core.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__core(void)
+{
+    import_array();
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "MAX_STATES", RG_MAX_STATES) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
