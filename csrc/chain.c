@@ -199,14 +199,102 @@ void rg_sample_sequence(const uint64_t *thr, int64_t V, rg_rng *rng, int64_t L, 
     }
 }
 
-void rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
-                     int64_t n, int64_t L, int32_t *out)
+/* Sampling is bound by the Philox arithmetic and by the latency of each draw (the next row
+ * depends on the current state).  Both go away when RG_LANES sequences advance together:
+ * Philox in structure-of-arrays form vectorises across lanes, and the draws of different
+ * lanes are independent.  The words each sequence consumes are exactly those of its scalar
+ * stream (word k = Philox(index, domain, block k/4)[k%4]), so the output is the same as
+ * rg_sample_sequence's, whatever the vector width the CPU offers. */
+#define RG_LANES 16
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define RG_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define RG_VECTOR_CLONES
+#endif
+
+/* Guide table: for each threshold row and each of the 256 buckets of the top 8 bits of u,
+ * the state drawn for every u in the bucket, or RG_GUIDE_AMBIGUOUS when a threshold falls
+ * inside the bucket (at most V - 1 of 256 buckets), where the full search decides.  Most draws
+ * are then one load.  Used for V <= RG_GUIDE_MAX_V. */
+#define RG_GUIDE_MAX_V 32
+#define RG_GUIDE_AMBIGUOUS 255
+
+static void build_guide(const uint64_t *thr, int64_t V, uint8_t *guide /* (V+1, 256) */)
 {
+    for (int64_t r = 0; r <= V; r++)
+        for (uint64_t b = 0; b < 256; b++) {
+            int32_t lo = draw_state(thr + r * V, V, b << 24);
+            int32_t hi = draw_state(thr + r * V, V, ((b + 1) << 24) - 1);
+            guide[r * 256 + b] = lo == hi ? (uint8_t)lo : RG_GUIDE_AMBIGUOUS;
+        }
+}
+
+RG_VECTOR_CLONES
+static void sample_lanes(const uint64_t *thr, const uint8_t *guide, int64_t V, uint64_t seed,
+                         uint64_t first, int64_t L, int32_t *out /* (RG_LANES, L) */)
+{
+    /* 64-bit lanes holding 32-bit words: the form in which compilers vectorise Philox's
+     * 32x32->64 multiplies (vpmuludq) */
+    uint64_t c0[RG_LANES], c1[RG_LANES], w[4][RG_LANES];
+    int64_t row[RG_LANES]; /* threshold row of the current state (V: the initial law) */
+    const uint64_t lo32 = 0xFFFFFFFFu;
+    for (int l = 0; l < RG_LANES; l++) {
+        uint64_t index = first + (uint64_t)l;
+        c0[l] = index & lo32;
+        c1[l] = index >> 32;
+        row[l] = V;
+    }
+    for (int64_t t0 = 0; t0 < L; t0 += 4) {
+        /* Philox4x32-10 on every lane: counter (index_lo, index_hi, domain, block) */
+        uint64_t *a0 = w[0], *a1 = w[1], *a2 = w[2], *a3 = w[3];
+        for (int l = 0; l < RG_LANES; l++) {
+            a0[l] = c0[l]; a1[l] = c1[l]; a2[l] = RG_DOMAIN_SAMPLE; a3[l] = (uint64_t)(t0 / 4);
+        }
+        uint64_t k0 = seed & lo32, k1 = seed >> 32;
+        for (int round = 0; round < 10; round++) {
+            for (int l = 0; l < RG_LANES; l++) {
+                uint64_t p0 = 0xD2511F53u * a0[l];
+                uint64_t p1 = 0xCD9E8D57u * a2[l];
+                a0[l] = (p1 >> 32) ^ a1[l] ^ k0;
+                a1[l] = p1 & lo32;
+                a2[l] = (p0 >> 32) ^ a3[l] ^ k1;
+                a3[l] = p0 & lo32;
+            }
+            k0 = (k0 + 0x9E3779B9u) & lo32;
+            k1 = (k1 + 0xBB67AE85u) & lo32;
+        }
+        for (int k = 0; k < 4 && t0 + k < L; k++) {
+            int64_t t = t0 + k;
+            for (int l = 0; l < RG_LANES; l++) {
+                uint64_t u = w[k][l];
+                int64_t x = guide[row[l] * 256 + (int64_t)(u >> 24)];
+                if (x == RG_GUIDE_AMBIGUOUS) x = draw_state(thr + row[l] * V, V, u);
+                out[l * L + t] = (int32_t)x;
+                row[l] = x;
+            }
+        }
+    }
+}
+
+int rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
+                    int64_t n, int64_t L, int32_t *out)
+{
+    int64_t i = 0;
+    if (V <= RG_GUIDE_MAX_V && n >= RG_LANES) {
+        uint8_t *guide = malloc((size_t)((V + 1) * 256));
+        if (!guide) return RG_ERR_NOMEM;
+        build_guide(thr, V, guide);
+        for (; i + RG_LANES <= n; i += RG_LANES)
+            sample_lanes(thr, guide, V, seed, first + (uint64_t)i, L, out + i * L);
+        free(guide);
+    }
     rg_rng rng;
-    for (int64_t i = 0; i < n; i++) {
+    for (; i < n; i++) {
         rg_rng_init(&rng, seed, RG_DOMAIN_SAMPLE, first + (uint64_t)i);
         rg_sample_sequence(thr, V, &rng, L, out + i * L);
     }
+    return RG_OK;
 }
 
 void rg_mask_sequence(rg_rng *rng, const int32_t *tokens, int64_t L, double rate, int64_t span,

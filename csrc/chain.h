@@ -36,8 +36,8 @@ void rg_sample_sequence(const uint64_t *thr, int64_t V, rg_rng *rng, int64_t L, 
 
 /* n sequences; sequence i uses stream (seed, RG_DOMAIN_SAMPLE, first + i), so any split of the
  * index range over calls or threads gives the same tokens. out: (n, L). */
-void rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
-                     int64_t n, int64_t L, int32_t *out);
+int rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
+                    int64_t n, int64_t L, int32_t *out);
 
 /* Mask one sequence: each position starts a span of `span` masked positions with probability
  * rate/span (span = 1: independent Bernoulli(rate) per position); if nothing was masked, one

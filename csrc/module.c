@@ -387,10 +387,12 @@ static PyObject *py_chain_sample(PyObject *self, PyObject *args, PyObject *kwds)
     out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
     thr = PyMem_Malloc(sizeof(uint64_t) * (size_t)((V + 1) * V));
     if (!out || !thr) { if (!thr) PyErr_NoMemory(); goto exit; }
+    int status;
     Py_BEGIN_ALLOW_THREADS
     rg_sampler_thresholds(PyArray_DATA(T), PyArray_DATA(pi), V, thr);
-    rg_chain_sample(thr, V, seed, (uint64_t)first, n, L, PyArray_DATA(out));
+    status = rg_chain_sample(thr, V, seed, (uint64_t)first, n, L, PyArray_DATA(out));
     Py_END_ALLOW_THREADS
+    if (status != RG_OK) { raise_status(status, "sample"); goto exit; }
     result = (PyObject *)out;
     out = NULL;
 exit:

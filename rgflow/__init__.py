@@ -3,7 +3,14 @@
 Markov chains with a known spectrum (:class:`MarkovChain`), the masked-token task on their
 sequences (:func:`mask_tokens`) and its exact Bayes-optimal answer, computed by a C core.
 """
-from . import _core
+try:
+    from . import _core
+except ImportError as exc:  # pragma: no cover - depends on how rgflow was installed
+    import os as _os
+    raise ImportError(
+        "rgflow's compiled core could not be imported from %s (%s). In a source checkout, "
+        "either `pip install .` and run from another directory, or build in place with "
+        "`make inplace`." % (_os.path.dirname(__file__), exc)) from exc
 from .chains import MarkovChain, mask_tokens
 
 __version__ = "0.1.0"

@@ -1,0 +1,441 @@
+"""Chains: RNG, construction, spectrum, stationary law, sampling, masking and the exact
+posterior, each against an independent reference (NumPy/SciPy, brute-force enumeration)."""
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import rgflow as rg
+from rgflow import _core
+from conftest import random_stochastic
+
+
+# --------------------------------------------------------------------------------------------
+# RNG
+
+
+def test_philox_known_answers():
+    # Random123's kat_vectors for philox4x32_10
+    assert _core.philox4x32_10((0, 0, 0, 0), (0, 0)) == (
+        0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert _core.philox4x32_10((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2) == (
+        0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert _core.philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+                               (0xA4093822, 0x299F31D0)) == (
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+# --------------------------------------------------------------------------------------------
+# Construction, stationary law and spectrum
+
+
+@pytest.mark.parametrize("V", [2, 3, 8, 50])
+def test_stationary_and_spectrum_match_numpy(rng, V):
+    T = random_stochastic(rng, V, zeros=0.3 if V > 3 else 0.0)
+    chain = rg.MarkovChain(T)
+    pi = chain.stationary
+    np.testing.assert_allclose(pi @ T, pi, atol=1e-15, rtol=0)
+    assert abs(pi.sum() - 1) < 1e-14
+    w, vl = np.linalg.eig(T.T)
+    ref = np.real(vl[:, np.argmin(abs(w - 1))])
+    np.testing.assert_allclose(pi, ref / ref.sum(), rtol=1e-10, atol=1e-14)
+    ev_ref = np.linalg.eigvals(T)
+    ev = chain.eigenvalues
+    assert np.all(np.diff(np.abs(ev)) <= 1e-12)  # sorted by decreasing modulus
+    np.testing.assert_allclose(np.sort_complex(ev), np.sort_complex(ev_ref), atol=1e-12)
+    assert abs(ev[0] - 1) < 1e-12
+    xi_ref = -1 / np.log(np.sort(np.abs(ev_ref))[-2])
+    assert chain.correlation_length == pytest.approx(xi_ref, rel=1e-10)
+
+
+def test_stationary_gth_is_accurate_for_nearly_decomposable_chain():
+    # two blocks coupled by eps: pi is known in closed form; naive eigen-solvers lose digits
+    eps = 1e-13
+    T = np.array([[1 - eps, eps, 0.0], [0.0, 0.5, 0.5], [eps, 0.0, 1 - eps]])
+    # balance: pi0*eps = pi2*eps (flow 2->0), pi0*eps = pi1*0.5, pi1*0.5 = pi2*eps
+    raw = np.array([1.0, 2 * eps, 1.0])
+    chain = rg.MarkovChain(T)
+    np.testing.assert_allclose(chain.stationary, raw / raw.sum(), rtol=1e-14)
+
+
+def test_transient_states_get_zero_mass():
+    T = np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8], [0.0, 0.6, 0.4]])
+    pi = rg.MarkovChain(T).stationary
+    assert pi[0] == 0.0
+    np.testing.assert_allclose(pi[1:], [0.6 / 1.4, 0.8 / 1.4], rtol=1e-14)
+
+
+@pytest.mark.parametrize("V", [2, 8, 64])
+@pytest.mark.parametrize("xi", [0.25, 1.0, 7.0, 100.0])
+def test_lazy_and_random_have_the_requested_correlation_length(V, xi):
+    lazy = rg.MarkovChain.lazy(V, xi)
+    assert lazy.correlation_length == pytest.approx(xi, rel=1e-9)
+    lam = np.exp(-1 / xi)
+    np.testing.assert_allclose(lazy.eigenvalues[1:].real, lam, rtol=1e-9)
+    rand = rg.MarkovChain.random(V, xi, seed=7)
+    assert rand.correlation_length == pytest.approx(xi, rel=1e-9)
+    ev = np.linalg.eigvals(rand.transition)
+    mods = np.sort(np.abs(ev))[::-1]
+    assert mods[1] == pytest.approx(lam, rel=1e-10)
+    if V <= 8:  # non-degenerate spectrum (gaps well above rounding)
+        assert np.min(np.diff(np.sort(ev.real))) > 1e-6
+    # reversible w.r.t. its stationary law
+    pi = rand.stationary
+    F = pi[:, None] * rand.transition
+    np.testing.assert_allclose(F, F.T, atol=1e-15)
+
+
+def test_correlation_length_limits():
+    iid = rg.MarkovChain.lazy(4, 0.0)
+    assert iid.correlation_length == 0.0
+    periodic = rg.MarkovChain(np.array([[0.0, 1.0], [1.0, 0.0]]))
+    assert periodic.correlation_length == float("inf")
+    np.testing.assert_allclose(periodic.stationary, [0.5, 0.5])
+
+
+def test_entropy_rate_and_unigram_entropy():
+    chain = rg.MarkovChain([[0.9, 0.1], [0.2, 0.8]])
+    pi = np.array([2 / 3, 1 / 3])
+    h = lambda p: -sum(x * np.log(x) for x in p)
+    assert chain.entropy_rate == pytest.approx(pi[0] * h([0.9, 0.1]) + pi[1] * h([0.2, 0.8]),
+                                               rel=1e-14)
+    assert chain.unigram_entropy == pytest.approx(h(pi), rel=1e-14)
+    assert rg.MarkovChain.lazy(8, 0.0).entropy_rate == pytest.approx(np.log(8), rel=1e-14)
+
+
+def test_stationary_argument_is_checked():
+    T = np.array([[0.9, 0.1], [0.2, 0.8]])
+    rg.MarkovChain(T, stationary=[2 / 3, 1 / 3])
+    with pytest.raises(ValueError, match="stationary"):
+        rg.MarkovChain(T, stationary=[0.5, 0.5])
+    with pytest.raises(ValueError, match="stationary"):
+        rg.MarkovChain.lazy(3, 1.0, stationary=[0.5, 0.5])
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+
+
+def test_sample_transition_counts_chi_square():
+    chain = rg.MarkovChain.random(6, 2.0, seed=11)
+    tok = chain.sample(4000, 50, seed=3)
+    assert tok.dtype == np.int32 and tok.shape == (4000, 50)
+    V = chain.n_states
+    counts = np.zeros((V, V))
+    np.add.at(counts, (tok[:, :-1].ravel(), tok[:, 1:].ravel()), 1)
+    for i in range(V):
+        expected = counts[i].sum() * chain.transition[i]
+        chi2, p = stats.chisquare(counts[i], expected)
+        assert p > 1e-4, (i, chi2, p)
+
+
+def test_sample_marginal_is_stationary_at_every_position():
+    chain = rg.MarkovChain.random(5, 3.0, seed=2)
+    tok = chain.sample(20000, 8, seed=5)
+    for t in range(tok.shape[1]):
+        counts = np.bincount(tok[:, t], minlength=5)
+        _, p = stats.chisquare(counts, 20000 * chain.stationary)
+        assert p > 1e-4, (t, p)
+
+
+def test_sample_reproducible_prefix_stable_and_thread_independent():
+    chain = rg.MarkovChain.lazy(8, 1.5)
+    a = chain.sample(10, 17, seed=9)
+    np.testing.assert_array_equal(a, chain.sample(10, 17, seed=9))
+    np.testing.assert_array_equal(a[:5], chain.sample(5, 17, seed=9))
+    assert not np.array_equal(a, chain.sample(10, 17, seed=10))
+    big = chain.sample(1001, 17, seed=9)
+    np.testing.assert_array_equal(big, chain.sample(1001, 17, seed=9, n_threads=2))
+    np.testing.assert_array_equal(big, chain.sample(1001, 17, seed=9, n_threads=7))
+    chunks = [_core.chain_sample(chain.transition, chain.stationary, e - s, 17, 9, first=s)
+              for s, e in [(0, 1), (1, 400), (400, 1001)]]
+    np.testing.assert_array_equal(big, np.concatenate(chunks))
+    gen_seeded = chain.sample(4, 3, seed=np.random.default_rng(0))
+    assert gen_seeded.shape == (4, 3)
+
+
+def test_sample_same_in_a_fresh_process(tmp_path):
+    code = ("import rgflow as rg; c = rg.MarkovChain.lazy(8, 1.0); "
+            "print(c.sample(3, 6, seed=42).tolist())")
+    # cwd elsewhere: from the repo root, `python -c` would import the uncompiled source tree
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path).stdout
+    assert eval(out) == rg.MarkovChain.lazy(8, 1.0).sample(3, 6, seed=42).tolist()
+
+
+def test_zero_probability_states_never_sampled():
+    T = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    chain = rg.MarkovChain(T)
+    tok = chain.sample(500, 30, seed=1)
+    pairs = set(zip(tok[:, :-1].ravel().tolist(), tok[:, 1:].ravel().tolist()))
+    assert pairs <= {(0, 0), (0, 1), (1, 2), (2, 0)}
+
+
+# --------------------------------------------------------------------------------------------
+# Masking
+
+
+def test_mask_tokens_rate_minimum_and_ids():
+    tok = rg.MarkovChain.lazy(8, 1.0).sample(5000, 32, seed=0)
+    masked, mask = rg.mask_tokens(tok, rate=0.15, seed=1, mask_id=8)
+    assert masked.dtype == np.int32 and mask.dtype == np.bool_
+    assert mask.any(axis=1).all()
+    assert (masked[mask] == 8).all() and (masked[~mask] == tok[~mask]).all()
+    # P(no mask in 32) = 0.85^32 = 0.0055 adds one: expected fraction 0.15 + 0.0055/32
+    expected = 0.15 + 0.85 ** 32 / 32
+    sd = np.sqrt(0.15 * 0.85 / mask.size)
+    assert abs(mask.mean() - expected) < 5 * sd
+    m2, k2 = rg.mask_tokens(tok, rate=0.15, seed=1, mask_id=8)
+    np.testing.assert_array_equal(mask, k2)
+    _, k3 = rg.mask_tokens(tok[:7], rate=0.15, seed=1, mask_id=8)
+    np.testing.assert_array_equal(mask[:7], k3)
+
+
+def test_mask_rate_zero_masks_exactly_one_and_rate_one_masks_all():
+    tok = np.zeros((300, 10), dtype=np.int64)
+    _, mask = rg.mask_tokens(tok, rate=0.0, seed=0, mask_id=3)
+    assert (mask.sum(axis=1) == 1).all()
+    counts = np.bincount(np.argmax(mask, axis=1), minlength=10)
+    assert counts.min() > 10  # the forced position is spread over the sequence
+    _, mask = rg.mask_tokens(tok, rate=1.0, seed=0, mask_id=3)
+    assert mask.all()
+
+
+def test_mask_spans_are_contiguous_runs():
+    tok = np.zeros((2000, 40), dtype=np.int32)
+    _, mask = rg.mask_tokens(tok, rate=0.3, seed=4, mask_id=8, span=4)
+    assert mask.any(axis=1).all()
+    # every run of masked positions not touching the end is at least 4 long
+    m = mask.astype(np.int8)
+    d = np.diff(np.pad(m, ((0, 0), (1, 1))), axis=1)
+    for row in range(200):
+        starts = np.flatnonzero(d[row] == 1)
+        ends = np.flatnonzero(d[row] == -1)
+        for s, e in zip(starts, ends):
+            assert e - s >= 4 or e == 40
+    assert abs(mask.mean() - 0.3) < 0.05  # overlaps and the end clip lower it a little
+
+
+# --------------------------------------------------------------------------------------------
+# Posterior: brute force over all completions
+
+
+def brute_posterior(T, pi, tokens, mask):
+    V = T.shape[0]
+    n, L = tokens.shape
+    out = np.zeros((n, L, V))
+    for i in range(n):
+        hidden = np.flatnonzero(mask[i])
+        total = 0.0
+        for fill in itertools.product(range(V), repeat=len(hidden)):
+            x = tokens[i].copy()
+            x[hidden] = fill
+            p = pi[x[0]] * np.prod(T[x[:-1], x[1:]])
+            total += p
+            out[i, np.arange(L), x] += p
+        out[i] /= total
+    return out
+
+
+@pytest.mark.parametrize("V,L", [(2, 1), (2, 6), (3, 5), (3, 6)])
+def test_posterior_matches_brute_force(rng, V, L):
+    for trial in range(4):
+        T = random_stochastic(rng, V, zeros=0.2 if V == 3 else 0.0)
+        chain = rg.MarkovChain(T)
+        tok = chain.sample(12, L, seed=trial)
+        masked, mask = rg.mask_tokens(tok, rate=0.5, seed=trial, mask_id=V)
+        mask[0] = True  # one sequence fully hidden: posterior = stationary marginals
+        masked[0] = V
+        post = chain.posterior(masked, mask)
+        ref = brute_posterior(T, chain.stationary, np.where(mask, 0, masked), mask)
+        np.testing.assert_allclose(post, ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(post[0], np.tile(chain.stationary, (L, 1)), atol=1e-12)
+
+
+def test_posterior_is_underflow_safe_on_long_sequences():
+    chain = rg.MarkovChain.random(4, 2.0, seed=1)
+    tok = chain.sample(3, 5000, seed=2)
+    masked, mask = rg.mask_tokens(tok, rate=0.5, seed=3, mask_id=4)
+    post = chain.posterior(masked, mask)
+    assert np.isfinite(post).all()
+    np.testing.assert_allclose(post.sum(axis=2), 1.0, atol=1e-12)
+    # locality: far-away evidence cannot matter, so a window gives the same answer
+    window = chain.posterior(masked[:, 2000:2100], mask[:, 2000:2100])
+    inner = slice(40, 60)
+    np.testing.assert_allclose(post[:, 2000:2100][:, inner], window[:, inner], atol=1e-9)
+
+
+def test_posterior_rejects_impossible_observations():
+    T = np.array([[0.0, 1.0], [1.0, 0.0]])
+    chain = rg.MarkovChain(T)
+    tok = np.array([[0, 0, 1]], dtype=np.int32)
+    mask = np.array([[False, False, True]])
+    with pytest.raises(ValueError, match="probability zero"):
+        chain.posterior(tok, mask)
+
+
+def test_bayes_loss_limits():
+    n, L = 400, 32
+    # xi = 0, uniform pi: the posterior is pi, so the loss is exactly log V = H(pi)
+    iid = rg.MarkovChain.lazy(8, 0.0)
+    tok = iid.sample(n, L, seed=1)
+    _, mask = rg.mask_tokens(tok, rate=0.15, seed=2, mask_id=8)
+    assert iid.bayes_loss(tok, mask) == pytest.approx(np.log(8), rel=1e-13)
+    # xi = 0, non-uniform pi: the loss is the empirical mean of -log pi at masked tokens
+    pi = np.array([0.5, 0.3, 0.15, 0.05])
+    iid = rg.MarkovChain.lazy(4, 0.0, stationary=pi)
+    tok = iid.sample(n, L, seed=1)
+    _, mask = rg.mask_tokens(tok, rate=0.15, seed=2, mask_id=4)
+    assert iid.bayes_loss(tok, mask) == pytest.approx(-np.log(pi[tok[mask]]).mean(), rel=1e-13)
+    # xi -> inf: neighbours determine the masked token, the loss -> 0
+    losses = []
+    for xi in [1.0, 10.0, 100.0, 1e4]:
+        chain = rg.MarkovChain.lazy(8, xi)
+        tok = chain.sample(n, L, seed=1)
+        _, mask = rg.mask_tokens(tok, rate=0.15, seed=2, mask_id=8)
+        losses.append(chain.bayes_loss(tok, mask))
+    assert all(a > b for a, b in zip(losses, losses[1:]))
+    assert losses[-1] < 2e-3
+
+
+def test_bayes_loss_equals_mean_of_posterior_log_probability():
+    chain = rg.MarkovChain.random(8, 3.0, seed=4)
+    tok = chain.sample(300, 20, seed=1)
+    masked, mask = rg.mask_tokens(tok, rate=0.2, seed=2, mask_id=8)
+    post = chain.posterior(masked, mask)
+    ref = -np.log(np.take_along_axis(post, tok[..., None], axis=2)[..., 0][mask]).mean()
+    assert chain.bayes_loss(tok, mask) == pytest.approx(ref, rel=1e-13)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: TypeError/ValueError naming the argument, never a crash
+
+
+GOOD_T = np.array([[0.9, 0.1], [0.2, 0.8]])
+
+
+@pytest.mark.parametrize("T,exc,match", [
+    (np.array([[0.9, 0.1], [0.2, 0.8]], dtype=complex), TypeError, "transition"),
+    (np.array([[True, False], [False, True]]), TypeError, "transition"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, "transition"),
+    (np.array([0.5, 0.5]), ValueError, "transition"),
+    (np.ones((2, 3)) / 3, ValueError, "square"),
+    (np.ones((1, 1)), ValueError, "between 2"),
+    (np.array([[0.9, np.nan], [0.2, 0.8]]), ValueError, "non-finite"),
+    (np.array([[0.9, np.inf], [0.2, 0.8]]), ValueError, "non-finite"),
+    (np.array([[1.1, -0.1], [0.2, 0.8]]), ValueError, r"transition\[0, 1\]"),
+    (np.array([[0.9, 0.1], [0.2, 0.7]]), ValueError, "row 1 sums"),
+    (np.eye(3), ValueError, "closed classes"),
+    (None, TypeError, "transition"),
+    ("abc", TypeError, "transition"),
+])
+def test_bad_transition(T, exc, match):
+    with pytest.raises(exc, match=match):
+        rg.MarkovChain(T)
+
+
+def test_transition_layouts_accepted():
+    T = random_stochastic(np.random.default_rng(0), 5)
+    ref = rg.MarkovChain(T)
+    for variant in [np.asfortranarray(T), np.repeat(np.repeat(T, 2, 0), 2, 1)[::2, ::2],
+                    T.tolist()]:
+        np.testing.assert_array_equal(rg.MarkovChain(variant).transition, ref.transition)
+    # float32 rows sum to 1 only to ~1e-7: rejected unless exactly representable
+    with pytest.raises(ValueError, match="row 0 sums"):
+        rg.MarkovChain(T.astype(np.float32))
+    exact = np.array([[0.5, 0.5], [0.25, 0.75]], dtype=np.float32)
+    np.testing.assert_array_equal(rg.MarkovChain(exact).transition, exact)
+    ro = T.copy()
+    ro.setflags(write=False)
+    rg.MarkovChain(ro)
+    chain = rg.MarkovChain(T)
+    with pytest.raises(ValueError):
+        chain.transition[0, 0] = 1.0  # exposed arrays are read-only
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(n=0, length=5), ValueError, "n must be"),
+    (dict(n=-3, length=5), ValueError, "n must be"),
+    (dict(n=3, length=0), ValueError, "length must be"),
+    (dict(n=3.0, length=5), TypeError, "n must be an int"),
+    (dict(n=3, length="5"), TypeError, "length must be an int"),
+    (dict(n=2**40, length=2**40), ValueError, "too large"),
+    (dict(n=3, length=5, seed=-1), ValueError, "seed"),
+    (dict(n=3, length=5, seed=1.5), TypeError, "seed"),
+    (dict(n=3, length=5, n_threads=0), ValueError, "n_threads"),
+])
+def test_bad_sample_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        rg.MarkovChain(GOOD_T).sample(**kwargs)
+
+
+def test_bad_chain_constructor_arguments():
+    for bad, exc in [(dict(n_states=1, xi=1.0), ValueError), (dict(n_states=2.5, xi=1.0), TypeError),
+                     (dict(n_states=4, xi=-1.0), ValueError), (dict(n_states=4, xi=float("nan")), ValueError),
+                     (dict(n_states=4, xi=float("inf")), ValueError), (dict(n_states=4, xi="1"), TypeError)]:
+        with pytest.raises(exc, match="n_states|xi"):
+            rg.MarkovChain.lazy(**bad)
+        with pytest.raises(exc, match="n_states|xi"):
+            rg.MarkovChain.random(**bad)
+
+
+def test_bad_mask_arguments():
+    tok = np.zeros((4, 6), dtype=np.int32)
+    cases = [
+        (dict(tokens=tok.astype(float), mask_id=8), TypeError, "tokens"),
+        (dict(tokens=tok.astype(bool), mask_id=8), TypeError, "tokens"),
+        (dict(tokens=tok[0], mask_id=8), ValueError, "tokens"),
+        (dict(tokens=tok + 8, mask_id=8), ValueError, "tokens"),
+        (dict(tokens=tok - 1, mask_id=8), ValueError, "tokens"),
+        (dict(tokens=np.zeros((0, 6), np.int32), mask_id=8), ValueError, "tokens"),
+        (dict(tokens=np.zeros((4, 0), np.int32), mask_id=8), ValueError, "tokens"),
+        (dict(tokens=tok, mask_id=8, rate=1.5), ValueError, "rate"),
+        (dict(tokens=tok, mask_id=8, rate=float("nan")), ValueError, "rate"),
+        (dict(tokens=tok, mask_id=8, span=0), ValueError, "span"),
+        (dict(tokens=tok, mask_id=0), ValueError, "mask_id"),
+        (dict(tokens=tok), TypeError, "mask_id"),
+        (dict(tokens=np.full((2, 2), 2**40), mask_id=8), ValueError, "tokens"),
+        (dict(tokens=np.full((2, 2), 2**63, dtype=np.uint64), mask_id=8), ValueError, "tokens"),
+    ]
+    for kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            rg.mask_tokens(**kwargs)
+
+
+def test_mask_accepts_any_layout_and_integer_dtype():
+    tok = rg.MarkovChain.lazy(8, 1.0).sample(6, 10, seed=0)
+    ref = rg.mask_tokens(tok, 0.3, seed=1, mask_id=8)
+    for variant in [np.asfortranarray(tok), tok.astype(np.uint8), tok.astype(np.int64),
+                    np.repeat(tok, 2, axis=1)[:, ::2]]:
+        out = rg.mask_tokens(variant, 0.3, seed=1, mask_id=8)
+        np.testing.assert_array_equal(out[0], ref[0])
+        np.testing.assert_array_equal(out[1], ref[1])
+
+
+def test_bad_posterior_arguments():
+    chain = rg.MarkovChain.lazy(3, 1.0)
+    tok = chain.sample(4, 5, seed=0)
+    masked, mask = rg.mask_tokens(tok, 0.3, seed=0, mask_id=3)
+    cases = [
+        ((masked.astype(float), mask), TypeError, "tokens"),
+        ((masked, mask.astype(int)), TypeError, "mask"),
+        ((masked, mask[:, :4]), ValueError, "mask"),
+        ((masked[0], mask[0]), ValueError, "tokens"),
+        ((masked + 4, mask), ValueError, "tokens"),
+        ((np.where(mask, 3, masked) * 0 + 3, np.zeros_like(mask)), ValueError, "tokens"),
+        ((masked[:0], mask[:0]), ValueError, "tokens"),
+    ]
+    for args, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            chain.posterior(*args)
+        with pytest.raises(exc, match=match):
+            chain.bayes_loss(*args)
+    with pytest.raises(ValueError, match="tokens"):  # true tokens may not be the mask id
+        chain.bayes_loss(masked, mask)
+    with pytest.raises(ValueError, match="mask hides no token"):
+        chain.bayes_loss(tok, np.zeros_like(mask))
+    np.testing.assert_array_equal(chain.posterior(np.asfortranarray(masked), mask[:, ::-1][:, ::-1]),
+                                  chain.posterior(masked, mask))
