@@ -1,0 +1,225 @@
+"""The paper's three claims as criteria on measured profiles, each returning a :class:`Verdict`.
+
+Every threshold is a named module constant, documented here and echoed in each verdict, so a
+report says exactly what was tested. None is tuned to make a claim pass.
+
+(i)  Monotone collapse (per run, position-level effective rank over layers 1..K; layer 0 is the
+     embedding, whose per-position rank is at most V + 1 by construction, so it is reported but
+     kept out of the criterion):
+       - non-increasing within a tolerance: every step rank[l+1] - rank[l] <= MONOTONE_TOL * rank[1]
+       - Spearman rho(depth, rank) <= SPEARMAN_MAX
+       - rank[K] / rank[1] <= 1 - DELTA
+(ii) Selectivity (across runs at short and long correlation length): the collapse ratio
+     R = rank[K] / rank[1] (position level); holds when every short-xi run collapses
+     (R <= 1 - DELTA), no long-xi run does (R >= 1 - DELTA / 3), and the two ranges are disjoint.
+(iii) Fixed-point plateau (per run, drift d_l = 1 - CKA(z_l, z_{l+1}), l = 0..K-1): the two
+     largest transitions carry >= PLATEAU_TOP2_SHARE of the total drift and every other
+     transition's drift is <= PLATEAU_REST_MAX of the largest.
+
+Every verdict is gated on how well the runs learned: the share of the gap from the unigram
+entropy H(pi) to the Bayes floor that the final masked cross-entropy closed,
+``(H(pi) - CE) / (H(pi) - floor)``. A run below LEARNED_MIN yields "undertrained", never
+"holds" or "fails": a network that ignores its input collapses trivially.
+"""
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau",
+    "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
+    "LEARNED_MIN",
+]
+
+DELTA = 0.05               # a collapse is a drop of at least 5% from block 1 to block K
+MONOTONE_TOL = 0.01        # a rise of up to 1% of rank[1] between layers still counts as flat
+SPEARMAN_MAX = -0.9        # depth and rank strongly anti-correlated
+PLATEAU_TOP2_SHARE = 0.60  # two transitions carry at least 60% of the drift
+PLATEAU_REST_MAX = 0.10    # every other transition at most 10% of the largest
+LEARNED_MIN = 0.80         # runs must close 80% of the unigram-to-Bayes gap
+
+HOLDS, FAILS, UNDERTRAINED = "holds", "fails", "undertrained"
+
+
+@dataclass
+class Verdict:
+    """The outcome of one criterion.
+
+    Attributes
+    ----------
+    claim : short name of the claim ("monotone collapse", ...).
+    status : "holds", "fails" or "undertrained".
+    criterion : the criterion in words, thresholds included.
+    figures : the numbers the decision used (JSON-serialisable).
+    learned : share of the unigram-to-Bayes gap closed by each run that entered the verdict.
+    """
+    claim: str
+    status: str
+    criterion: str
+    figures: dict = field(default_factory=dict)
+    learned: list = field(default_factory=list)
+
+    @property
+    def holds(self):
+        return self.status == HOLDS
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def learned_share(masked_ce, bayes_floor, unigram_entropy):
+    """Share of the gap from the unigram entropy to the Bayes floor closed by a model.
+
+    1.0 means the model reaches the floor, 0.0 that it does no better than predicting pi.
+
+    >>> learned_share(1.6, bayes_floor=1.58, unigram_entropy=2.08)
+    0.96
+    """
+    gap = unigram_entropy - bayes_floor
+    if not gap > 0:
+        raise ValueError("the unigram entropy must exceed the Bayes floor (no context to learn)")
+    return round(float((unigram_entropy - masked_ce) / gap), 12)
+
+
+def _spearman(x, y):
+    """Spearman rank correlation with average ranks for ties (no SciPy needed)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=float)
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v), dtype=float)
+        for value in np.unique(v):  # average ties
+            tie = v == value
+            r[tie] = r[tie].mean()
+        return r
+    rx, ry = ranks(x), ranks(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return 0.0
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def _gate(learned):
+    return [float(s) for s in learned], any(s < LEARNED_MIN for s in learned)
+
+
+def _profile(values, name, min_len):
+    p = np.asarray(values, dtype=float)
+    if p.ndim != 1 or p.shape[0] < min_len or not np.all(np.isfinite(p)):
+        raise ValueError("%s must be a finite 1-D profile of length >= %d, got shape %s"
+                         % (name, min_len, p.shape))
+    return p
+
+
+def monotone_collapse(rank, learned=1.0):
+    """Claim (i) for one run: rank falls monotonically with depth after the embedding.
+
+    Parameters
+    ----------
+    rank : (depth+1,) position-level effective rank, layer 0 = embedding (needs depth >= 2).
+    learned : share of the unigram-to-Bayes gap the run closed (see :func:`learned_share`).
+
+    >>> monotone_collapse([5.0, 14.0, 13.0, 12.5, 12.0]).status
+    'holds'
+    >>> monotone_collapse([5.0, 14.0, 14.5, 13.0, 12.0]).status
+    'fails'
+    """
+    r = _profile(rank, "rank", 3)
+    body = r[1:]
+    depth = np.arange(1, len(r))
+    rises = np.diff(body)
+    max_rise = float(rises.max())
+    rho = _spearman(depth, body)
+    ratio = float(body[-1] / body[0]) if body[0] > 0 else float("nan")
+    ok = (max_rise <= MONOTONE_TOL * body[0]) and rho <= SPEARMAN_MAX and ratio <= 1 - DELTA
+    learned_list, under = _gate([learned])
+    return Verdict(
+        claim="monotone collapse",
+        status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
+        criterion=("over layers 1..K: every rise <= %g x rank[1], Spearman rho <= %g, "
+                   "rank[K]/rank[1] <= %g" % (MONOTONE_TOL, SPEARMAN_MAX, 1 - DELTA)),
+        figures={"embedding_rank": float(r[0]), "rank_1": float(body[0]),
+                 "rank_K": float(body[-1]), "max_rise": max_rise,
+                 "max_rise_allowed": float(MONOTONE_TOL * body[0]), "spearman": rho,
+                 "ratio": ratio},
+        learned=learned_list,
+    )
+
+
+def collapse_ratio(rank):
+    """rank[K] / rank[1] of a (depth+1,) profile (layer 0, the embedding, excluded)."""
+    r = _profile(rank, "rank", 3)
+    return float(r[-1] / r[1])
+
+
+def selectivity(short_ranks, long_ranks, short_learned=None, long_learned=None,
+                short_pooled=None, long_pooled=None):
+    """Claim (ii): collapse at short correlation length, none at long, in every seed.
+
+    Parameters
+    ----------
+    short_ranks, long_ranks : sequences of (depth+1,) position-level rank profiles, one per
+        seed, at short (xi ~ 1) and long (xi ~ 7) correlation length.
+    short_learned, long_learned : learned shares per run (default: all 1.0).
+    short_pooled, long_pooled : optional pooled-level profiles, reported beside (not judged).
+
+    >>> v = selectivity([[5, 14, 12], [5, 14, 12.5]], [[5, 13, 13], [5, 13, 13.1]])
+    >>> v.status, v.figures["short_ratios"]
+    ('holds', [0.857142857143, 0.892857142857])
+    """
+    if len(short_ranks) == 0 or len(long_ranks) == 0:
+        raise ValueError("selectivity needs at least one run at each correlation length")
+    rs = [round(collapse_ratio(p), 12) for p in short_ranks]
+    rl = [round(collapse_ratio(p), 12) for p in long_ranks]
+    short_learned = [1.0] * len(rs) if short_learned is None else list(short_learned)
+    long_learned = [1.0] * len(rl) if long_learned is None else list(long_learned)
+    ok = (max(rs) <= 1 - DELTA and min(rl) >= 1 - DELTA / 3 and max(rs) < min(rl))
+    learned_list, under = _gate(short_learned + long_learned)
+    figures = {"short_ratios": rs, "long_ratios": rl,
+               "short_range": [min(rs), max(rs)], "long_range": [min(rl), max(rl)]}
+    if short_pooled is not None and long_pooled is not None:
+        figures["pooled_short_ratios"] = [round(collapse_ratio(p), 12) for p in short_pooled]
+        figures["pooled_long_ratios"] = [round(collapse_ratio(p), 12) for p in long_pooled]
+    return Verdict(
+        claim="selective collapse",
+        status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
+        criterion=("R = rank[K]/rank[1] at the position level: every short-xi run R <= %g, "
+                   "every long-xi run R >= %g, ranges disjoint" % (1 - DELTA, 1 - DELTA / 3)),
+        figures=figures,
+        learned=learned_list,
+    )
+
+
+def plateau(drift, learned=1.0):
+    """Claim (iii) for one run: drift concentrated in one or two transitions.
+
+    Parameters
+    ----------
+    drift : (depth,) drift per transition, 1 - CKA(z_l, z_{l+1}), l = 0..depth-1.
+
+    >>> plateau([0.3, 0.01, 0.2, 0.005, 0.0]).status
+    'holds'
+    >>> plateau([0.1, 0.1, 0.1, 0.1]).status
+    'fails'
+    """
+    d = _profile(drift, "drift", 2)
+    total = float(d.sum())
+    order = np.argsort(d)[::-1]
+    top2 = float(d[order[:2]].sum())
+    share = top2 / total if total > 0 else 0.0
+    largest = float(d[order[0]])
+    rest = d[order[2:]]
+    rest_max = float(rest.max()) if rest.size else 0.0
+    ok = total > 0 and share >= PLATEAU_TOP2_SHARE and rest_max <= PLATEAU_REST_MAX * largest
+    learned_list, under = _gate([learned])
+    return Verdict(
+        claim="fixed-point plateau",
+        status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
+        criterion=("top-2 transitions carry >= %g of the total drift and every other "
+                   "transition <= %g x the largest" % (PLATEAU_TOP2_SHARE, PLATEAU_REST_MAX)),
+        figures={"top2_share": share, "top2_transitions": [int(i) for i in order[:2]],
+                 "largest": largest, "rest_max": rest_max,
+                 "rest_max_over_largest": rest_max / largest if largest > 0 else 0.0,
+                 "total": total},
+        learned=learned_list,
+    )

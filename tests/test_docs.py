@@ -1,0 +1,14 @@
+"""Every docstring example in the public modules runs and prints what it says."""
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["rgflow", "rgflow.chains", "rgflow.findings"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

@@ -1,0 +1,74 @@
+"""The claims' criteria on synthetic profiles: monotone, bumpy, concentrated, spread."""
+import numpy as np
+import pytest
+
+from rgflow import findings as F
+
+
+def test_monotone_collapse_cases():
+    emb = 9.0  # layer 0 is reported, never judged
+    assert F.monotone_collapse([emb, 14, 13.5, 13, 12.5, 12]).status == "holds"
+    # a rise well above tolerance breaks monotonicity
+    v = F.monotone_collapse([emb, 13, 13.5, 12.8, 12, 11])
+    assert v.status == "fails" and v.figures["max_rise"] == pytest.approx(0.5)
+    # a rise inside the 1% tolerance is fine
+    assert F.monotone_collapse([emb, 14, 14.1, 13, 12.5, 12, 11.5, 11]).status == "holds"
+    # monotone but too shallow: ratio 0.97 > 0.95
+    v = F.monotone_collapse([emb, 14, 13.9, 13.8, 13.7, 13.58])
+    assert v.status == "fails" and v.figures["ratio"] == pytest.approx(0.97)
+    # flat profile: Spearman 0
+    assert F.monotone_collapse([emb, 14, 14, 14, 14]).figures["spearman"] == 0.0
+    # embedding excluded: a low layer 0 does not count as a rise into layer 1
+    assert F.monotone_collapse([1.0, 14, 13, 12]).status == "holds"
+
+
+def test_undertrained_gates_every_criterion():
+    assert F.monotone_collapse([5, 14, 12, 10], learned=0.79).status == "undertrained"
+    assert F.monotone_collapse([5, 14, 12, 10], learned=0.80).status == "holds"
+    assert F.plateau([0.5, 0.0, 0.0], learned=0.1).status == "undertrained"
+    v = F.selectivity([[5, 14, 12]], [[5, 13, 13]], short_learned=[0.5], long_learned=[0.9])
+    assert v.status == "undertrained" and v.learned == [0.5, 0.9]
+
+
+def test_learned_share():
+    assert F.learned_share(2.08, 1.58, 2.08) == 0.0
+    assert F.learned_share(1.58, 1.58, 2.08) == 1.0
+    assert F.learned_share(1.663, 1.58, 2.08) == pytest.approx(0.834)
+    with pytest.raises(ValueError):
+        F.learned_share(1.0, 2.0, 2.0)
+
+
+def test_selectivity_cases():
+    short = [[5, 14, 12.0], [5, 14, 12.6], [5, 14, 12.2]]    # R = .857, .9, .871
+    long_ = [[5, 13, 13.0], [5, 13, 12.9], [5, 13, 13.3]]    # R = 1, .992, 1.023
+    v = F.selectivity(short, long_)
+    assert v.status == "holds"
+    assert v.figures["short_range"] == pytest.approx([12 / 14, 0.9])
+    # one long-xi seed drops 3%: not >= 1 - delta/3
+    v = F.selectivity(short, long_[:2] + [[5, 13, 12.6]])
+    assert v.status == "fails"
+    # one short-xi seed does not collapse
+    assert F.selectivity(short[:2] + [[5, 14, 13.5]], long_).status == "fails"
+    # the pilot's default picture: both ratios ~0.88-0.9 -> fails
+    assert F.selectivity([[5, 13.6, 11.8]], [[5, 12.7, 11.3]]).status == "fails"
+    v = F.selectivity(short, long_, short_pooled=short, long_pooled=long_)
+    assert v.figures["pooled_short_ratios"] == v.figures["short_ratios"]
+
+
+def test_plateau_cases():
+    v = F.plateau([0.147, 0.359, 0.001, 0.0, 0.0, 0.0])  # the pilot's no-LN xi=1 picture
+    assert v.status == "holds"
+    assert sorted(v.figures["top2_transitions"]) == [0, 1]
+    assert v.figures["top2_share"] == pytest.approx(0.506 / 0.507, rel=1e-9)
+    spread = F.plateau(np.full(12, 0.05))
+    assert spread.status == "fails" and spread.figures["top2_share"] == pytest.approx(2 / 12)
+    # 60% in two, but a third transition at 20% of the largest
+    v = F.plateau([0.4, 0.3, 0.08, 0.01, 0.01])
+    assert v.figures["top2_share"] > 0.6 and v.status == "fails"
+    assert F.plateau([0.0, 0.0, 0.0]).status == "fails"  # no drift at all is not a plateau
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0], [[1, 2, 3]], [1, np.nan, 2], []])
+def test_profiles_are_validated(bad):
+    with pytest.raises(ValueError):
+        F.monotone_collapse(bad)
