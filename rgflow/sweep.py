@@ -1,0 +1,194 @@
+"""Sweeps: many experiment configs, in-process, on any concurrent.futures Executor, or on a
+Dask cluster; results persist per config so an interrupted sweep resumes where it stopped.
+
+>>> from rgflow.experiments import Config
+>>> configs = grid(Config(steps=10, hidden=32, depth=3, width=8, length=8, eval_size=64),
+...                xi=[1.0, 7.0], seed=[0, 1])
+>>> len(configs), configs[3].xi, configs[3].seed
+(4, 7.0, 1)
+"""
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+import traceback
+from concurrent.futures import as_completed
+from pathlib import Path
+
+from .experiments import Config, Result, run
+
+__all__ = ["grid", "sweep", "load_record"]
+
+RECORD_FORMAT = 1
+
+
+def grid(base=None, **axes):
+    """Configs for every combination of axis values, varying the last axis fastest.
+
+    Parameters
+    ----------
+    base : Config, the values of every field not given as an axis (default ``Config()``).
+    **axes : field name -> sequence of values.
+
+    Returns
+    -------
+    list of Config, ``prod(len(values))`` long.
+    """
+    base = Config() if base is None else base
+    names = list(axes)
+    for name in names:
+        if name not in Config.__dataclass_fields__:
+            raise ValueError("unknown Config field %r" % name)
+        if isinstance(axes[name], (str, bytes)) or not hasattr(axes[name], "__iter__"):
+            raise TypeError("axis %r must be a sequence of values" % name)
+    return [base.replace(**dict(zip(names, values)))
+            for values in itertools.product(*(list(axes[n]) for n in names))]
+
+
+def _checksum(payload):
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _write_atomic(path, text):
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".%s." % path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_record(path, key=None):
+    """A stored record, or None if it is missing, truncated, corrupted or for another key."""
+    try:
+        record = json.loads(Path(path).read_text())
+        payload = record["payload"]
+        if record.get("format") != RECORD_FORMAT or record["sha256"] != _checksum(payload):
+            return None
+        if key is not None and payload["key"] != key:
+            return None
+        return payload
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run_one(config_dict, blas_threads):
+    """Worker side: run one config, never raise (errors become records)."""
+    from . import _core
+
+    config = Config.from_dict(config_dict)
+    if blas_threads:
+        _core.blas_set_num_threads(blas_threads)
+    try:
+        result = run(config, progress=False)
+        return {"key": config.key(), "status": "ok", "result": json.loads(result.to_json())}
+    except Exception as exc:  # a failing run is a record, not the end of the sweep
+        return {"key": config.key(), "status": "error", "config": config.to_dict(),
+                "error": "%s: %s" % (type(exc).__name__, exc),
+                "traceback": traceback.format_exc()}
+
+
+def _flat(payload):
+    """One table row: config fields, then the measured figures."""
+    if payload["status"] != "ok":
+        row = dict(payload["config"])
+        row.update(key=payload["key"], status="error", error=payload["error"])
+        return row
+    res = Result.from_json(json.dumps(payload["result"]))
+    row = res.config.to_dict()
+    row.update(key=payload["key"], status="ok", masked_ce=res.masked_ce,
+               bayes_floor=res.bayes_floor, unigram_entropy=res.unigram_entropy,
+               learned=res.learned, drift=res.drift)
+    for level, profile in res.profiles.items():
+        row["rank_" + level] = profile
+        if len(profile) >= 3:
+            row["ratio_" + level] = profile[-1] / profile[1] if profile[1] else float("nan")
+    for name, verdict in res.verdicts.items():
+        row["verdict_" + name] = verdict["status"]
+    return row
+
+
+def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
+          blas_threads=None):
+    """Run every config and return one table row per config, in the order given.
+
+    Parameters
+    ----------
+    configs : iterable of Config.
+    executor : None (run in this process), any ``concurrent.futures.Executor`` (e.g. a
+        ``ProcessPoolExecutor``), or a ``dask.distributed.Client``.
+    store : directory; each finished run is written there atomically as ``<key>.json`` (key =
+        hash of config + rgflow version). Existing valid records are reused; missing, truncated
+        or corrupted ones are recomputed.
+    retry_failed : recompute stored runs that ended in an error.
+    blas_threads : OpenBLAS threads per run; default 1 when an executor runs several runs at
+        once (so they do not oversubscribe cores), OpenBLAS's default in-process.
+
+    Returns
+    -------
+    list of dict (a pandas DataFrame if pandas is installed): config fields, ``key``,
+    ``status`` ("ok"/"error"), ``masked_ce``, ``bayes_floor``, ``learned``, ``rank_<level>``
+    profiles, ``ratio_<level>`` (rank_K / rank_1), ``drift`` and ``verdict_<name>``.
+    """
+    configs = list(configs)
+    for c in configs:
+        if not isinstance(c, Config):
+            raise TypeError("configs must be Config instances, got %s" % type(c).__name__)
+    store = Path(store) if store is not None else None
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+    keys = [c.key() for c in configs]
+    payloads = {}
+    todo = []
+    for config, key in zip(configs, keys):
+        if key in payloads or any(key == k for k, _ in todo):
+            continue
+        found = load_record(store / (key + ".json"), key) if store is not None else None
+        if found is not None and not (retry_failed and found["status"] == "error"):
+            payloads[key] = found
+        else:
+            todo.append((key, config))
+
+    def finish(payload):
+        payloads[payload["key"]] = payload
+        if store is not None:
+            record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
+            _write_atomic(store / (payload["key"] + ".json"), json.dumps(record))
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(todo), desc="sweep", unit="run")
+    try:
+        if executor is None:
+            for key, config in todo:
+                finish(_run_one(config.to_dict(), blas_threads))
+                if bar:
+                    bar.update()
+        else:
+            if hasattr(executor, "get_executor"):  # a dask.distributed.Client
+                executor = executor.get_executor()
+            threads = 1 if blas_threads is None else blas_threads
+            futures = [executor.submit(_run_one, config.to_dict(), threads)
+                       for _, config in todo]
+            for fut in as_completed(futures):
+                finish(fut.result())
+                if bar:
+                    bar.update()
+    finally:
+        if bar:
+            bar.close()
+
+    table = [_flat(payloads[key]) for key in keys]
+    try:
+        import pandas as pd
+    except ImportError:
+        return table
+    return pd.DataFrame(table)
