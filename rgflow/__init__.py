@@ -4,11 +4,15 @@ Markov chains with a known spectrum (:class:`MarkovChain`), the masked-token tas
 sequences (:func:`mask_tokens`) and its exact Bayes-optimal answer, computed by a C core.
 """
 from . import _core
+from .analysis import (cka_matrix, drift_profile, effective_rank, linear_cka, rank_profile,
+                       singular_values)
 from .chains import MarkovChain, mask_tokens
 
 __version__ = "0.1.0"
 
-__all__ = ["MarkovChain", "mask_tokens", "show_config", "__version__"]
+__all__ = ["MarkovChain", "mask_tokens", "show_config", "__version__",
+           "effective_rank", "singular_values", "rank_profile", "linear_cka", "drift_profile",
+           "cka_matrix"]
 
 
 def show_config(print_=True):
