@@ -80,9 +80,9 @@ def effective_rank(X, measure="erank", center=True, squared=False, tol=None):
     --------
     >>> import numpy as np
     >>> X = np.random.default_rng(0).standard_normal((1000, 4))
-    >>> round(float(effective_rank(X)), 2)
-    3.99
-    >>> effective_rank(np.outer(np.arange(5.0), [1.0, 2.0, 3.0]))   # rank one
+    >>> bool(3.9 < effective_rank(X) <= 4.0)    # close to the 4 features
+    True
+    >>> round(float(effective_rank(np.outer(np.arange(5.0), [1.0, 2.0, 3.0]))), 12)  # rank one
     1.0
     """
     if squared and measure != "erank":

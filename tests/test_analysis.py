@@ -94,6 +94,11 @@ def _cases():
     s = np.geomspace(1.0, 1 / 31.5, 12)
     c["cond 31.5"] = orthonormal_centred(rng, 400, 12) * s @ np.linalg.qr(
         rng.standard_normal((12, 12)))[0]
+    # full rank but ill-conditioned (s from 1 to 1e-8): through the Gram the smallest singular
+    # value would carry an error of order its own size, so this must go to the SVD
+    s = np.geomspace(1.0, 1e-8, 12)
+    c["cond 1e8"] = orthonormal_centred(rng, 400, 12) * s @ np.linalg.qr(
+        rng.standard_normal((12, 12)))[0]
     return c
 
 
@@ -129,6 +134,7 @@ def test_both_routes_are_exercised():
     assert _core.rank(CASES["n<f"])[1] == 0          # n x n Gram, structural zero set aside
     assert _core.rank(CASES["cond 31.5"])[1] == 0
     assert _core.rank(CASES["low-rank"])[1] == 1
+    assert _core.rank(CASES["cond 1e8"])[1] == 1
     assert _core.rank(CASES["column scales 1e-8..1e8"])[1] == 1
 
 
