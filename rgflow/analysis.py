@@ -16,11 +16,13 @@ Edge cases (the same everywhere):
   debiased estimator when a self-HSIC estimate is <= 0; the debiased estimator needs n >= 4
   (ValueError otherwise); representations with different sample counts raise ValueError.
 """
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
+from ._util import as_count
 
 __all__ = ["effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
            "linear_cka", "drift_profile", "cka_matrix"]
@@ -50,7 +52,24 @@ def _as_result(values, measure):
     return values[()] if values.ndim == 0 else values
 
 
-def effective_rank(X, measure="erank", center=True, squared=False, tol=None):
+def _rank(X, measure, center, squared, tol, n_threads):
+    """_core.rank over the stack, split along its first axis over n_threads threads (views, no
+    copies; every matrix is computed by the same code, so the result is independent of
+    n_threads)."""
+    n_threads = as_count(n_threads, "n_threads")
+    args = (measure, bool(center), bool(squared), _tol(tol))
+    if n_threads > 1:
+        X = np.asarray(X)
+    if n_threads == 1 or X.ndim < 3 or X.shape[0] < 2:
+        return _core.rank(X, *args)[0]
+    bounds = np.linspace(0, X.shape[0], min(n_threads, X.shape[0]) + 1).astype(np.int64)
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        parts = pool.map(lambda k: _core.rank(X[bounds[k]:bounds[k + 1]], *args)[0],
+                         range(len(bounds) - 1))
+        return np.concatenate(list(parts), axis=0)
+
+
+def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_threads=1):
     """Effective rank (or a related measure) of X, or of every matrix of a stack.
 
     Parameters
@@ -70,6 +89,10 @@ def effective_rank(X, measure="erank", center=True, squared=False, tol=None):
     tol : float or None
         For ``numerical`` only: absolute threshold in the units of X; None means
         ``max(s) * max(n_samples, n_features) * eps`` as in ``numpy.linalg.matrix_rank``.
+    n_threads : int
+        Split a stack along its first axis over this many threads (the C kernel releases the
+        GIL); the result does not depend on it.  Worth it for many small matrices; large ones
+        are already threaded inside OpenBLAS.
 
     Returns
     -------
@@ -87,8 +110,7 @@ def effective_rank(X, measure="erank", center=True, squared=False, tol=None):
     """
     if squared and measure != "erank":
         raise ValueError("squared applies to measure='erank' only")
-    values, _ = _core.rank(X, _measure(measure), bool(center), bool(squared), _tol(tol))
-    return _as_result(values, measure)
+    return _as_result(_rank(X, _measure(measure), center, squared, tol, n_threads), measure)
 
 
 def singular_values(X, center=True):
@@ -147,7 +169,7 @@ def _positions(positions, length):
 
 
 def rank_profile(stream, level="position", positions=None, mask=None, detail=False,
-                 measure="erank"):
+                 measure="erank", n_threads=1):
     """Rank of the residual stream at every depth.
 
     Parameters
@@ -172,6 +194,8 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         Also return the per-position values, shape (depth+1, n_positions) (``position``).
     measure : str
         Any measure of :func:`effective_rank` (with its defaults).
+    n_threads : int
+        As in :func:`effective_rank` (split over layers); the result does not depend on it.
 
     Returns
     -------
@@ -192,13 +216,15 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
     if level != "position" and (positions is not None or mask is not None or detail):
         raise ValueError("positions, mask and detail apply to level='position' only")
     if level == "pooled":
-        return effective_rank(s.mean(axis=2, dtype=np.float64), measure)
+        return effective_rank(s.mean(axis=2, dtype=np.float64), measure, n_threads=n_threads)
     if level == "stream":
         depth1, n, length, width = s.shape
-        return effective_rank(s.reshape(depth1, n, length * width), measure)
+        return effective_rank(s.reshape(depth1, n, length * width), measure,
+                              n_threads=n_threads)
     sel = _positions(positions, s.shape[2])
     if mask is None:
-        per = effective_rank(s[:, :, sel, :].transpose(0, 2, 1, 3), measure)
+        per = effective_rank(s[:, :, sel, :].transpose(0, 2, 1, 3), measure,
+                             n_threads=n_threads)
         per = np.asarray(per, dtype=np.float64)
         prof = per.mean(axis=1)
         return (prof, per) if detail else prof
@@ -212,7 +238,7 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         # rows differ per position, so each position is one batched call over the layers
         for g, rows in enumerate((m[:, p], ~m[:, p])):
             if rows.sum() >= 2:
-                out[g, :, k] = effective_rank(s[:, rows, p, :], measure)
+                out[g, :, k] = effective_rank(s[:, rows, p, :], measure, n_threads=n_threads)
     curves = [np.nanmean(o, axis=1) if np.any(~np.isnan(o)) else np.full(s.shape[0], np.nan)
               for o in out]
     return MaskedRankProfile(curves[0], curves[1], out[0] if detail else None,

@@ -249,6 +249,9 @@ def test_batched_equals_loop():
         loop = np.array([[rg.effective_rank(stream[l, :, p, :], measure) for p in range(4)]
                          for l in range(3)])
         np.testing.assert_array_equal(got, loop)
+        np.testing.assert_array_equal(rg.effective_rank(view, measure, n_threads=2), loop)
+    np.testing.assert_array_equal(rg.rank_profile(stream, n_threads=3),
+                                  rg.effective_rank(view).mean(axis=1))
     s = rg.singular_values(view)
     assert s.shape == (3, 4, 6)
     np.testing.assert_array_equal(s[2, 1], rg.singular_values(stream[2, :, 1, :]))
