@@ -21,6 +21,13 @@ static inline double load_elem(const char *p, int dtype)
  * entries (sums of n squares) must neither overflow nor underflow. */
 #define RG_SAFE_EXP 300
 
+#define RG_PREFETCH_ROWS 16
+#if defined(__GNUC__)
+#define RG_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define RG_PREFETCH(p) ((void)(p))
+#endif
+
 /* Multiply out (rows x cols at ld) by 2^-e (exact). */
 static void scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int e)
 {
@@ -48,7 +55,13 @@ int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, 
         for (int64_t i = i0; i < i1; i++) {
             const char *row = v->data + i * v->row_stride;
             double *o = out + i * ld;
-            if (v->col_stride == esize && v->dtype == RG_FLOAT32) {
+            /* rows of a strided view (e.g. one position of a (n, length, d) stream) lie pages
+             * apart, where hardware prefetchers do not reach: ask for a row well ahead */
+            if (i + RG_PREFETCH_ROWS < n)
+                RG_PREFETCH(row + RG_PREFETCH_ROWS * v->row_stride);
+            if ((const char *)o == row) {
+                /* already in place (a group converted by rg_rank_batch) */
+            } else if (v->col_stride == esize && v->dtype == RG_FLOAT32) {
                 const float *r = (const float *)row;
                 for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
             } else if (v->col_stride == esize) {
@@ -235,6 +248,25 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
     return RG_OK;
 }
 
+/* Interleaved stacks: when the innermost batch axis steps by less than a row (the positions of
+ * a (n, length, d) stream), the matrices of that axis share every row's memory.  Converting
+ * such a group row by row reads memory sequentially, instead of one scattered row per page for
+ * each matrix.  Groups up to this many doubles (32 MB) are converted together. */
+#define RG_GROUP_DOUBLES ((int64_t)1 << 22)
+
+/* The g matrices v, v + gstride, ... into out (g x n x f, float64, row-major). */
+static void convert_group(const rg_view *v, int64_t g, int64_t gstride,
+                          double *out /* g x n x f */)
+{
+    const int64_t n = v->rows, f = v->cols;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t q = 0; q < g; q++) {
+            const char *row = v->data + i * v->row_stride + q * gstride;
+            double *o = out + (q * n + i) * f;
+            for (int64_t j = 0; j < f; j++) o[j] = load_elem(row + j * v->col_stride, v->dtype);
+        }
+}
+
 int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, double tol,
                   double *out, uint8_t *used_svd, int64_t *bad)
 {
@@ -245,20 +277,39 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
     int64_t lwork, liwork;
     int status = lapack_sizes(n, f, &lwork, &liwork);
     if (status != RG_OK) return status;
-    /* one allocation: A (n f) | G (k k) | scratch (5 f) | s (k) | work (lwork) | iwork */
-    const size_t nd = (size_t)(n * f + k * k + 5 * f + k + lwork);
+    int64_t grp = 1, gstride = 0;
+    if (st->nbatch > 0) {
+        const int64_t g = st->batch_shape[st->nbatch - 1];
+        const int64_t gs = st->batch_stride[st->nbatch - 1];
+        const int64_t rs = st->base.row_stride;
+        if (g > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs) && n * f <= RG_GROUP_DOUBLES / g) {
+            grp = g;
+            gstride = gs;
+        }
+    }
+    /* one allocation: A (grp n f) | G (k k) | scratch (5 f) | s (k) | work (lwork) | iwork */
+    const size_t nd = (size_t)(grp * n * f + k * k + 5 * f + k + lwork);
     double *ws = malloc(nd * sizeof(double) + (size_t)liwork * sizeof(lapack_int));
     if (!ws) return RG_ERR_NOMEM;
-    double *A = ws, *G = A + n * f, *mean = G + k * k, *s = mean + 5 * f, *work = s + k;
+    double *A0 = ws, *G = A0 + grp * n * f, *mean = G + k * k, *s = mean + 5 * f;
+    double *work = s + k;
     lapack_int *iwork = (lapack_int *)(work + lwork);
     /* centring with n <= f leaves rank <= n - 1 */
     const int structural_zero = center && n <= f;
     int64_t idx[RG_MAX_BATCH_DIMS] = {0};
-    rg_view v = st->base;
+    rg_view v;
     for (int64_t b = 0; b < count; b++) {
         int64_t off = 0;
         for (int d = 0; d < st->nbatch; d++) off += idx[d] * st->batch_stride[d];
-        v.data = st->base.data + off;
+        v = st->base;
+        v.data += off;
+        double *A = A0;
+        if (grp > 1) {
+            const int64_t q = idx[st->nbatch - 1];
+            if (q == 0) convert_group(&v, grp, gstride, A0);
+            A = A0 + q * n * f;
+            v = (rg_view){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
+        }
         int e;
         status = rg_load_centered(&v, center, A, f, mean, &e);
         if (status != RG_OK) { *bad = b; break; }
