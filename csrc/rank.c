@@ -251,8 +251,9 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
 /* Interleaved stacks: when the innermost batch axis steps by less than a row (the positions of
  * a (n, length, d) stream), the matrices of that axis share every row's memory.  Converting
  * such a group row by row reads memory sequentially, instead of one scattered row per page for
- * each matrix.  Groups up to this many doubles (32 MB) are converted together. */
-#define RG_GROUP_DOUBLES ((int64_t)1 << 22)
+ * each matrix.  Up to this many doubles (2 MB: cache-sized, few page faults) are converted
+ * together. */
+#define RG_GROUP_DOUBLES ((int64_t)1 << 18)
 
 /* The g matrices v, v + gstride, ... into out (g x n x f, float64, row-major). */
 static void convert_group(const rg_view *v, int64_t g, int64_t gstride,
@@ -263,7 +264,13 @@ static void convert_group(const rg_view *v, int64_t g, int64_t gstride,
         for (int64_t q = 0; q < g; q++) {
             const char *row = v->data + i * v->row_stride + q * gstride;
             double *o = out + (q * n + i) * f;
-            for (int64_t j = 0; j < f; j++) o[j] = load_elem(row + j * v->col_stride, v->dtype);
+            if (v->dtype == RG_FLOAT32 && v->col_stride == 4) {
+                const float *r = (const float *)row;
+                for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
+            } else {
+                for (int64_t j = 0; j < f; j++)
+                    o[j] = load_elem(row + j * v->col_stride, v->dtype);
+            }
         }
 }
 
@@ -282,8 +289,9 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
         const int64_t g = st->batch_shape[st->nbatch - 1];
         const int64_t gs = st->batch_stride[st->nbatch - 1];
         const int64_t rs = st->base.row_stride;
-        if (g > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs) && n * f <= RG_GROUP_DOUBLES / g) {
-            grp = g;
+        const int64_t fit = RG_GROUP_DOUBLES / (n * f);
+        if (g > 1 && fit > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs)) {
+            grp = g < fit ? g : fit;
             gstride = gs;
         }
     }
@@ -305,8 +313,11 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
         v.data += off;
         double *A = A0;
         if (grp > 1) {
-            const int64_t q = idx[st->nbatch - 1];
-            if (q == 0) convert_group(&v, grp, gstride, A0);
+            const int64_t q = idx[st->nbatch - 1] % grp, g = st->batch_shape[st->nbatch - 1];
+            if (q == 0) {
+                const int64_t left = g - idx[st->nbatch - 1];
+                convert_group(&v, left < grp ? left : grp, gstride, A0);
+            }
             A = A0 + q * n * f;
             v = (rg_view){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
         }

@@ -62,8 +62,8 @@ double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int 
                            double tol, int64_t n, int64_t f);
 
 /* Measure every matrix of the stack, with one workspace allocation per call: n*f + k*k + 5f + k
- * doubles (n*f times the innermost batch size when that axis interleaves rows, as positions do
- * in a stream: that group is converted row by row, up to 32 MB) plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f).
+ * doubles (at most 2 MB more when the innermost batch axis interleaves rows, as positions do in a
+ * stream: up to 2 MB of such matrices are converted together, row by row) plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f).
  * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
  * singular values per matrix, descending.  tol is in the units of the input (< 0: default).  used_svd (optional, one byte per matrix) records the
  * route.  *bad gets the batch index of the offending matrix on RG_ERR_NOT_FINITE or
