@@ -2,7 +2,8 @@
  *
  * Every layer X_l (n x f_l, float32/float64, any strides) is copied into one float64 workspace
  * Z = [X_0 | X_1 | ...] (n x W, W = sum f_l) and column-centred there (a layer of extreme range
- * is also scaled by a power of two: CKA is invariant to each layer's scale).  With K_l = X_l X_l^T (centred, so doubly centred):
+ * is also scaled by a power of two: CKA is invariant to each layer's scale).  With
+ * K_l = X_l X_l^T (doubly centred, since X_l is centred):
  *   C_lm  = <K_l, K_m>_F = ||X_l^T X_m||_F^2
  *   d_l   = diag(K_l) (row norms squared),  F_l = 1^T d_l = ||X_l||_F^2
  * biased:   CKA_lm = C_lm / sqrt(C_ll C_mm)

@@ -9,8 +9,10 @@
  *   - a direct SVD (dgesdd) of the centred matrix otherwise.
  * The Gram squares the condition number: an eigenvalue is known to about c*eps*lambda_max, so a
  * singular value s carries a relative error ~ c*eps/(2 (s/s_max)^2); at the ratio 1e-3 that is
- * ~c*5.5e-14, which keeps the measures within 1e-10 for c up to ~1e3.  The Gram is always the
- * cheaper route (n f^2 / 2 + f^3 flops against ~2 n f^2 + O(f^3)), so it is tried first.
+ * ~c*5.5e-14, which keeps the measures within 1e-10 for c up to ~1e3 (the criterion means
+ * cond(X_centred) <= 31.6).  The Gram is always the cheaper route (n k^2 / 2 + O(k^3) flops
+ * against ~2 n k^2 + O(k^3) for dgesdd, k = min(n, f)), so it is tried first; a matrix that
+ * fails the criterion pays for both.
  * With centring and n <= f the centred matrix has rank <= n-1: its smallest singular value is 0
  * in exact arithmetic, is set to exactly 0 and is not "kept" for the criterion. */
 #ifndef RG_RANK_H
@@ -62,12 +64,13 @@ double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int 
                            double tol, int64_t n, int64_t f);
 
 /* Measure every matrix of the stack, with one workspace allocation per call: n*f + k*k + 5f + k
- * doubles (at most 2 MB more when the innermost batch axis interleaves rows, as positions do in a
- * stream: up to 2 MB of such matrices are converted together, row by row) plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f).
+ * doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
+ * most 2 MB when the innermost batch axis interleaves rows (as positions do in a stream: up to
+ * 2 MB of such matrices are then converted together, row by row).
  * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
- * singular values per matrix, descending.  tol is in the units of the input (< 0: default).  used_svd (optional, one byte per matrix) records the
- * route.  *bad gets the batch index of the offending matrix on RG_ERR_NOT_FINITE or
- * RG_ERR_LAPACK. */
+ * singular values per matrix, descending.  tol is in the units of the input (< 0: default).
+ * used_svd (optional, one byte per matrix) records the route.  *bad gets the batch index of the
+ * offending matrix on RG_ERR_NOT_FINITE or RG_ERR_LAPACK. */
 int rg_rank_batch(const rg_stack *s, int center, int measure, int squared, double tol,
                   double *out, uint8_t *used_svd, int64_t *bad);
 
