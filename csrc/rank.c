@@ -22,6 +22,7 @@ static inline double load_elem(const char *p, int dtype)
 #define RG_SAFE_EXP 300
 
 #define RG_PREFETCH_ROWS 16
+#define RG_GEMM_GRAM_MAX 16
 #if defined(__GNUC__)
 #define RG_PREFETCH(p) __builtin_prefetch(p)
 #else
@@ -210,13 +211,18 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
                     lapack_int *iwork, int64_t liwork, uint8_t *used_svd)
 {
     const int64_t k = n < f ? n : f;
-    /* Gram of the smaller side: row-major upper triangle == column-major lower triangle */
-    if (f <= n)
-        RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasTrans, (blasint)f, (blasint)n, 1.0,
-                             A, (blasint)f, 0.0, G, (blasint)f);
+    /* Gram of the smaller side: row-major upper triangle == column-major lower triangle.  For
+     * k <= RG_GEMM_GRAM_MAX OpenBLAS's dgemm beats its dsyrk (~2x at k = 16, n = 2048) despite
+     * doing both triangles; above it dsyrk's halved flops win. */
+    const CBLAS_TRANSPOSE t1 = f <= n ? CblasTrans : CblasNoTrans;
+    const CBLAS_TRANSPOSE t2 = f <= n ? CblasNoTrans : CblasTrans;
+    const blasint kk = (blasint)k, inner = (blasint)(f <= n ? n : f);
+    if (k <= RG_GEMM_GRAM_MAX)
+        RG_BLAS(cblas_dgemm)(CblasRowMajor, t1, t2, kk, kk, inner, 1.0, A, (blasint)f, A,
+                             (blasint)f, 0.0, G, kk);
     else
-        RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)n, (blasint)f,
-                             1.0, A, (blasint)f, 0.0, G, (blasint)n);
+        RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, t1, kk, inner, 1.0, A, (blasint)f, 0.0,
+                             G, kk);
     lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k, G,
                                                     (lapack_int)k, s, work, (lapack_int)lwork,
                                                     iwork, (lapack_int)liwork);

@@ -79,6 +79,7 @@ def _cases():
     c = {}
     c["random"] = rng.standard_normal((200, 20))
     c["n<f"] = rng.standard_normal((20, 200))
+    c["n<f, k <= 16 (dgemm Gram)"] = rng.standard_normal((12, 100))
     c["n>>f"] = rng.standard_normal((4096, 16))
     c["square"] = rng.standard_normal((60, 60))
     c["low-rank"] = rng.standard_normal((300, 5)) @ rng.standard_normal((5, 50))
