@@ -18,6 +18,8 @@
 
 #include "blas.h"
 #include "chain.h"
+#include "cka.h"
+#include "rank.h"
 #include "status.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -592,6 +594,259 @@ static PyObject *py_philox(PyObject *self, PyObject *args)
 
 /* ------------------------------------------------------------------------------------------ */
 
+/* ---- analysis bindings (begin) ---- */
+/* Effective rank and CKA: float32/float64 arrays are read in place through their strides (no
+ * copy); other real dtypes are converted to float64 when that is exact; NaN/Inf are found by
+ * the kernels while they copy, and reported naming the argument. */
+
+/* 2^53: integers up to this magnitude are exact in float64. */
+#define RG_EXACT_INT ((int64_t)1 << 53)
+
+/* obj as an aligned, native-order float32/float64 array of at least min_ndim dimensions with
+ * no zero-sized matrix axis (the last two). */
+static PyArrayObject *analysis_array(PyObject *obj, const char *name, int min_ndim, int max_ndim)
+{
+    PyArrayObject *a = as_any_array(obj, name), *out = NULL;
+    if (!a) return NULL;
+    char buf[160];
+    int type = PyArray_TYPE(a), target = NPY_FLOAT64;
+    if (type == NPY_FLOAT32 || type == NPY_FLOAT64) {
+        target = type;
+    } else if (type == NPY_HALF || type == NPY_BYTE || type == NPY_UBYTE || type == NPY_SHORT ||
+               type == NPY_USHORT || type == NPY_INT || type == NPY_UINT) {
+        target = NPY_FLOAT64;  /* every value is exact in float64 */
+    } else if (PyArray_ISINTEGER(a)) {
+        /* 64-bit integers: exact in float64 only up to 2^53 in magnitude */
+        PyArrayObject *u = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, PyArray_ISUNSIGNED(a)
+                                                            ? NPY_UINT64 : NPY_INT64, 0, 0,
+                                                            NPY_ARRAY_IN_ARRAY);
+        if (!u) goto exit;
+        npy_intp size = PyArray_SIZE(u);
+        int ok = 1;
+        if (PyArray_ISUNSIGNED(a)) {
+            const uint64_t *x = PyArray_DATA(u);
+            for (npy_intp k = 0; k < size && ok; k++) ok = x[k] <= (uint64_t)RG_EXACT_INT;
+        } else {
+            const int64_t *x = PyArray_DATA(u);
+            for (npy_intp k = 0; k < size && ok; k++)
+                ok = x[k] <= RG_EXACT_INT && x[k] >= -RG_EXACT_INT;
+        }
+        Py_DECREF(u);
+        if (!ok) {
+            describe(a, buf, sizeof buf);
+            rg_error(PyExc_ValueError, "%s (a %s) holds integers beyond 2**53 that float64 "
+                     "cannot represent exactly", name, buf);
+            goto exit;
+        }
+    } else {
+        describe(a, buf, sizeof buf);
+        rg_error(PyExc_TypeError, "%s must be a real float32 or float64 array (or integers / "
+                 "float16, converted exactly), got a %s", name, buf);
+        goto exit;
+    }
+    int nd = PyArray_NDIM(a);
+    if (nd < min_ndim || nd > max_ndim) {
+        describe(a, buf, sizeof buf);
+        if (min_ndim == max_ndim)
+            rg_error(PyExc_ValueError, "%s must be a %d-D array (n_samples, n_features), got "
+                     "a %s", name, min_ndim, buf);
+        else
+            rg_error(PyExc_ValueError, "%s must have at least %d dimensions (..., n_samples, "
+                     "n_features), got a %s", name, min_ndim, buf);
+        goto exit;
+    }
+    if (PyArray_DIM(a, nd - 2) < 1 || PyArray_DIM(a, nd - 1) < 1) {
+        describe(a, buf, sizeof buf);
+        rg_error(PyExc_ValueError, "%s needs at least one sample and one feature, got a %s",
+                 name, buf);
+        goto exit;
+    }
+    if (PyArray_DIM(a, nd - 2) > INT32_MAX || PyArray_DIM(a, nd - 1) > INT32_MAX) {
+        describe(a, buf, sizeof buf);
+        rg_error(PyExc_ValueError, "%s is too large for 32-bit LAPACK (%s)", name, buf);
+        goto exit;
+    }
+    /* a no-op for aligned native float32/float64; otherwise an exact conversion */
+    out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, target, 0, 0, NPY_ARRAY_ALIGNED);
+exit:
+    Py_DECREF(a);
+    return out;
+}
+
+static rg_view analysis_view(PyArrayObject *a)
+{
+    int nd = PyArray_NDIM(a);
+    rg_view v;
+    v.data = PyArray_BYTES(a);
+    v.dtype = PyArray_TYPE(a) == NPY_FLOAT32 ? RG_FLOAT32 : RG_FLOAT64;
+    v.rows = PyArray_DIM(a, nd - 2);
+    v.cols = PyArray_DIM(a, nd - 1);
+    v.row_stride = PyArray_STRIDE(a, nd - 2);
+    v.col_stride = PyArray_STRIDE(a, nd - 1);
+    return v;
+}
+
+static int measure_code(const char *m)
+{
+    static const char *names[] = {"erank", "participation", "stable", "numerical", "spectrum"};
+    for (int i = 0; i < 5; i++)
+        if (!strcmp(m, names[i])) return i;
+    rg_error(PyExc_ValueError, "measure must be one of 'erank', 'participation', 'stable', "
+             "'numerical', 'spectrum', got '%s'", m);
+    return -1;
+}
+
+static PyObject *py_rank(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"X", "measure", "center", "squared", "tol", "name", NULL};
+    PyObject *x_obj, *result = NULL;
+    const char *mname = "erank", *name = "X";
+    int center = 1, squared = 0;
+    double tol = -1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|sppds:rank", kwlist, &x_obj, &mname,
+                                     &center, &squared, &tol, &name))
+        return NULL;
+    int measure = measure_code(mname);
+    if (measure < 0) return NULL;
+    if (!(tol < 0.0 || isfinite(tol))) {
+        rg_error(PyExc_ValueError, "tol must be finite and >= 0, got %g", tol);
+        return NULL;
+    }
+    PyArrayObject *X = analysis_array(x_obj, name, 2, RG_MAX_BATCH_DIMS + 2), *out = NULL;
+    PyArrayObject *route = NULL;
+    if (!X) return NULL;
+    int nd = PyArray_NDIM(X);
+    rg_stack st;
+    st.base = analysis_view(X);
+    st.nbatch = nd - 2;
+    npy_intp dims[RG_MAX_BATCH_DIMS + 1];
+    int64_t count = 1;
+    for (int d = 0; d < nd - 2; d++) {
+        st.batch_shape[d] = dims[d] = PyArray_DIM(X, d);
+        st.batch_stride[d] = PyArray_STRIDE(X, d);
+        count *= dims[d];
+    }
+    int64_t n = st.base.rows, f = st.base.cols, k = n < f ? n : f;
+    if (check_product(n, f, 8, "n_samples * n_features") < 0 ||
+        check_product(count, k, 8, "matrices * min(n_samples, n_features)") < 0 ||
+        check_product(k, k, 8, "min(n_samples, n_features)^2") < 0)
+        goto exit;
+    int ndo = nd - 2;
+    if (measure == RG_MEASURE_SPECTRUM) dims[ndo++] = k;
+    out = (PyArrayObject *)PyArray_SimpleNew(ndo, dims, NPY_FLOAT64);
+    route = (PyArrayObject *)PyArray_SimpleNew(nd - 2, dims, NPY_UINT8);
+    if (!out || !route) goto exit;
+    int status;
+    int64_t bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_rank_batch(&st, center, measure, squared, tol, PyArray_DATA(out),
+                           PyArray_DATA(route), &bad);
+    Py_END_ALLOW_THREADS
+    if (status == RG_ERR_NOT_FINITE) {
+        rg_error(PyExc_ValueError, "%s contains NaN or Inf (in matrix %lld of the stack, "
+                 "counted in C order over the leading axes)", name, (long long)bad);
+        goto exit;
+    }
+    if (status != RG_OK) { raise_status(status, name); goto exit; }
+    result = Py_BuildValue("NN", out, route);
+    out = route = NULL;
+exit:
+    Py_DECREF(X);
+    Py_XDECREF(out);
+    Py_XDECREF(route);
+    return result;
+}
+
+static PyObject *py_cka(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"layers", "consecutive", "debiased", "names", NULL};
+    PyObject *seq_obj, *names = Py_None, *result = NULL, *seq = NULL;
+    int consecutive = 0, debiased = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|ppO:cka", kwlist, &seq_obj, &consecutive,
+                                     &debiased, &names))
+        return NULL;
+    seq = PySequence_Fast(seq_obj, "layers must be a sequence of 2-D arrays");
+    if (!seq) return NULL;
+    Py_ssize_t L = PySequence_Fast_GET_SIZE(seq);
+    PyArrayObject **arr = NULL, *out = NULL;
+    rg_view *views = NULL;
+    if (L < 1) {
+        PyErr_SetString(PyExc_ValueError, "layers must hold at least one array");
+        goto exit;
+    }
+    if (names != Py_None && (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) != L)) {
+        PyErr_SetString(PyExc_TypeError, "names must be None or a tuple with one str per layer");
+        goto exit;
+    }
+    arr = PyMem_Calloc((size_t)L, sizeof *arr);
+    views = PyMem_Calloc((size_t)L, sizeof *views);
+    if (!arr || !views) { PyErr_NoMemory(); goto exit; }
+    int64_t n = 0, W = 0;
+    for (Py_ssize_t l = 0; l < L; l++) {
+        char name[64];
+        if (names != Py_None) {
+            const char *s = PyUnicode_AsUTF8(PyTuple_GET_ITEM(names, l));
+            if (!s) goto exit;
+            snprintf(name, sizeof name, "%s", s);
+        } else {
+            snprintf(name, sizeof name, "layer %zd", l);
+        }
+        arr[l] = analysis_array(PySequence_Fast_GET_ITEM(seq, l), name, 2, 2);
+        if (!arr[l]) goto exit;
+        views[l] = analysis_view(arr[l]);
+        if (l == 0) n = views[l].rows;
+        if (views[l].rows != n) {
+            rg_error(PyExc_ValueError, "%s has %lld samples but the first has %lld: every "
+                     "representation must have the same samples (rows)", name,
+                     (long long)views[l].rows, (long long)n);
+            goto exit;
+        }
+        W += views[l].cols;
+        if (W > INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "the total feature count is too large for "
+                            "32-bit BLAS");
+            goto exit;
+        }
+    }
+    if (debiased && n < 4) {
+        rg_error(PyExc_ValueError, "the debiased CKA estimator needs at least 4 samples, got "
+                 "%lld", (long long)n);
+        goto exit;
+    }
+    if (check_product(n, W, 8, "n_samples * total features") < 0 ||
+        check_product(L, L, 8, "layers^2") < 0)
+        goto exit;
+    npy_intp dims[2] = {L, L};
+    out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT64);
+    if (!out) goto exit;
+    int status, sample_space = 0;
+    int64_t bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_cka_layers(views, L, consecutive, debiased, PyArray_DATA(out), &sample_space,
+                           &bad);
+    Py_END_ALLOW_THREADS
+    if (status == RG_ERR_NOT_FINITE) {
+        if (names != Py_None)
+            rg_error(PyExc_ValueError, "%s contains NaN or Inf",
+                     PyUnicode_AsUTF8(PyTuple_GET_ITEM(names, bad)));
+        else
+            rg_error(PyExc_ValueError, "layer %lld contains NaN or Inf", (long long)bad);
+        goto exit;
+    }
+    if (status != RG_OK) { raise_status(status, "cka"); goto exit; }
+    result = Py_BuildValue("Ni", out, sample_space);
+    out = NULL;
+exit:
+    if (arr)
+        for (Py_ssize_t l = 0; l < L; l++) Py_XDECREF(arr[l]);
+    PyMem_Free(arr);
+    PyMem_Free(views);
+    Py_XDECREF(out);
+    Py_DECREF(seq);
+    return result;
+}
+/* ---- analysis bindings (end) ---- */
+
 static PyMethodDef methods[] = {
     {"chain_check", py_chain_check, METH_VARARGS,
      "chain_check(transition, tol): raise ValueError unless transition is row-stochastic."},
@@ -613,6 +868,13 @@ static PyMethodDef methods[] = {
      "blas_set_num_threads(n): set OpenBLAS's thread count."},
     {"philox4x32_10", py_philox, METH_VARARGS,
      "philox4x32_10((c0, c1, c2, c3), (k0, k1)) -> 4 words; for known-answer tests."},
+    /* analysis */
+    {"rank", (PyCFunction)(void (*)(void))py_rank, METH_VARARGS | METH_KEYWORDS,
+     "rank(X, measure='erank', center=True, squared=False, tol=-1.0, name='X') -> (values, "
+     "used_svd): a measure (or 'spectrum') of every (n, f) matrix of X (..., n, f)."},
+    {"cka", (PyCFunction)(void (*)(void))py_cka, METH_VARARGS | METH_KEYWORDS,
+     "cka(layers, consecutive=False, debiased=False, names=None) -> ((L, L) float64, "
+     "sample_space): linear CKA between 2-D arrays with equal row counts."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {

@@ -11,11 +11,15 @@ except ImportError as exc:  # pragma: no cover - depends on how rgflow was insta
         "rgflow's compiled core could not be imported from %s (%s). In a source checkout, "
         "either `pip install .` and run from another directory, or build in place with "
         "`make inplace`." % (_os.path.dirname(__file__), exc)) from exc
+from .analysis import (cka_matrix, drift_profile, effective_rank, linear_cka, rank_profile,
+                       singular_values)
 from .chains import MarkovChain, mask_tokens
 
 __version__ = "0.1.0"
 
-__all__ = ["MarkovChain", "mask_tokens", "show_config", "__version__"]
+__all__ = ["MarkovChain", "mask_tokens", "show_config", "__version__",
+           "effective_rank", "singular_values", "rank_profile", "linear_cka", "drift_profile",
+           "cka_matrix"]
 
 
 def show_config(print_=True):

@@ -1,0 +1,201 @@
+"""rgflow's analysis kernels against the plain NumPy way, in one process.
+
+    PYTHONPATH=. python benchmarks/bench_analysis.py [--quick]
+
+1. position-level rank profile of a (13, 2048, 32, 16) float32 stream vs a Python loop of
+   np.linalg.svd over layers and positions;
+2. stream-level profile ((13, 2048, 512)) vs np.linalg.svd per layer;
+3. the full 13 x 13 linear-CKA matrix vs the n x n-Gram formula in NumPy, as CKA libraries
+   write it (Kornblith et al.'s gram_linear / center_gram / cka): with every Gram computed
+   once and cached, and with cka(gram_linear(X_i), gram_linear(X_j)) per pair.
+
+Timings are the best of a few repeats (the NumPy loops run once or twice: they are long).
+Two streams: "gaussian" (i.i.d. N(0, 1): every matrix is well conditioned, so rgflow takes the
+Gram route) and "graded" (feature j scaled by 10^(-4 j / d) within each position: every matrix
+is ill-conditioned, so rgflow falls back to dgesdd — its worst case).  Peak memory is measured
+in fresh subprocesses as the rise of the resident high-water mark (VmHWM) over its value after
+building the stream, so it counts NumPy's arrays and the C kernel's workspace alike.  (Not
+ru_maxrss: Linux carries the parent's high-water mark into a forked child.)  The machine's
+thread count for OpenBLAS (both NumPy's and rgflow's) follows OPENBLAS_NUM_THREADS.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import rgflow as rg
+from rgflow import _core
+
+DEPTH1, N, LENGTH, WIDTH = 13, 2048, 32, 16
+
+
+def make_stream(kind, depth1=DEPTH1, n=N):
+    rng = np.random.default_rng(0)
+    s = np.empty((depth1, n, LENGTH, WIDTH), dtype=np.float32)
+    for l in range(depth1):  # layer by layer: no float64 temporary of the whole stream
+        s[l] = rng.standard_normal((n, LENGTH, WIDTH), dtype=np.float32)
+        s[l] += 0.5 * s[l - 1] if l else 0.0  # consecutive layers are related
+    if kind == "graded":
+        s *= (10.0 ** (-4.0 * np.arange(WIDTH) / WIDTH)).astype(np.float32)
+    return s
+
+
+# ---- the NumPy way ---------------------------------------------------------------------------
+
+def np_erank(s):
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def np_position_profile(stream):
+    out = np.empty(stream.shape[:1] + stream.shape[2:3])
+    for l in range(stream.shape[0]):
+        for p in range(stream.shape[2]):
+            X = stream[l, :, p, :].astype(np.float64)
+            X -= X.mean(axis=0)
+            out[l, p] = np_erank(np.linalg.svd(X, compute_uv=False))
+    return out.mean(axis=1)
+
+
+def np_stream_profile(stream):
+    out = np.empty(stream.shape[0])
+    for l in range(stream.shape[0]):
+        X = stream[l].reshape(stream.shape[1], -1).astype(np.float64)
+        X -= X.mean(axis=0)
+        out[l] = np_erank(np.linalg.svd(X, compute_uv=False))
+    return out
+
+
+def gram_linear(x):
+    return x @ x.T
+
+
+def center_gram(gram):
+    gram = gram.copy()
+    means = np.mean(gram, 0, dtype=np.float64)
+    means -= np.mean(means) / 2
+    gram -= means[:, None]
+    gram -= means[None, :]
+    return gram
+
+
+def cka(gram_x, gram_y):
+    gram_x, gram_y = center_gram(gram_x), center_gram(gram_y)
+    return gram_x.ravel().dot(gram_y.ravel()) / (np.linalg.norm(gram_x) * np.linalg.norm(gram_y))
+
+
+def np_cka_matrix_cached(stream):
+    layers = [stream[l].reshape(stream.shape[1], -1).astype(np.float64)
+              for l in range(stream.shape[0])]
+    grams = [gram_linear(x) for x in layers]
+    L = len(grams)
+    M = np.eye(L)
+    for i in range(L):
+        for j in range(i + 1, L):
+            M[i, j] = M[j, i] = cka(grams[i], grams[j])
+    return M
+
+
+def np_cka_matrix_per_pair(stream):
+    L = stream.shape[0]
+    X = lambda l: stream[l].reshape(stream.shape[1], -1).astype(np.float64)  # noqa: E731
+    M = np.eye(L)
+    for i in range(L):
+        for j in range(i + 1, L):
+            M[i, j] = M[j, i] = cka(gram_linear(X(i)), gram_linear(X(j)))
+    return M
+
+
+# ---- rgflow ----------------------------------------------------------------------------------
+
+TASKS = {
+    "position/rgflow": lambda s: rg.rank_profile(s, level="position"),
+    "position/rgflow-2threads": lambda s: rg.rank_profile(s, level="position", n_threads=2),
+    "position/numpy": np_position_profile,
+    "stream/rgflow": lambda s: rg.rank_profile(s, level="stream"),
+    "stream/numpy": np_stream_profile,
+    "cka/rgflow": lambda s: rg.cka_matrix(s, level="stream"),
+    "cka/numpy-cached": np_cka_matrix_cached,
+    "cka/numpy-per-pair": np_cka_matrix_per_pair,
+}
+
+
+def timed(fn, arg, repeat):
+    best, out = np.inf, None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn(arg)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def vm_hwm_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def child(task, kind):
+    s = make_stream(kind)
+    before = vm_hwm_kib()
+    TASKS[task](s)
+    print(json.dumps({"peak_mib": (vm_hwm_kib() - before) / 1024.0}))
+
+
+def peak_mib(task, kind):
+    out = subprocess.run([sys.executable, __file__, "--child", task, "--kind", kind],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)["peak_mib"]
+
+
+def routes(s):
+    """How many matrices rgflow sent to dgesdd (the rest used the Gram)."""
+    pos = _core.rank(s.transpose(0, 2, 1, 3))[1]
+    st = _core.rank(s.reshape(s.shape[0], s.shape[1], -1))[1]
+    return "%d/%d position, %d/%d stream matrices via dgesdd" % (pos.sum(), pos.size, st.sum(),
+                                                                  st.size)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child")
+    ap.add_argument("--kind", default="gaussian")
+    ap.add_argument("--quick", action="store_true", help="skip the slow per-pair CKA and the "
+                    "graded stream")
+    args = ap.parse_args()
+    if args.child:
+        return child(args.child, args.kind)
+    print("rgflow analysis benchmark; BLAS: %s, %d threads" % _core.blas_info()[::2])
+    kinds = ["gaussian"] if args.quick else ["gaussian", "graded"]
+    rows = []
+    for kind in kinds:
+        s = make_stream(kind)
+        print("\nstream %r %s: %s" % (kind, s.shape, routes(s)))
+        comparisons = [("position", "position/rgflow", "position/numpy", 1),
+                       ("position", "position/rgflow-2threads", "position/numpy", 1),
+                       ("stream", "stream/rgflow", "stream/numpy", 1),
+                       ("cka 13x13", "cka/rgflow", "cka/numpy-cached", 1)]
+        if kind == "gaussian" and not args.quick:
+            comparisons.append(("cka 13x13", "cka/rgflow", "cka/numpy-per-pair", 1))
+        cache = {}
+        for what, ours, theirs, rep in comparisons:
+            if ours not in cache:
+                cache[ours] = timed(TASKS[ours], s, 3)
+            if theirs not in cache:
+                cache[theirs] = timed(TASKS[theirs], s, rep)
+            (t1, r1), (t2, r2) = cache[ours], cache[theirs]
+            diff = float(np.max(np.abs(np.asarray(r1) - np.asarray(r2))))
+            rows.append((kind, what, ours, theirs, t1, t2, t2 / t1, diff))
+            print("  %-10s %-26s %8.3f s   %-20s %8.3f s   x%6.1f   max|diff| %.1e"
+                  % (what, ours, t1, theirs, t2, t2 / t1, diff))
+    print("\npeak memory above the loaded stream (fresh subprocess each, MiB):")
+    for task in ("cka/rgflow", "cka/numpy-cached", "stream/rgflow", "stream/numpy",
+                 "position/rgflow", "position/numpy"):
+        print("  %-22s %8.1f" % (task, peak_mib(task, "gaussian")))
+
+
+if __name__ == "__main__":
+    main()

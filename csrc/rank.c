@@ -1,0 +1,351 @@
+/* Singular spectra of centred matrices and the effective-rank family (see rank.h). */
+#include "rank.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "blas.h"
+#include "status.h"
+
+static inline double load_elem(const char *p, int dtype)
+{
+    return dtype == RG_FLOAT32 ? (double)*(const float *)p : *(const double *)p;
+}
+
+/* Rows summed per block before the block sum joins the column total: the rounding error of a
+ * mean grows like (RG_SUM_BLOCK + n / RG_SUM_BLOCK) eps instead of n eps. */
+#define RG_SUM_BLOCK 128
+/* Centred entries outside [2^-RG_SAFE_EXP, 2^RG_SAFE_EXP] are rescaled before the Gram, whose
+ * entries (sums of n squares) must neither overflow nor underflow. */
+#define RG_SAFE_EXP 300
+
+#define RG_PREFETCH_ROWS 16
+#define RG_GEMM_GRAM_MAX 16
+#if defined(__GNUC__)
+#define RG_PREFETCH(p) __builtin_prefetch(p)
+#else
+#define RG_PREFETCH(p) ((void)(p))
+#endif
+
+/* Multiply out (rows x cols at ld) by 2^-e (exact). */
+static void scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int e)
+{
+    const double s = ldexp(1.0, -e);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) out[i * ld + j] *= s;
+}
+
+int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, int64_t ld,
+                     double *scratch /* 5 cols */, int *exponent)
+{
+    const int64_t n = v->rows, f = v->cols;
+    const int64_t esize = v->dtype == RG_FLOAT32 ? 4 : 8;
+    /* per-column accumulators, all updated element-wise across a row so the loops vectorize */
+    double *sum = scratch, *lo = sum + f, *hi = lo + f, *nan = hi + f, *blk = nan + f;
+    for (int64_t j = 0; j < f; j++) {
+        sum[j] = nan[j] = 0.0;
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+    }
+    /* pass 1: convert to float64; column sums (blocked), minima, maxima; x*0 is NaN exactly
+     * when x is NaN or Inf */
+    for (int64_t i0 = 0; i0 < n; i0 += RG_SUM_BLOCK) {
+        const int64_t i1 = i0 + RG_SUM_BLOCK < n ? i0 + RG_SUM_BLOCK : n;
+        for (int64_t i = i0; i < i1; i++) {
+            const char *row = v->data + i * v->row_stride;
+            double *o = out + i * ld;
+            /* rows of a strided view (e.g. one position of a (n, length, d) stream) lie pages
+             * apart, where hardware prefetchers do not reach: ask for a row well ahead */
+            if (i + RG_PREFETCH_ROWS < n)
+                RG_PREFETCH(row + RG_PREFETCH_ROWS * v->row_stride);
+            if ((const char *)o == row) {
+                /* already in place (a group converted by rg_rank_batch) */
+            } else if (v->col_stride == esize && v->dtype == RG_FLOAT32) {
+                const float *r = (const float *)row;
+                for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
+            } else if (v->col_stride == esize) {
+                memcpy(o, row, (size_t)f * sizeof(double));
+            } else {
+                for (int64_t j = 0; j < f; j++) o[j] = load_elem(row + j * v->col_stride,
+                                                                 v->dtype);
+            }
+            for (int64_t j = 0; j < f; j++) {
+                lo[j] = o[j] < lo[j] ? o[j] : lo[j];
+                hi[j] = o[j] > hi[j] ? o[j] : hi[j];
+                nan[j] += o[j] * 0.0;
+            }
+        }
+        for (int64_t j = 0; j < f; j++) blk[j] = 0.0;
+        for (int64_t i = i0; i < i1; i++)
+            for (int64_t j = 0; j < f; j++) blk[j] += out[i * ld + j];
+        for (int64_t j = 0; j < f; j++) sum[j] += blk[j];
+    }
+    double amax = 0.0;
+    for (int64_t j = 0; j < f; j++) {
+        if (nan[j] != 0.0) return RG_ERR_NOT_FINITE;
+        amax = fmax(amax, fmax(fabs(lo[j]), fabs(hi[j])));
+    }
+    *exponent = 0;
+    if (amax == 0.0) return RG_OK;
+    int e = 0;
+    if (amax > ldexp(1.0, 2 * RG_SAFE_EXP)) {
+        /* sums of n such values may overflow: scale first (rare) */
+        frexp(amax, &e);
+        scale_pow2(out, n, f, ld, e);
+        for (int64_t j = 0; j < f; j++) {
+            sum[j] = 0.0;
+            lo[j] = ldexp(lo[j], -e);
+            hi[j] = ldexp(hi[j], -e);
+        }
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < f; j++) sum[j] += out[i * ld + j];
+    }
+    double cmax = amax;
+    if (center) {
+        /* the mean of a constant column is that constant exactly, so constant data centres to
+         * exact zeros; otherwise it is clamped into [min, max] */
+        double *mean = sum;
+        for (int64_t j = 0; j < f; j++) {
+            double m = sum[j] / (double)n;
+            mean[j] = lo[j] == hi[j] ? lo[j] : m < lo[j] ? lo[j] : m > hi[j] ? hi[j] : m;
+            hi[j] = 0.0;
+        }
+        /* pass 2: subtract, tracking the largest centred magnitude per column */
+        for (int64_t i = 0; i < n; i++) {
+            double *o = out + i * ld;
+            for (int64_t j = 0; j < f; j++) {
+                o[j] -= mean[j];
+                const double a = fabs(o[j]);
+                hi[j] = a > hi[j] ? a : hi[j];
+            }
+        }
+        cmax = 0.0;
+        for (int64_t j = 0; j < f; j++) cmax = fmax(cmax, hi[j]);
+        if (cmax == 0.0) return RG_OK;  /* constant data: exactly zero */
+    } else if (e != 0) {
+        cmax = ldexp(amax, -e);
+    }
+    if (cmax > ldexp(1.0, RG_SAFE_EXP) || cmax < ldexp(1.0, -RG_SAFE_EXP)) {
+        int e2;
+        frexp(cmax, &e2);
+        scale_pow2(out, n, f, ld, e2);
+        e += e2;
+    }
+    *exponent = e;
+    return RG_OK;
+}
+
+double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int squared,
+                           double tol, int64_t n, int64_t f)
+{
+    const double smax = k > 0 ? s[0] : 0.0;
+    if (!(smax > 0.0)) return 0.0;
+    switch (measure) {
+    case RG_MEASURE_ERANK: {
+        /* weights relative to s_max keep every sum O(k) */
+        double total = 0.0, h = 0.0;
+        for (int64_t i = 0; i < k; i++) {
+            double t = s[i] / smax;
+            total += squared ? t * t : t;
+        }
+        for (int64_t i = 0; i < k; i++) {
+            double t = s[i] / smax;
+            double p = (squared ? t * t : t) / total;
+            if (p > 0.0) h -= p * log(p);
+        }
+        return exp(h);
+    }
+    case RG_MEASURE_PARTICIPATION: {
+        double a = 0.0, b = 0.0;
+        for (int64_t i = 0; i < k; i++) {
+            double q = (s[i] / smax) * (s[i] / smax);
+            a += q;
+            b += q * q;
+        }
+        return a * a / b;
+    }
+    case RG_MEASURE_STABLE: {
+        double a = 0.0;
+        for (int64_t i = 0; i < k; i++) a += (s[i] / smax) * (s[i] / smax);
+        return a;
+    }
+    case RG_MEASURE_NUMERICAL: {
+        if (tol < 0.0) tol = smax * (double)(n > f ? n : f) * DBL_EPSILON;
+        int64_t r = 0;
+        for (int64_t i = 0; i < k; i++) r += s[i] > tol;
+        return (double)r;
+    }
+    default:
+        return NAN;
+    }
+}
+
+/* LAPACK workspace sizes for min(n, f) = k Grams and n x f SVDs (queried, not guessed). */
+static int lapack_sizes(int64_t n, int64_t f, int64_t *lwork, int64_t *liwork)
+{
+    const int64_t k = n < f ? n : f;
+    double wq = 0.0, dummy = 0.0;
+    lapack_int iq = 0;
+    lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k,
+                                                    &dummy, (lapack_int)k, &dummy, &wq, -1,
+                                                    &iq, -1);
+    if (info != 0) return RG_ERR_LAPACK;
+    int64_t lw = (int64_t)wq, liw = iq;
+    info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)f, (lapack_int)n,
+                                        &dummy, (lapack_int)f, &dummy, &dummy, 1, &dummy, 1,
+                                        &wq, -1, &iq);
+    if (info != 0) return RG_ERR_LAPACK;
+    if ((int64_t)wq > lw) lw = (int64_t)wq;
+    if (8 * k > liw) liw = 8 * k;  /* dgesdd's iwork is 8 min(m, n), not reported by the query */
+    *lwork = lw + 1;
+    *liwork = liw + 1;
+    return RG_OK;
+}
+
+/* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
+ * descending).  G: k x k scratch.  structural_zero: the smallest value is 0 by construction. */
+static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_zero,
+                    double *G /* k x k */, double *s /* k */, double *work, int64_t lwork,
+                    lapack_int *iwork, int64_t liwork, uint8_t *used_svd)
+{
+    const int64_t k = n < f ? n : f;
+    /* Gram of the smaller side: row-major upper triangle == column-major lower triangle.  For
+     * k <= RG_GEMM_GRAM_MAX OpenBLAS's dgemm beats its dsyrk (~2x at k = 16, n = 2048) despite
+     * doing both triangles; above it dsyrk's halved flops win. */
+    const CBLAS_TRANSPOSE t1 = f <= n ? CblasTrans : CblasNoTrans;
+    const CBLAS_TRANSPOSE t2 = f <= n ? CblasNoTrans : CblasTrans;
+    const blasint kk = (blasint)k, inner = (blasint)(f <= n ? n : f);
+    if (k <= RG_GEMM_GRAM_MAX)
+        RG_BLAS(cblas_dgemm)(CblasRowMajor, t1, t2, kk, kk, inner, 1.0, A, (blasint)f, A,
+                             (blasint)f, 0.0, G, kk);
+    else
+        RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, t1, kk, inner, 1.0, A, (blasint)f, 0.0,
+                             G, kk);
+    lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k, G,
+                                                    (lapack_int)k, s, work, (lapack_int)lwork,
+                                                    iwork, (lapack_int)liwork);
+    /* s holds the eigenvalues ascending; the kept ones are s[structural_zero .. k-1] */
+    int gram_ok = info == 0;
+    if (gram_ok) {
+        const double lmax = s[k - 1];
+        const int64_t first = structural_zero ? 1 : 0;
+        /* an all-zero matrix passes with lmax = 0 (no rounding there) */
+        gram_ok = first >= k || s[first] >= RG_GRAM_MIN_RATIO * lmax;
+    }
+    if (gram_ok) {
+        for (int64_t i = 0; i < k / 2; i++) {
+            double t = s[i];
+            s[i] = s[k - 1 - i];
+            s[k - 1 - i] = t;
+        }
+        for (int64_t i = 0; i < k; i++) s[i] = sqrt(s[i] > 0.0 ? s[i] : 0.0);
+        *used_svd = 0;
+    } else {
+        /* row-major n x f is column-major f x n: same singular values, no transposition */
+        info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)f, (lapack_int)n,
+                                            A, (lapack_int)f, s, NULL, 1, NULL, 1, work,
+                                            (lapack_int)lwork, iwork);
+        if (info != 0) return RG_ERR_LAPACK;
+        *used_svd = 1;
+    }
+    if (structural_zero) s[k - 1] = 0.0;
+    return RG_OK;
+}
+
+/* Interleaved stacks: when the innermost batch axis steps by less than a row (the positions of
+ * a (n, length, d) stream), the matrices of that axis share every row's memory.  Converting
+ * such a group row by row reads memory sequentially, instead of one scattered row per page for
+ * each matrix.  Up to this many doubles (2 MB: cache-sized, few page faults) are converted
+ * together. */
+#define RG_GROUP_DOUBLES ((int64_t)1 << 18)
+
+/* The g matrices v, v + gstride, ... into out (g x n x f, float64, row-major). */
+static void convert_group(const rg_view *v, int64_t g, int64_t gstride,
+                          double *out /* g x n x f */)
+{
+    const int64_t n = v->rows, f = v->cols;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t q = 0; q < g; q++) {
+            const char *row = v->data + i * v->row_stride + q * gstride;
+            double *o = out + (q * n + i) * f;
+            if (v->dtype == RG_FLOAT32 && v->col_stride == 4) {
+                const float *r = (const float *)row;
+                for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
+            } else {
+                for (int64_t j = 0; j < f; j++)
+                    o[j] = load_elem(row + j * v->col_stride, v->dtype);
+            }
+        }
+}
+
+int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, double tol,
+                  double *out, uint8_t *used_svd, int64_t *bad)
+{
+    const int64_t n = st->base.rows, f = st->base.cols, k = n < f ? n : f;
+    int64_t count = 1;
+    for (int d = 0; d < st->nbatch; d++) count *= st->batch_shape[d];
+    if (count == 0) return RG_OK;
+    int64_t lwork, liwork;
+    int status = lapack_sizes(n, f, &lwork, &liwork);
+    if (status != RG_OK) return status;
+    int64_t grp = 1, gstride = 0;
+    if (st->nbatch > 0) {
+        const int64_t g = st->batch_shape[st->nbatch - 1];
+        const int64_t gs = st->batch_stride[st->nbatch - 1];
+        const int64_t rs = st->base.row_stride;
+        const int64_t fit = RG_GROUP_DOUBLES / (n * f);
+        if (g > 1 && fit > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs)) {
+            grp = g < fit ? g : fit;
+            gstride = gs;
+        }
+    }
+    /* one allocation: A (grp n f) | G (k k) | scratch (5 f) | s (k) | work (lwork) | iwork */
+    const size_t nd = (size_t)(grp * n * f + k * k + 5 * f + k + lwork);
+    double *ws = malloc(nd * sizeof(double) + (size_t)liwork * sizeof(lapack_int));
+    if (!ws) return RG_ERR_NOMEM;
+    double *A0 = ws, *G = A0 + grp * n * f, *mean = G + k * k, *s = mean + 5 * f;
+    double *work = s + k;
+    lapack_int *iwork = (lapack_int *)(work + lwork);
+    /* centring with n <= f leaves rank <= n - 1 */
+    const int structural_zero = center && n <= f;
+    int64_t idx[RG_MAX_BATCH_DIMS] = {0};
+    rg_view v;
+    for (int64_t b = 0; b < count; b++) {
+        int64_t off = 0;
+        for (int d = 0; d < st->nbatch; d++) off += idx[d] * st->batch_stride[d];
+        v = st->base;
+        v.data += off;
+        double *A = A0;
+        if (grp > 1) {
+            const int64_t q = idx[st->nbatch - 1] % grp, g = st->batch_shape[st->nbatch - 1];
+            if (q == 0) {
+                const int64_t left = g - idx[st->nbatch - 1];
+                convert_group(&v, left < grp ? left : grp, gstride, A0);
+            }
+            A = A0 + q * n * f;
+            v = (rg_view){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
+        }
+        int e;
+        status = rg_load_centered(&v, center, A, f, mean, &e);
+        if (status != RG_OK) { *bad = b; break; }
+        uint8_t svd = 0;
+        status = spectrum(A, n, f, structural_zero, G, s, work, lwork, iwork, liwork, &svd);
+        if (status != RG_OK) { *bad = b; break; }
+        if (used_svd) used_svd[b] = svd;
+        if (measure == RG_MEASURE_SPECTRUM) {
+            for (int64_t i = 0; i < k; i++) out[b * k + i] = ldexp(s[i], e);
+        } else {
+            /* the measures are scale-free; only an explicit tolerance needs the scale */
+            double t = tol < 0.0 ? tol : ldexp(tol, -e);
+            out[b] = rg_spectrum_measure(s, k, measure, squared, t, n, f);
+        }
+        for (int d = st->nbatch - 1; d >= 0; d--) {
+            if (++idx[d] < st->batch_shape[d]) break;
+            idx[d] = 0;
+        }
+    }
+    free(ws);
+    return status;
+}

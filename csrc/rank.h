@@ -1,0 +1,77 @@
+/* Singular spectra of column-centred representation matrices and the effective-rank family.
+ *
+ * Inputs are strided views of float32 or float64 data (strides in bytes), so a (layers,
+ * positions, n, d) view of a (layers, n, positions, d) stream is measured without a copy.  Every
+ * matrix is copied into a float64 workspace, centred there (and scaled by an exact power of two
+ * if its range could overflow or underflow the Gram), and its spectrum comes from
+ *   - the min(n, f)-sized Gram (dsyrk) + symmetric eigensolver (dsyevd), when the Gram is
+ *     well conditioned: every kept eigenvalue >= RG_GRAM_MIN_RATIO * the largest, or
+ *   - a direct SVD (dgesdd) of the centred matrix otherwise.
+ * The Gram squares the condition number: an eigenvalue is known to about c*eps*lambda_max, so a
+ * singular value s carries a relative error ~ c*eps/(2 (s/s_max)^2); at the ratio 1e-3 that is
+ * ~c*5.5e-14, which keeps the measures within 1e-10 for c up to ~1e3 (the criterion means
+ * cond(X_centred) <= 31.6).  The Gram is always the cheaper route (n k^2 / 2 + O(k^3) flops
+ * against ~2 n k^2 + O(k^3) for dgesdd, k = min(n, f)), so it is tried first; a matrix that
+ * fails the criterion pays for both.
+ * With centring and n <= f the centred matrix has rank <= n-1: its smallest singular value is 0
+ * in exact arithmetic, is set to exactly 0 and is not "kept" for the criterion. */
+#ifndef RG_RANK_H
+#define RG_RANK_H
+
+#include <stdint.h>
+
+#define RG_GRAM_MIN_RATIO 1e-3
+#define RG_MAX_BATCH_DIMS 32
+
+enum { RG_FLOAT32 = 0, RG_FLOAT64 = 1 };
+
+/* One strided matrix: element (i, j) at data + i*row_stride + j*col_stride (bytes). */
+typedef struct {
+    const char *data;
+    int dtype;                        /* RG_FLOAT32 or RG_FLOAT64 */
+    int64_t rows, cols;               /* n samples, f features */
+    int64_t row_stride, col_stride;   /* bytes */
+} rg_view;
+
+/* A stack of equally shaped matrices: batch index (b_0, ..., b_{nb-1}) selects
+ * base.data + sum_k b_k * batch_stride[k]. */
+typedef struct {
+    rg_view base;
+    int nbatch;
+    int64_t batch_shape[RG_MAX_BATCH_DIMS];
+    int64_t batch_stride[RG_MAX_BATCH_DIMS];  /* bytes */
+} rg_stack;
+
+enum {
+    RG_MEASURE_ERANK = 0,          /* exp(entropy of s / sum s), or of s^2 / sum s^2 if squared */
+    RG_MEASURE_PARTICIPATION = 1,  /* (sum s^2)^2 / sum s^4 */
+    RG_MEASURE_STABLE = 2,         /* sum s^2 / s_max^2 */
+    RG_MEASURE_NUMERICAL = 3,      /* #{s_i > tol} */
+    RG_MEASURE_SPECTRUM = 4        /* the singular values themselves */
+};
+
+/* Copy v into out (rows x cols at leading dimension ld) and centre its columns if center (the
+ * mean of a constant column is exact, so constant data centres to exact zeros).  If the
+ * largest centred magnitude falls outside [2^-300, 2^300] (where a Gram could overflow or
+ * underflow) the result is scaled by the exact power of two 2^-(*exponent); otherwise
+ * *exponent = 0.  scratch: 5 * cols doubles.  RG_ERR_NOT_FINITE if v holds NaN or Inf. */
+int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, int64_t ld,
+                     double *scratch /* 5 cols */, int *exponent);
+
+/* A measure of a spectrum s (k values, descending, >= 0).  An all-zero spectrum gives 0 for
+ * every measure.  tol < 0 selects numpy.linalg.matrix_rank's s_max * max(n, f) * eps. */
+double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int squared,
+                           double tol, int64_t n, int64_t f);
+
+/* Measure every matrix of the stack, with one workspace allocation per call: n*f + k*k + 5f + k
+ * doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
+ * most 2 MB when the innermost batch axis interleaves rows (as positions do in a stream: up to
+ * 2 MB of such matrices are then converted together, row by row).
+ * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
+ * singular values per matrix, descending.  tol is in the units of the input (< 0: default).
+ * used_svd (optional, one byte per matrix) records the route.  *bad gets the batch index of the
+ * offending matrix on RG_ERR_NOT_FINITE or RG_ERR_LAPACK. */
+int rg_rank_batch(const rg_stack *s, int center, int measure, int squared, double tol,
+                  double *out, uint8_t *used_svd, int64_t *bad);
+
+#endif

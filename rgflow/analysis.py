@@ -1,0 +1,329 @@
+"""Measures of a representation: the effective-rank family and linear CKA (kernel drift).
+
+Every function takes anything ``numpy.asarray`` accepts (a CPU torch tensor included) with
+samples along the rows, ``(n_samples, n_features)`` as in scikit-learn, or stacks of such
+matrices.  float32 and float64 are read in place, whatever their strides; integer and float16
+inputs are converted to float64 when that is exact (otherwise ValueError); bool, complex and
+object arrays raise TypeError.  All arithmetic is float64.  The work runs in C with the GIL
+released (see ``csrc/rank.h`` and ``csrc/cka.h`` for the algorithms and their accuracy).
+
+Edge cases (the same everywhere):
+
+- an all-zero spectrum (zero or constant data, a single sample when centring) gives 0 for
+  every rank measure (0.0 erank, participation and stable rank; numerical rank 0);
+- NaN or Inf anywhere raises ValueError naming the argument;
+- linear CKA is NaN when a representation is constant (zero after centring), and for the
+  debiased estimator when a self-HSIC estimate is <= 0; the debiased estimator needs n >= 4
+  (ValueError otherwise); representations with different sample counts raise ValueError.
+"""
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from ._util import as_count
+
+__all__ = ["effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
+           "linear_cka", "drift_profile", "cka_matrix"]
+
+MEASURES = ("erank", "participation", "stable", "numerical")
+LEVELS = ("position", "pooled", "stream")
+
+
+def _tol(tol):
+    if tol is None:
+        return -1.0
+    tol = float(tol)
+    if not (np.isfinite(tol) and tol >= 0.0):
+        raise ValueError("tol must be a finite number >= 0 or None, got %r" % tol)
+    return tol
+
+
+def _measure(measure):
+    if measure not in MEASURES:
+        raise ValueError("measure must be one of %s, got %r" % (", ".join(MEASURES), measure))
+    return measure
+
+
+def _as_result(values, measure):
+    if measure == "numerical":
+        values = values.astype(np.int64)
+    return values[()] if values.ndim == 0 else values
+
+
+def _rank(X, measure, center, squared, tol, n_threads):
+    """_core.rank over the stack, split along its first axis over n_threads threads (views, no
+    copies; every matrix is computed by the same code, so the result is independent of
+    n_threads)."""
+    n_threads = as_count(n_threads, "n_threads")
+    args = (measure, bool(center), bool(squared), _tol(tol))
+    if n_threads > 1:
+        X = np.asarray(X)
+    if n_threads == 1 or X.ndim < 3 or X.shape[0] < 2:
+        return _core.rank(X, *args)[0]
+    bounds = np.linspace(0, X.shape[0], min(n_threads, X.shape[0]) + 1).astype(np.int64)
+    with ThreadPoolExecutor(len(bounds) - 1) as pool:
+        parts = pool.map(lambda k: _core.rank(X[bounds[k]:bounds[k + 1]], *args)[0],
+                         range(len(bounds) - 1))
+        return np.concatenate(list(parts), axis=0)
+
+
+def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_threads=1):
+    """Effective rank (or a related measure) of X, or of every matrix of a stack.
+
+    Parameters
+    ----------
+    X : array_like, shape (n_samples, n_features) or (..., n_samples, n_features)
+        float32/float64 with any strides (read in place), or exactly convertible reals.
+    measure : {"erank", "participation", "stable", "numerical"}
+        From the singular values s of the (column-centred) matrix:
+        ``erank`` = exp(entropy of p), p = s / sum(s) (Roy & Vetterli 2007; with
+        ``squared=True`` p = s**2 / sum(s**2)); ``participation`` = (sum s^2)^2 / sum s^4;
+        ``stable`` = sum s^2 / max(s)^2; ``numerical`` = #{s > tol}.
+    center : bool
+        Subtract the column means first (default).  Centred data with n samples has at most
+        n - 1 non-zero singular values.
+    squared : bool
+        For ``erank`` only: entropy of the normalised squared singular values.
+    tol : float or None
+        For ``numerical`` only: absolute threshold in the units of X; None means
+        ``max(s) * max(n_samples, n_features) * eps`` as in ``numpy.linalg.matrix_rank``.
+    n_threads : int
+        Split a stack along its first axis over this many threads (the C kernel releases the
+        GIL); the result does not depend on it.  Worth it for many small matrices; large ones
+        are already threaded inside OpenBLAS.
+
+    Returns
+    -------
+    float (int for ``numerical``) for a 2-D X, else a float64 (int64) array of shape ``...``.
+    An all-zero spectrum (zero or constant X, or a single sample) gives 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((1000, 4))
+    >>> bool(3.9 < effective_rank(X) <= 4.0)    # close to the 4 features
+    True
+    >>> round(float(effective_rank(np.outer(np.arange(5.0), [1.0, 2.0, 3.0]))), 12)  # rank one
+    1.0
+    """
+    if squared and measure != "erank":
+        raise ValueError("squared applies to measure='erank' only")
+    return _as_result(_rank(X, _measure(measure), center, squared, tol, n_threads), measure)
+
+
+def singular_values(X, center=True):
+    """Singular values of the (column-centred) matrix X, or of every matrix of a stack.
+
+    X : array_like, shape (..., n_samples, n_features).  Returns float64 of shape
+    ``(..., min(n_samples, n_features))``, descending.  Values below about
+    ``eps * max(s) * n`` are noise (as for any SVD); when centring with n_samples <= n_features
+    the last value is exactly 0 (the centred rows sum to zero).
+
+    >>> import numpy as np
+    >>> singular_values(np.diag([3.0, 4.0]), center=False)
+    array([4., 3.])
+    """
+    values, _ = _core.rank(X, "spectrum", bool(center), False, -1.0)
+    return values
+
+
+@dataclass
+class MaskedRankProfile:
+    """Rank profiles of masked and visible positions apart (see :func:`rank_profile`).
+
+    masked, visible : float64 (depth+1,); masked_detail, visible_detail : float64
+    (depth+1, length) per-position values (NaN where a position was skipped), or None unless
+    ``detail=True``.
+    """
+    masked: np.ndarray
+    visible: np.ndarray
+    masked_detail: np.ndarray = None
+    visible_detail: np.ndarray = None
+
+
+def _stream(stream, ndim=4):
+    s = np.asarray(stream)
+    if s.ndim != ndim:
+        raise ValueError("stream must have shape (depth+1, n, length, width), got shape %s"
+                         % (s.shape,))
+    return s
+
+
+def _positions(positions, length):
+    """A slice (view) or an int index array selecting positions."""
+    if positions is None:
+        return slice(None)
+    if isinstance(positions, slice):
+        return positions
+    p = np.asarray(positions)
+    if p.dtype.kind not in "iu" or p.ndim != 1 or p.size == 0:
+        raise ValueError("positions must be a non-empty 1-D integer array or a slice")
+    if p.min() < -length or p.max() >= length:
+        raise ValueError("positions must lie in [-%d, %d)" % (length, length))
+    p = p % length
+    if p.size > 1 and np.all(np.diff(p) == p[1] - p[0]) and p[1] > p[0]:
+        return slice(int(p[0]), int(p[-1]) + 1, int(p[1] - p[0]))  # a view, no copy
+    return p
+
+
+def rank_profile(stream, level="position", positions=None, mask=None, detail=False,
+                 measure="erank", n_threads=1):
+    """Rank of the residual stream at every depth.
+
+    Parameters
+    ----------
+    stream : array_like, shape (depth+1, n, length, width)
+        The residual stream z_0..z_K, e.g. ``model.residual_stream(masked)`` (float32).
+    level : {"position", "pooled", "stream"}
+        ``position``: the rank of ``stream[l, :, p, :]`` (n x width) for every position p,
+        averaged over positions (all of them, or ``positions``); measured in one C call over
+        the strided (depth+1, length, n, width) view, without a copy.
+        ``pooled``: the rank of the mean over positions (n x width).
+        ``stream``: the rank of the flattened stream (n x length*width).
+    positions : slice or int array, optional
+        Positions to average over (``position`` level only).
+    mask : array_like of bool, shape (n, length), optional
+        ``position`` level only: measure masked and visible positions apart.  For position
+        p the masked sample is ``stream[l, mask[:, p], p, :]`` (the sequences whose token p
+        was masked) and the visible sample the other rows; a sample with fewer than 2 rows
+        is skipped (NaN in the detail) and the curve averages the positions not skipped
+        (NaN if all were).  Returns a :class:`MaskedRankProfile`.
+    detail : bool
+        Also return the per-position values, shape (depth+1, n_positions) (``position``).
+    measure : str
+        Any measure of :func:`effective_rank` (with its defaults).
+    n_threads : int
+        As in :func:`effective_rank` (split over layers); the result does not depend on it.
+
+    Returns
+    -------
+    float64 (depth+1,); with ``detail`` a tuple (profile, per_position); with ``mask`` a
+    MaskedRankProfile.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z = np.random.default_rng(0).standard_normal((3, 256, 8, 4)).astype(np.float32)
+    >>> rank_profile(z).shape
+    (3,)
+    """
+    s = _stream(stream)
+    _measure(measure)
+    if level not in LEVELS:
+        raise ValueError("level must be one of %s, got %r" % (", ".join(LEVELS), level))
+    if level != "position" and (positions is not None or mask is not None or detail):
+        raise ValueError("positions, mask and detail apply to level='position' only")
+    if level == "pooled":
+        return effective_rank(s.mean(axis=2, dtype=np.float64), measure, n_threads=n_threads)
+    if level == "stream":
+        depth1, n, length, width = s.shape
+        return effective_rank(s.reshape(depth1, n, length * width), measure,
+                              n_threads=n_threads)
+    sel = _positions(positions, s.shape[2])
+    if mask is None:
+        per = effective_rank(s[:, :, sel, :].transpose(0, 2, 1, 3), measure,
+                             n_threads=n_threads)
+        per = np.asarray(per, dtype=np.float64)
+        prof = per.mean(axis=1)
+        return (prof, per) if detail else prof
+    m = np.asarray(mask)
+    if m.dtype != np.bool_ or m.shape != (s.shape[1], s.shape[2]):
+        raise ValueError("mask must be a bool array of shape (n, length) = %s, got %s %s"
+                         % ((s.shape[1], s.shape[2]), m.dtype, m.shape))
+    idx = np.arange(s.shape[2])[sel]
+    out = np.full((2, s.shape[0], idx.size), np.nan)
+    for k, p in enumerate(idx):
+        # rows differ per position, so each position is one batched call over the layers
+        for g, rows in enumerate((m[:, p], ~m[:, p])):
+            if rows.sum() >= 2:
+                out[g, :, k] = effective_rank(s[:, rows, p, :], measure, n_threads=n_threads)
+    curves = [np.nanmean(o, axis=1) if np.any(~np.isnan(o)) else np.full(s.shape[0], np.nan)
+              for o in out]
+    return MaskedRankProfile(curves[0], curves[1], out[0] if detail else None,
+                             out[1] if detail else None)
+
+
+def linear_cka(X, Y, debiased=False):
+    """Linear CKA between two representations of the same samples.
+
+    CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred X, Y; with
+    ``debiased=True`` the same ratio of unbiased HSIC estimates (Song et al. 2012; Nguyen et
+    al. 2021), which is ~0 for independent representations at any n.  Computed in feature
+    space (n f g) or sample space (n^2 (f+g)), whichever is cheaper, never forming an n x n
+    matrix when n > f + g.
+
+    Parameters
+    ----------
+    X : array_like (n, f);  Y : array_like (n, g), the same n (else ValueError).
+    debiased : bool.  Needs n >= 4 (else ValueError).
+
+    Returns
+    -------
+    float in [0, 1] (debiased: may be slightly negative); NaN when X or Y is constant (or,
+    debiased, when a self-HSIC estimate is <= 0).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).standard_normal((100, 5))
+    >>> round(linear_cka(X, 3.0 * X), 12)
+    1.0
+    """
+    out, _ = _core.cka((X, Y), False, bool(debiased), ("X", "Y"))
+    return float(out[0, 1])
+
+
+def _layers(stream, level):
+    s = np.asarray(stream)
+    if s.ndim == 3:
+        return s  # already (layers, n, features)
+    s = _stream(s)
+    if level == "stream":
+        return s.reshape(s.shape[0], s.shape[1], -1)
+    if level == "pooled":
+        return s.mean(axis=2, dtype=np.float64)
+    raise ValueError("level must be 'stream' or 'pooled', got %r" % (level,))
+
+
+def drift_profile(stream, level="stream", debiased=False):
+    """Kernel drift between consecutive layers: 1 - linear CKA(z_l, z_{l+1}).
+
+    Parameters
+    ----------
+    stream : array_like, shape (depth+1, n, length, width), or (layers, n, features) for
+        representations already flattened (then ``level`` is ignored).
+    level : {"stream", "pooled"}
+        ``stream``: z_l flattened to (n, length*width); ``pooled``: mean over positions.
+    debiased : bool
+        Use the debiased CKA (n >= 4).
+
+    Returns float64 (depth,); each layer's Gram-side quantities are computed once.
+
+    >>> import numpy as np
+    >>> z = np.random.default_rng(0).standard_normal((4, 64, 8, 4))
+    >>> drift_profile(z).shape
+    (3,)
+    """
+    layers = _layers(stream, level)
+    out, _ = _core.cka(tuple(layers), True, bool(debiased))
+    return 1.0 - np.diagonal(out, offset=1).copy()
+
+
+def cka_matrix(stream, level="stream", debiased=False):
+    """Linear CKA between every pair of layers.
+
+    Same arguments as :func:`drift_profile`.  Returns float64 (depth+1, depth+1), symmetric,
+    with 1 on the diagonal (NaN for a constant layer).  Every layer's Gram (or feature-space
+    cross product) is computed once; no n x n matrix is formed when n exceeds the total
+    feature count, and in sample space the Grams are built in row blocks (bounded memory).
+
+    >>> import numpy as np
+    >>> z = np.random.default_rng(0).standard_normal((4, 64, 8, 4))
+    >>> cka_matrix(z).shape
+    (4, 4)
+    """
+    layers = _layers(stream, level)
+    out, _ = _core.cka(tuple(layers), False, bool(debiased))
+    return out

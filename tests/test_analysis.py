@@ -1,0 +1,406 @@
+"""Analysis kernels against NumPy references: spectra, the effective-rank family, linear CKA.
+
+Tolerances: measures (erank, participation, stable rank) to a relative 1e-10 of the same
+measure computed from ``np.linalg.svd`` of the centred float64 matrix.  Spectra are compared
+entrywise within ``1e-10 * s_i + 64 * max(n, f) * eps * s_max``: the second term is the
+accuracy floor of any backward-stable SVD (the reference's included), below which singular
+values are noise and cannot be matched relatively.
+"""
+import numpy as np
+import pytest
+
+import rgflow as rg
+from rgflow import _core
+
+EPS = np.finfo(np.float64).eps
+RTOL = 1e-10
+
+
+# ---- references ------------------------------------------------------------------------------
+
+def ref_spectrum(X, center=True):
+    X = np.asarray(X, dtype=np.float64)
+    if center:
+        X = X - X.mean(axis=0)
+    return np.linalg.svd(X, compute_uv=False)
+
+
+def ref_measure(s, measure, squared=False):
+    if s[0] == 0:
+        return 0.0
+    if measure == "erank":
+        w = s ** 2 if squared else s
+        p = w / w.sum()
+        p = p[p > 0]
+        return float(np.exp(-(p * np.log(p)).sum()))
+    if measure == "participation":
+        return float((s ** 2).sum() ** 2 / (s ** 4).sum())
+    if measure == "stable":
+        return float((s ** 2).sum() / s[0] ** 2)
+    raise ValueError(measure)
+
+
+def ref_hsic(X, Y, debiased):
+    """HSIC from the n x n Grams of the raw (uncentred) data, the way CKA libraries do it."""
+    K, L = X @ X.T, Y @ Y.T
+    n = K.shape[0]
+    if not debiased:
+        H = np.eye(n) - 1.0 / n
+        return np.sum((H @ K @ H) * (H @ L @ H))
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    return (np.sum(K * L) + K.sum() * L.sum() / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * K.sum(0) @ L.sum(0)) / (n * (n - 3))
+
+
+def ref_cka(X, Y, debiased=False):
+    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    return ref_hsic(X, Y, debiased) / np.sqrt(ref_hsic(X, X, debiased) * ref_hsic(Y, Y, debiased))
+
+
+def ref_cka_matrix(layers, debiased=False):
+    L = len(layers)
+    return np.array([[ref_cka(layers[i], layers[j], debiased) for j in range(L)]
+                     for i in range(L)])
+
+
+def orthonormal_centred(rng, n, k):
+    """n x k with orthonormal columns orthogonal to the ones vector."""
+    A = rng.standard_normal((n, k))
+    A -= A.mean(axis=0)
+    return np.linalg.qr(A)[0]
+
+
+# ---- test matrices -----------------------------------------------------------------------------
+
+def _cases():
+    rng = np.random.default_rng(42)
+    c = {}
+    c["random"] = rng.standard_normal((200, 20))
+    c["n<f"] = rng.standard_normal((20, 200))
+    c["n<f, k <= 16 (dgemm Gram)"] = rng.standard_normal((12, 100))
+    c["n>>f"] = rng.standard_normal((4096, 16))
+    c["square"] = rng.standard_normal((60, 60))
+    c["low-rank"] = rng.standard_normal((300, 5)) @ rng.standard_normal((5, 50))
+    c["rank-deficient"] = np.repeat(rng.standard_normal((100, 10)), 3, axis=1)
+    c["low-rank n<f"] = rng.standard_normal((40, 3)) @ rng.standard_normal((3, 90))
+    c["column scales 1e-8..1e8"] = rng.standard_normal((500, 17)) * np.logspace(-8, 8, 17)
+    c["overall 1e-8"] = 1e-8 * rng.standard_normal((150, 30))
+    c["overall 1e8"] = 1e8 * rng.standard_normal((150, 30))
+    c["offset 1e6"] = 1e6 + rng.standard_normal((300, 8))
+    c["float32"] = rng.standard_normal((300, 24)).astype(np.float32)
+    c["float32 n<f"] = rng.standard_normal((24, 300)).astype(np.float32)
+    # Gram route at the edge of its criterion: s_min / s_max = 1/31.5 (eigenvalue ratio 1.008e-3)
+    s = np.geomspace(1.0, 1 / 31.5, 12)
+    c["cond 31.5"] = orthonormal_centred(rng, 400, 12) * s @ np.linalg.qr(
+        rng.standard_normal((12, 12)))[0]
+    # full rank but ill-conditioned (s from 1 to 1e-8): through the Gram the smallest singular
+    # value would carry an error of order its own size, so this must go to the SVD
+    s = np.geomspace(1.0, 1e-8, 12)
+    c["cond 1e8"] = orthonormal_centred(rng, 400, 12) * s @ np.linalg.qr(
+        rng.standard_normal((12, 12)))[0]
+    return c
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_measures_match_numpy_svd(name):
+    X = CASES[name]
+    s_ref = ref_spectrum(X)
+    for measure, squared in [("erank", False), ("erank", True), ("participation", False),
+                             ("stable", False)]:
+        got = rg.effective_rank(X, measure, squared=squared)
+        want = ref_measure(s_ref, measure, squared)
+        assert abs(got - want) <= RTOL * want, (measure, squared, got, want)
+    Xc = np.asarray(X, np.float64) - np.asarray(X, np.float64).mean(axis=0)
+    assert rg.effective_rank(X, "numerical") == np.linalg.matrix_rank(Xc)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_spectrum_matches_numpy_svd(name):
+    X = CASES[name]
+    n, f = X.shape
+    s_ref, s = ref_spectrum(X), rg.singular_values(X)
+    assert s.shape == (min(n, f),)
+    floor = 64 * max(n, f) * EPS * s_ref[0]
+    np.testing.assert_array_less(np.abs(s - s_ref), RTOL * s_ref + floor)
+
+
+def test_both_routes_are_exercised():
+    # route flag: 0 = Gram + dsyevd, 1 = dgesdd
+    assert _core.rank(CASES["n>>f"])[1] == 0
+    assert _core.rank(CASES["n<f"])[1] == 0          # n x n Gram, structural zero set aside
+    assert _core.rank(CASES["cond 31.5"])[1] == 0
+    assert _core.rank(CASES["low-rank"])[1] == 1
+    assert _core.rank(CASES["cond 1e8"])[1] == 1
+    assert _core.rank(CASES["column scales 1e-8..1e8"])[1] == 1
+
+
+def test_uncentred():
+    X = CASES["offset 1e6"]
+    s = rg.singular_values(X, center=False)
+    s_ref = ref_spectrum(X, center=False)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-10, atol=64 * 300 * EPS * s_ref[0])
+    assert abs(rg.effective_rank(X, center=False) - ref_measure(s_ref, "erank")) <= 1e-10
+
+
+def test_known_values():
+    f = 7
+    X = np.vstack([np.eye(f), -np.eye(f)])          # centred, all singular values sqrt(2)
+    assert abs(rg.effective_rank(X) - f) <= 1e-12 * f
+    assert abs(rg.effective_rank(X, "participation") - f) <= 1e-12 * f
+    assert abs(rg.effective_rank(X, "stable") - f) <= 1e-12 * f
+    assert rg.effective_rank(X, "numerical") == f
+    u = np.random.default_rng(0).standard_normal(50)
+    R1 = np.outer(u, [1.0, -2.0, 0.5, 3.0])
+    assert abs(rg.effective_rank(R1) - 1.0) <= 1e-10
+    assert rg.effective_rank(R1, "numerical") == 1
+    # an absolute tolerance in the units of X, whatever the internal scaling
+    D = np.vstack([np.diag([4.0, 2.0, 1.0]), -np.diag([4.0, 2.0, 1.0])])  # s = sqrt(2)*(4,2,1)
+    assert rg.effective_rank(D, "numerical", tol=2.0) == 2
+    assert rg.effective_rank(1e-200 * D, "numerical", tol=2e-200) == 2
+
+
+def test_edge_cases_documented():
+    for X in (np.zeros((10, 4)), np.full((10, 4), 3.7), np.full((10, 4), 0.1), np.ones((1, 5)),
+              np.arange(5.0)[None, :]):
+        for m in ("erank", "participation", "stable"):
+            assert rg.effective_rank(X, m) == 0.0
+        assert rg.effective_rank(X, "numerical") == 0
+        assert np.all(rg.singular_values(X) == 0.0)
+    # constant columns next to varying ones do not add noise singular values
+    X = np.column_stack([np.full(20, 0.1), np.arange(20.0)])
+    assert rg.singular_values(X)[1] == 0.0
+    assert rg.effective_rank(X) == 1.0
+    # a single sample, uncentred, is a rank-one matrix
+    assert abs(rg.effective_rank(np.array([[1.0, 2.0, 3.0]]), center=False) - 1.0) < 1e-15
+
+
+def test_invalid_inputs():
+    X = np.random.default_rng(0).standard_normal((10, 3))
+    for bad in (np.nan, np.inf, -np.inf):
+        Y = X.copy()
+        Y[4, 1] = bad
+        with pytest.raises(ValueError, match="X contains NaN or Inf"):
+            rg.effective_rank(Y)
+        with pytest.raises(ValueError, match="Y contains NaN or Inf"):
+            rg.linear_cka(X, Y)
+        S = np.stack([X, X, Y])
+        with pytest.raises(ValueError, match="matrix 2"):
+            rg.effective_rank(S)
+    with pytest.raises(TypeError, match="X must be a real"):
+        rg.effective_rank(X.astype(complex))
+    with pytest.raises(TypeError, match="X must be a real"):
+        rg.effective_rank(X > 0)
+    with pytest.raises(TypeError, match="X must be a real"):
+        rg.effective_rank(X.astype(object))
+    with pytest.raises(TypeError, match="X must be a real"):
+        rg.effective_rank(X.astype(np.longdouble))
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        rg.effective_rank(np.array([[2 ** 60, 1], [3, 4]], dtype=np.int64))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        rg.effective_rank(np.ones(5))
+    with pytest.raises(ValueError, match="at least one sample"):
+        rg.effective_rank(np.ones((0, 5)))
+    with pytest.raises(ValueError, match="measure"):
+        rg.effective_rank(X, "bogus")
+    with pytest.raises(ValueError, match="tol"):
+        rg.effective_rank(X, "numerical", tol=-1.0)
+    with pytest.raises(ValueError, match="same samples"):
+        rg.linear_cka(X, X[:9])
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        rg.linear_cka(X[:3], X[:3], debiased=True)
+    with pytest.raises(ValueError, match="must be a 2-D"):
+        rg.linear_cka(X[None], X)
+    # exact conversions are accepted and give the float64 answer
+    I = np.arange(30).reshape(10, 3) ** 2
+    assert rg.effective_rank(I) == rg.effective_rank(I.astype(np.float64))
+    assert rg.effective_rank(I.astype(np.int16)) == rg.effective_rank(I.astype(np.float64))
+    assert rg.effective_rank(np.zeros((0, 4, 3))).shape == (0,)
+
+
+def test_layouts_give_identical_numbers():
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((120, 40))
+    X = big[::2, ::3]                                   # non-contiguous, both axes
+    ref = rg.effective_rank(np.ascontiguousarray(X))
+    assert rg.effective_rank(X) == ref
+    assert rg.effective_rank(np.asfortranarray(X)) == ref
+    R = X[::-1, ::-1]                                   # negative strides
+    assert rg.effective_rank(R) == rg.effective_rank(np.ascontiguousarray(R))
+    assert rg.effective_rank(X.astype(">f8")) == ref   # byte-swapped: converted exactly
+    X32 = X.astype(np.float32)
+    assert rg.effective_rank(X32) == rg.effective_rank(X32.astype(np.float64))
+    assert rg.effective_rank(np.asfortranarray(X32)) == rg.effective_rank(X32.astype(np.float64))
+    Y = rng.standard_normal((60, 9))
+    c = rg.linear_cka(X, Y)
+    assert rg.linear_cka(np.asfortranarray(X), Y[::-1][::-1]) == c
+    assert rg.linear_cka(X32, Y) == rg.linear_cka(X32.astype(np.float64), Y)
+
+
+def test_batched_equals_loop():
+    rng = np.random.default_rng(2)
+    stream = rng.standard_normal((3, 50, 4, 6)).astype(np.float32)  # (layers, n, positions, d)
+    view = stream.transpose(0, 2, 1, 3)                             # (layers, positions, n, d)
+    for measure in ("erank", "participation", "stable", "numerical"):
+        got = rg.effective_rank(view, measure)
+        assert got.shape == (3, 4)
+        loop = np.array([[rg.effective_rank(stream[l, :, p, :], measure) for p in range(4)]
+                         for l in range(3)])
+        np.testing.assert_array_equal(got, loop)
+        np.testing.assert_array_equal(rg.effective_rank(view, measure, n_threads=2), loop)
+    np.testing.assert_array_equal(rg.rank_profile(stream, n_threads=3),
+                                  rg.effective_rank(view).mean(axis=1))
+    # interleaved matrices converted in cache-sized groups (8 of these per group: 8 + 4 here)
+    big = rng.standard_normal((2, 2048, 12, 16)).astype(np.float32)
+    np.testing.assert_array_equal(
+        rg.effective_rank(big.transpose(0, 2, 1, 3)),
+        [[rg.effective_rank(np.ascontiguousarray(big[l, :, p, :])) for p in range(12)]
+         for l in range(2)])
+    s = rg.singular_values(view)
+    assert s.shape == (3, 4, 6)
+    np.testing.assert_array_equal(s[2, 1], rg.singular_values(stream[2, :, 1, :]))
+
+
+def test_rank_profile_levels():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((4, 80, 6, 5)).astype(np.float32)
+    z[2] *= np.linspace(0.01, 1, 5)                # make the layers differ
+    per = np.array([[rg.effective_rank(z[l, :, p, :]) for p in range(6)] for l in range(4)])
+    np.testing.assert_array_equal(rg.rank_profile(z), per.mean(axis=1))
+    prof, detail = rg.rank_profile(z, detail=True)
+    np.testing.assert_array_equal(detail, per)
+    np.testing.assert_array_equal(rg.rank_profile(z, positions=[1, 3, 5]),
+                                  per[:, [1, 3, 5]].mean(axis=1))
+    np.testing.assert_array_equal(rg.rank_profile(z, positions=[4, 0]),
+                                  per[:, [4, 0]].mean(axis=1))
+    pooled = [rg.effective_rank(z[l].astype(np.float64).mean(axis=1)) for l in range(4)]
+    np.testing.assert_allclose(rg.rank_profile(z, level="pooled"), pooled, rtol=1e-12)
+    flat = [rg.effective_rank(z[l].reshape(80, 30)) for l in range(4)]
+    np.testing.assert_array_equal(rg.rank_profile(z, level="stream"), flat)
+    np.testing.assert_array_equal(rg.rank_profile(z, level="stream", measure="numerical"),
+                                  [30, 30, 30, 30])
+    with pytest.raises(ValueError, match="level"):
+        rg.rank_profile(z, level="bogus")
+    with pytest.raises(ValueError, match="stream must have shape"):
+        rg.rank_profile(z[0])
+
+
+def test_rank_profile_masked():
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((3, 40, 5, 4))
+    mask = rng.random((40, 5)) < 0.3
+    mask[:, 4] = False
+    mask[0, 4] = True                               # position 4: one masked row -> skipped
+    res = rg.rank_profile(z, mask=mask, detail=True)
+    for g, rows_of in ((res.masked_detail, lambda p: mask[:, p]),
+                       (res.visible_detail, lambda p: ~mask[:, p])):
+        for p in range(5):
+            rows = rows_of(p)
+            if rows.sum() < 2:
+                assert np.all(np.isnan(g[:, p]))
+            else:
+                np.testing.assert_array_equal(
+                    g[:, p], [rg.effective_rank(z[l][rows, p, :]) for l in range(3)])
+    np.testing.assert_array_equal(res.masked, np.nanmean(res.masked_detail, axis=1))
+    assert np.all(np.isnan(res.masked_detail[:, 4])) and not np.any(np.isnan(res.masked))
+    np.testing.assert_array_equal(res.visible, res.visible_detail.mean(axis=1))
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_against_nxn_reference(debiased):
+    rng = np.random.default_rng(5)
+    for n, f, g in [(200, 6, 9), (30, 50, 70), (12, 3, 40)]:   # feature, sample, sample space
+        X = rng.standard_normal((n, f)) + 2.0
+        Y = X[:, :1] * rng.standard_normal(g) + rng.standard_normal((n, g))
+        got = rg.linear_cka(X, Y, debiased=debiased)
+        assert abs(got - ref_cka(X, Y, debiased)) <= 1e-10, (n, f, g)
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_drift_and_matrix_against_reference(debiased):
+    rng = np.random.default_rng(6)
+    for n, length, width in [(150, 3, 2), (20, 4, 5)]:        # feature space, sample space
+        z = np.cumsum(rng.standard_normal((5, n, length, width)), axis=0).astype(np.float32)
+        layers = [z[l].reshape(n, -1) for l in range(5)]
+        M = rg.cka_matrix(z, debiased=debiased)
+        np.testing.assert_allclose(M, ref_cka_matrix(layers, debiased), rtol=0, atol=1e-10)
+        d = rg.drift_profile(z, debiased=debiased)
+        np.testing.assert_allclose(d, 1.0 - np.diagonal(M, 1), rtol=0, atol=1e-12)
+        pooled = [z[l].astype(np.float64).mean(axis=1) for l in range(5)]
+        np.testing.assert_allclose(rg.cka_matrix(z, level="pooled", debiased=debiased),
+                                   ref_cka_matrix(pooled, debiased), rtol=0, atol=1e-10)
+    # both routes really ran
+    assert _core.cka(tuple(rng.standard_normal((3, 150, 6))))[1] == 0
+    assert _core.cka(tuple(rng.standard_normal((3, 20, 20))))[1] == 1
+
+
+def test_cka_sample_space_in_several_row_blocks():
+    # L * n large enough that the row block (2^22 / (L n), floored at 16) is smaller than n
+    rng = np.random.default_rng(7)
+    layers = rng.standard_normal((300, 40, 60))
+    M, sample = _core.cka(tuple(layers), debiased=True)
+    assert sample == 1
+    ref = [ref_cka(layers[a], layers[b], True) for a, b in [(0, 1), (5, 250), (299, 3)]]
+    np.testing.assert_allclose([M[0, 1], M[5, 250], M[299, 3]], ref, rtol=0, atol=1e-10)
+
+
+def test_cka_known_values():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((100, 6))
+    Q = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    for debiased in (False, True):
+        assert abs(rg.linear_cka(X, -3.5 * X @ Q, debiased) - 1.0) <= 1e-12
+        assert abs(rg.linear_cka(X, X + 7.0, debiased) - 1.0) <= 1e-12   # centring
+    # constant representations: NaN by convention
+    assert np.isnan(rg.linear_cka(X, np.ones((100, 2))))
+    assert np.isnan(rg.linear_cka(np.zeros((100, 2)), X, debiased=True))
+    assert np.isnan(rg.linear_cka(X[:1], X[:1]))                      # a single sample
+
+
+def test_cka_independent_gaussians():
+    """E[biased CKA] ~ sqrt(f g) / n; both estimators fluctuate with sd ~ sqrt(2) / n."""
+    rng = np.random.default_rng(9)
+    f = g = 8
+    for n in (100, 400, 3000):
+        X, Y = rng.standard_normal((n, f)), rng.standard_normal((n, g))
+        sd = np.sqrt(2.0) / n
+        biased = rg.linear_cka(X, Y)
+        expect = np.sqrt(f * g) / (n * np.sqrt((1 + f / n) * (1 + g / n)))
+        assert abs(biased - expect) <= 5 * sd, (n, biased, expect)
+        assert abs(rg.linear_cka(X, Y, debiased=True)) <= 5 * sd, n
+    assert rg.linear_cka(X, Y) < 0.01                                  # -> 0 as n grows
+
+
+def test_torch_tensors():
+    torch = pytest.importorskip("torch")
+    X = np.random.default_rng(10).standard_normal((30, 4)).astype(np.float32)
+    assert rg.effective_rank(torch.from_numpy(X)) == rg.effective_rank(X)
+    assert rg.linear_cka(torch.from_numpy(X), X) == rg.linear_cka(X, X)
+
+
+def test_plots_headless():
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+
+    from rgflow import plot
+
+    rng = np.random.default_rng(11)
+    profiles = [np.linspace(8, 2, 5) + 0.1 * rng.standard_normal(5) for _ in range(4)]
+    ax = plot.plot_rank_profiles(profiles, labels=["a", "a", "b", "b"])
+    assert isinstance(ax, Axes) and len(ax.lines) == 2 and len(ax.collections) == 2
+    ax = plot.plot_rank_profiles(profiles, labels=["a", "a", "b", "b"], band="sd")
+    assert len(ax.collections) == 2
+    ax = plot.plot_drift([0.1, 0.5, 0.02])
+    assert isinstance(ax, Axes) and len(ax.patches) == 3
+    fig, given = plt.subplots()
+    assert plot.plot_cka_matrix(np.eye(3), ax=given) is given
+    assert len(given.images) == 1
+    with pytest.raises(ValueError):
+        plot.plot_rank_profiles(profiles, labels=["a"])
+    plt.close("all")
