@@ -5,10 +5,13 @@ sequences (:func:`mask_tokens`) and its exact Bayes-optimal answer, computed by 
 """
 from . import _core
 from .chains import MarkovChain, mask_tokens
+from .model import ResidualMLP
+from .train import History, train
 
 __version__ = "0.1.0"
 
-__all__ = ["MarkovChain", "mask_tokens", "show_config", "__version__"]
+__all__ = ["MarkovChain", "mask_tokens", "ResidualMLP", "train", "History", "show_config",
+           "__version__"]
 
 
 def show_config(print_=True):
