@@ -97,10 +97,13 @@ void rg_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout,
                         const float *inp, const float *W, int64_t N, int64_t C, int64_t OC,
                         int accumulate_dinp);
 
-/* Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).  out, inp (n). */
-void rg_gelu_forward(float *out, const float *inp, int64_t n);
-/* dinp (n) = dout * gelu'(inp) (overwritten; may alias dout). */
-void rg_gelu_backward(float *dinp, const float *inp, const float *dout, int64_t n);
+/* Exact GELU x Φ(x), Φ(x) = (1 + erf(x/√2))/2 (to |ΔΦ| <= 2e-7, see mlp.c), of x = inp + bias:
+ * out = gelu(x) and deriv = gelu'(x) saved for backward (deriv may alias inp).
+ * out, deriv, inp (N, C); bias (C) or NULL. */
+void rg_gelu_forward(float *out, float *deriv, const float *inp, const float *bias, int64_t N,
+                     int64_t C);
+/* dinp (n) = dout * deriv (overwritten; may alias dout). */
+void rg_gelu_backward(float *dinp, const float *deriv, const float *dout, int64_t n);
 
 /* out (N, C) = inp (N, C) + bias (C) broadcast (the residual branch is then accumulated into
  * out by rg_matmul_forward(..., accumulate=1)). */
