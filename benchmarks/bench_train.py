@@ -7,9 +7,11 @@ included) and of the equivalent torch module (default torch.optim.AdamW, batch p
 ``torch.set_num_threads`` = rgflow's BLAS threads), their ratio, and rgflow's achieved GEMM
 GFLOP/s next to the sgemm-bound rate: the same sgemm calls a step makes (same shapes and
 transposes), timed through the very OpenBLAS library rgflow links (ctypes on
-rgflow/libscipy_openblas.so, which the process already loaded). Times are the median over
-repeats of (S steps) / S. Torch runs after rgflow in each configuration because torch's idle
-OpenMP workers spin for a while after each op and would steal cores from OpenBLAS.
+rgflow/libscipy_openblas.so, which the process already loaded). Times are the minimum over
+rounds of (S steps) / S (the machine may be shared: the minimum is the least disturbed
+estimate; medians are printed too). The three timings are interleaved round by round, with a
+0.3 s pause before each so that idle OpenBLAS / OpenMP workers stop spinning and do not steal
+cores from the next measurement.
 """
 import argparse
 import ctypes
@@ -64,9 +66,9 @@ def gemm_flops(c):
     return sum(2.0 * M * N * K * cnt for _, _, M, N, K, cnt in step_gemms(c))
 
 
-def sgemm_bound_seconds(c, sgemm, repeats):
-    """Time of the step's sgemm calls alone (sum over shapes of median time x count)."""
-    total = 0.0
+def sgemm_bound_runner(c, sgemm):
+    """Returns f() -> seconds of the step's sgemm calls alone (each shape timed, x count)."""
+    calls = []
     for ta, tb, M, N, K, cnt in step_gemms(c):
         a = np.random.default_rng(0).standard_normal(M * K).astype(np.float32)
         b = np.random.default_rng(1).standard_normal(K * N).astype(np.float32)
@@ -75,34 +77,36 @@ def sgemm_bound_seconds(c, sgemm, repeats):
         ldb = N if tb == 111 else K
         args = (101, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 0.0,
                 out.ctypes.data, N)
-        inner = max(1, int(2e8 / (2.0 * M * N * K)))
-        times = []
-        for _ in range(repeats + 1):
+        calls.append((args, cnt, max(1, int(5e7 / (2.0 * M * N * K))), (a, b, out)))
+
+    def run():
+        total = 0.0
+        for args, cnt, inner, _ in calls:
             t = time.perf_counter()
             for _ in range(inner):
                 sgemm(*args)
-            times.append((time.perf_counter() - t) / inner)
-        total += float(np.median(times[1:])) * cnt
-    return total
+            total += (time.perf_counter() - t) / inner * cnt
+        return total
+    return run
 
 
-def time_rgflow(c, steps, repeats):
+def rgflow_runner(c, steps):
     model = rg.ResidualMLP(c["V"], c["L"], c["d"], c["m"], c["K"], seed=0)
     chain = rg.MarkovChain.lazy(c["V"], 7.0)
     ws = model._workspace(B)
-    times = []
-    for r in range(repeats + 1):
-        lrs = np.full(steps, 1e-4)
+    lrs = np.full(steps, 1e-4)
+
+    def run():
         t = time.perf_counter()
         _core.mlp_train_steps(model._cfg, model.params, model._grads, model._adam_m,
                               model._adam_v, ws, B, chain.transition, chain.stationary, 0,
                               model.step, lrs, 0.0, 0.0, 0.15, 1)
-        times.append((time.perf_counter() - t) / steps)
         model.step += steps
-    return float(np.median(times[1:])), model
+        return (time.perf_counter() - t) / steps
+    return run, model
 
 
-def time_torch(c, model, steps, repeats, threads):
+def torch_runner(c, model, steps, threads):
     import torch
     nn = torch.nn
     torch.set_num_threads(threads)
@@ -139,20 +143,15 @@ def time_torch(c, model, steps, repeats, threads):
     x, t, mask = (torch.from_numpy(x.astype(np.int64)), torch.from_numpy(t.astype(np.int64)),
                   torch.from_numpy(mask))
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        logits = net(x)
-        loss = nn.functional.cross_entropy(logits[mask], t[mask])
-        loss.backward()
-        opt.step()
-
-    times = []
-    for r in range(repeats + 1):
+    def run():
         tt = time.perf_counter()
         for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - tt) / steps)
-    return float(np.median(times[1:])), torch.__version__
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(net(x)[mask], t[mask])
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - tt) / steps
+    return run, torch.__version__
 
 
 def main():
@@ -178,17 +177,29 @@ def main():
     for key in a.configs:
         c = CONFIGS[key]
         flops = gemm_flops(c)
-        bound = sgemm_bound_seconds(c, sgemm, a.repeats) if sgemm else float("nan")
-        t_rg, model = time_rgflow(c, a.steps, a.repeats)
-        t_pt, ver = time_torch(c, model, a.steps, a.repeats, threads) if have_torch \
-            else (float("nan"), None)
-        rows.append((key, c, t_rg, t_pt, flops, bound))
-        print("(%s) V=%d L=%d d=%d m=%d K=%d: rgflow %.2f ms/step, torch %s %.2f ms/step, "
-              "ratio %.2fx | GEMM %.2f GFLOP/step: rgflow %.1f GFLOP/s, sgemm-bound %.1f "
-              "GFLOP/s (%.2f ms) -> %.0f%% of bound"
-              % (key, c["V"], c["L"], c["d"], c["m"], c["K"], 1e3 * t_rg, ver, 1e3 * t_pt,
-                 t_pt / t_rg, flops / 1e9, flops / t_rg / 1e9, flops / bound / 1e9,
-                 1e3 * bound, 100 * bound / t_rg))
+        run_rg, model = rgflow_runner(c, a.steps)
+        runners = {"rgflow": run_rg, "bound": sgemm_bound_runner(c, sgemm)}
+        ver = None
+        if have_torch:
+            runners["torch"], ver = torch_runner(c, model, a.steps, threads)
+        times = {k: [] for k in runners}
+        for r in range(a.repeats + 1):          # interleaved rounds, round 0 is warm-up
+            for k, run in runners.items():
+                time.sleep(0.3)                 # let spinning BLAS/OpenMP workers go idle
+                t = run()
+                if r:
+                    times[k].append(t)
+        best = {k: min(v) for k, v in times.items()}
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        t_rg, bound, t_pt = best["rgflow"], best["bound"], best.get("torch", float("nan"))
+        rows.append((key, c, best, med, flops))
+        print("(%s) V=%d L=%d d=%d m=%d K=%d: rgflow %.2f ms/step (median %.2f), torch %s "
+              "%.2f ms/step (median %.2f), ratio %.2fx | GEMM %.3f GFLOP/step: rgflow %.1f "
+              "GFLOP/s, sgemm-bound %.1f GFLOP/s (%.2f ms, median %.2f) -> %.0f%% of bound"
+              % (key, c["V"], c["L"], c["d"], c["m"], c["K"], 1e3 * t_rg, 1e3 * med["rgflow"],
+                 ver, 1e3 * t_pt, 1e3 * med.get("torch", float("nan")), t_pt / t_rg,
+                 flops / 1e9, flops / t_rg / 1e9, flops / bound / 1e9, 1e3 * bound,
+                 1e3 * med["bound"], 100 * bound / t_rg))
     return rows
 
 

@@ -164,6 +164,7 @@ typedef struct {
     double max_grad_norm;   /* <= 0: no clipping */
     double mask_rate;
     int64_t mask_span;
+    int n_threads;          /* threads for the optimizer update (results do not depend on it) */
 } rg_train_opts;
 
 /* k training steps s = step0 .. step0+k-1: batch (rg_mlp_train_batch with step s), forward,

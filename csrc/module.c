@@ -996,7 +996,8 @@ static PyObject *py_mlp_train_steps(PyObject *self, PyObject *args)
     if (!(thr = mlp_chain_thresholds(T_obj, pi_obj, c.V, &V_chain))) goto exit;
     npy_intp dims[1] = {k};
     if (!(losses = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0))) goto exit;
-    rg_train_opts o = {0.9, 0.999, 1e-8, wd, max_norm, rate, span};
+    rg_train_opts o = {0.9, 0.999, 1e-8, wd, max_norm, rate, span,
+                       RG_BLAS(openblas_get_num_threads)()};
     int64_t done = 0;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
