@@ -320,7 +320,18 @@ def test_adamw_steps_match_torch():
 
 # -- training ----------------------------------------------------------------------------------
 
-def test_training_approaches_bayes_floor():
+@pytest.fixture
+def one_blas_thread():
+    """Small GEMMs gain nothing from a second thread, and on a loaded 2-core machine OpenBLAS
+    workers waiting for a core turn each of the ~50k sgemm calls of a run into a scheduler
+    round trip (measured: 35 s instead of 2 s)."""
+    before = rg.show_config(print_=False)["threads"]
+    _core.blas_set_num_threads(1)
+    yield
+    _core.blas_set_num_threads(before)
+
+
+def test_training_approaches_bayes_floor(one_blas_thread):
     """xi = 7 chain, V = 8: unigram entropy ln 8 = 2.079, Bayes floor on the eval batch 0.309.
     Measured eval CE after 200/400/600 steps: 0.572, 0.501, 0.456 (~2 s). Asserted: below 0.6
     and within 0.3 of the floor at 600 steps, decreasing."""
@@ -537,3 +548,29 @@ def test_non_contiguous_and_other_int_dtypes_give_the_same_results():
     m2 = np.zeros((6, 16), dtype=bool)
     m2[:, 1::2] = mask
     assert model.loss(x, t, m2[:, 1::2]) == model.loss(x, t, mask)
+
+
+def test_training_independent_of_blas_thread_count():
+    """OpenBLAS splits sgemm over M and N, never over the inner dimension, and the AdamW pool
+    is elementwise: the trajectory must not depend on the thread count."""
+    chain = rg.MarkovChain.lazy(8, 7.0)
+    before = rg.show_config(print_=False)["threads"]
+    out = []
+    try:
+        for threads in (1, 2):
+            _core.blas_set_num_threads(threads)
+            m = rg.ResidualMLP(8, 16, 8, 256, 2, seed=0)
+            h = rg.train(m, chain, 3, batch_size=64, progress=False, eval_every=0, eval_size=8)
+            out.append((h.losses, m.params.copy()))
+    finally:
+        _core.blas_set_num_threads(before)
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+
+
+def test_progress_bar_and_depth_zero(capsys):
+    chain = rg.MarkovChain.lazy(8, 7.0)
+    model = rg.ResidualMLP(8, 8, 4, 16, 0)
+    hist = rg.train(model, chain, 4, batch_size=8, progress=True, eval_size=8)
+    assert "floor" in capsys.readouterr().err
+    assert hist.eval_steps[-1] == 4 and np.isfinite(hist.eval_loss).all()
+    assert model.residual_stream(np.zeros((2, 8), dtype=np.int32)).shape == (1, 2, 8, 4)
