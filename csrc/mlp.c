@@ -240,27 +240,64 @@ void rg_embedding_backward(float *dtok, float *dpos, const float *dout, const in
         }
 }
 
-void rg_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
-                          const float *w, const float *b, int64_t N, int64_t C)
+/* Row reductions with 8 independent float accumulators, folded in double in a fixed order:
+ * without -ffast-math a single running sum cannot be vectorised, lanes can (each lane adds
+ * C/8 terms, so the rounding error stays at the level of a pairwise sum for C <= 4096).  The
+ * result is a deterministic function of the input. */
+#define LANES 8
+
+static double fold_lanes(const float *acc)
+{
+    return (((double)acc[0] + acc[4]) + ((double)acc[2] + acc[6])) +
+           (((double)acc[1] + acc[5]) + ((double)acc[3] + acc[7]));
+}
+
+/* Σ x[i] */
+static double sum_lanes(const float *restrict x, int64_t n)
+{
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += x[i + j];
+    for (; i < n; i++) acc[i % LANES] += x[i];
+    return fold_lanes(acc);
+}
+
+/* Σ (x[i] - c)^2 */
+static double sumsq_dev_lanes(const float *restrict x, float c, int64_t n)
+{
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            float t = x[i + j] - c;
+            acc[j] += t * t;
+        }
+    for (; i < n; i++) { float t = x[i] - c; acc[i % LANES] += t * t; }
+    return fold_lanes(acc);
+}
+
+void rg_layernorm_forward(float *restrict out, float *restrict mean, float *restrict rstd,
+                          const float *restrict inp, const float *restrict w,
+                          const float *restrict b, int64_t N, int64_t C)
 {
     for (int64_t r = 0; r < N; r++) {
         const float *x = inp + r * C;
         float *o = out + r * C;
-        double s = 0.0;
-        for (int64_t i = 0; i < C; i++) s += x[i];
-        double mu = s / (double)C, ss = 0.0;
-        for (int64_t i = 0; i < C; i++) { double t = x[i] - mu; ss += t * t; }
-        double rs = 1.0 / sqrt(ss / (double)C + LN_EPS); /* biased variance, as torch */
-        float fm = (float)mu, fr = (float)rs;
+        float fm = (float)(sum_lanes(x, C) / (double)C);
+        /* two passes (not E[x^2] - mu^2): no cancellation when |mean| >> std */
+        double var = sumsq_dev_lanes(x, fm, C) / (double)C; /* biased, as torch */
+        float fr = (float)(1.0 / sqrt(var + LN_EPS));
         for (int64_t i = 0; i < C; i++) o[i] = (x[i] - fm) * fr * w[i] + b[i];
         mean[r] = fm;
         rstd[r] = fr;
     }
 }
 
-void rg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
-                           const float *inp, const float *w, const float *mean,
-                           const float *rstd, int64_t N, int64_t C)
+void rg_layernorm_backward(float *restrict dinp, float *restrict dw, float *restrict db,
+                           const float *restrict dout, const float *restrict inp,
+                           const float *restrict w, const float *restrict mean,
+                           const float *restrict rstd, int64_t N, int64_t C)
 {
     memset(dw, 0, sizeof(float) * (size_t)C);
     memset(db, 0, sizeof(float) * (size_t)C);
@@ -269,17 +306,25 @@ void rg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
         float *dx = dinp + r * C;
         const float mu = mean[r], rs = rstd[r];
         /* dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat)), gw = g * w */
-        double s1 = 0.0, s2 = 0.0;
-        for (int64_t i = 0; i < C; i++) {
+        float a1[LANES] = {0}, a2[LANES] = {0};
+        int64_t i = 0;
+        for (; i + LANES <= C; i += LANES)
+            for (int j = 0; j < LANES; j++) {
+                float xhat = (x[i + j] - mu) * rs, gw = g[i + j] * w[i + j];
+                a1[j] += gw;
+                a2[j] += gw * xhat;
+            }
+        for (; i < C; i++) {
             float xhat = (x[i] - mu) * rs, gw = g[i] * w[i];
-            s1 += gw;
-            s2 += gw * xhat;
+            a1[i % LANES] += gw;
+            a2[i % LANES] += gw * xhat;
+        }
+        const float m1 = (float)(fold_lanes(a1) / (double)C);
+        const float m2 = (float)(fold_lanes(a2) / (double)C);
+        for (i = 0; i < C; i++) {
+            float xhat = (x[i] - mu) * rs;
             dw[i] += g[i] * xhat;
             db[i] += g[i];
-        }
-        const float m1 = (float)(s1 / (double)C), m2 = (float)(s2 / (double)C);
-        for (int64_t i = 0; i < C; i++) {
-            float xhat = (x[i] - mu) * rs;
             dx[i] += (g[i] * w[i] - m1 - xhat * m2) * rs;
         }
     }

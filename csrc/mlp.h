@@ -79,11 +79,11 @@ void rg_embedding_forward(float *out, const int32_t *x, const float *tok, const 
 void rg_embedding_backward(float *dtok, float *dpos, const float *dout, const int32_t *x,
                            int64_t B, int64_t L, int64_t d, int64_t n_tok);
 
-/* LayerNorm over the last axis, eps 1e-5, statistics in double.
- * out, inp (N, C); w, b (C); mean, rstd (N) saved for backward. */
+/* LayerNorm over the last axis, eps 1e-5 (two-pass statistics, 8-lane sums).
+ * out, inp (N, C); w, b (C); mean, rstd (N) saved for backward.  No output aliases an input. */
 void rg_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *w, const float *b, int64_t N, int64_t C);
-/* dinp (N, C) is accumulated into (+=); dw, db (C) are overwritten. */
+/* dinp (N, C) is accumulated into (+=); dw, db (C) are overwritten; no aliasing. */
 void rg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                            const float *inp, const float *w, const float *mean,
                            const float *rstd, int64_t N, int64_t C);
