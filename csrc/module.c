@@ -20,6 +20,7 @@
 #include "chain.h"
 #include "cka.h"
 #include "rank.h"
+#include "mlp.h"
 #include "status.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -592,6 +593,430 @@ static PyObject *py_philox(PyObject *self, PyObject *args)
                          (unsigned long)out[2], (unsigned long)out[3]);
 }
 
+/* ---- MLP bindings (begin) ---- */
+/* The model is Python-owned: float32 arenas (params, grads, AdamW m and v) and a uint8
+ * workspace, passed to stateless kernels together with the config tuple
+ * (V, L, d, m, K, block_ln). */
+
+static int mlp_config_arg(PyObject *obj, rg_mlp_config *c, int64_t *n_params)
+{
+    long long V, L, d, m, K;
+    int block_ln;
+    if (!PyTuple_Check(obj) ||
+        !PyArg_ParseTuple(obj, "LLLLLp;config must be (V, L, d, m, K, block_ln)", &V, &L, &d,
+                          &m, &K, &block_ln)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "config must be a tuple (V, L, d, m, K, block_ln)");
+        return -1;
+    }
+    c->V = V; c->L = L; c->d = d; c->m = m; c->K = K; c->block_ln = block_ln;
+    if (V < 2 || V > RG_MAX_STATES) {
+        rg_error(PyExc_ValueError, "n_states must lie in [2, %d], got %lld", RG_MAX_STATES, V);
+        return -1;
+    }
+    if (check_positive(L, "length") < 0 || check_positive(d, "width") < 0 ||
+        check_positive(m, "hidden") < 0)
+        return -1;
+    if (K < 0) {
+        rg_error(PyExc_ValueError, "depth must be >= 0, got %lld", K);
+        return -1;
+    }
+    if (rg_mlp_check_config(c, n_params) != RG_OK) {
+        rg_error(PyExc_ValueError, "model too large: length * width = %lld x %lld, hidden = "
+                 "%lld, depth = %lld overflow the parameter arena", L, d, m, K);
+        return -1;
+    }
+    return 0;
+}
+
+/* A float32 1-D C-contiguous array of exactly n elements, writeable if asked; never copied
+ * (the kernels update it in place). Returns a borrowed pointer to its data or NULL. */
+static float *mlp_arena_arg(PyObject *obj, const char *name, int64_t n, int write)
+{
+    if (!PyArray_Check(obj)) {
+        rg_error(PyExc_TypeError, "%s must be a numpy.ndarray, got %s", name,
+                 Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    char buf[160];
+    describe(a, buf, sizeof buf);
+    if (PyArray_TYPE(a) != NPY_FLOAT32) {
+        rg_error(PyExc_TypeError, "%s must be a float32 array, got a %s", name, buf);
+        return NULL;
+    }
+    if (PyArray_NDIM(a) != 1 || PyArray_DIM(a, 0) != n || !PyArray_IS_C_CONTIGUOUS(a) ||
+        !PyArray_ISALIGNED(a)) {
+        rg_error(PyExc_ValueError, "%s must be a C-contiguous aligned 1-D array of %lld "
+                 "elements, got a %s", name, (long long)n, buf);
+        return NULL;
+    }
+    if (write && !PyArray_ISWRITEABLE(a)) {
+        rg_error(PyExc_ValueError, "%s must be writeable", name);
+        return NULL;
+    }
+    return PyArray_DATA(a);
+}
+
+/* The uint8 workspace, large enough for batches of `batch` sequences. */
+static void *mlp_workspace_arg(PyObject *obj, const rg_mlp_config *c, int64_t batch)
+{
+    int64_t need = rg_mlp_workspace_bytes(c, batch);
+    if (need < 0) {
+        rg_error(PyExc_ValueError, "workspace for batch %lld overflows", (long long)batch);
+        return NULL;
+    }
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_UINT8) {
+        PyErr_SetString(PyExc_TypeError, "workspace must be a uint8 numpy.ndarray");
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_NDIM(a) != 1 || !PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISWRITEABLE(a) ||
+        PyArray_DIM(a, 0) < need) {
+        rg_error(PyExc_ValueError, "workspace must be a writeable C-contiguous 1-D array of "
+                 "at least %lld bytes for batch %lld", (long long)need, (long long)batch);
+        return NULL;
+    }
+    return PyArray_DATA(a);
+}
+
+static PyObject *py_mlp_layout(PyObject *self, PyObject *args)
+{
+    PyObject *cfg_obj;
+    rg_mlp_config c;
+    int64_t n_params;
+    if (!PyArg_ParseTuple(args, "O:mlp_layout", &cfg_obj)) return NULL;
+    if (mlp_config_arg(cfg_obj, &c, &n_params) < 0) return NULL;
+    npy_intp nt = (npy_intp)rg_mlp_n_tensors(&c);
+    PyArrayObject *off = (PyArrayObject *)PyArray_SimpleNew(1, &nt, NPY_INT64);
+    PyArrayObject *size = (PyArrayObject *)PyArray_SimpleNew(1, &nt, NPY_INT64);
+    if (!off || !size) { Py_XDECREF(off); Py_XDECREF(size); return NULL; }
+    rg_mlp_layout(&c, PyArray_DATA(off), PyArray_DATA(size));
+    return Py_BuildValue("LNN", (long long)n_params, off, size);
+}
+
+static PyObject *py_mlp_workspace_bytes(PyObject *self, PyObject *args)
+{
+    PyObject *cfg_obj;
+    rg_mlp_config c;
+    int64_t n_params, batch;
+    if (!PyArg_ParseTuple(args, "OO&:mlp_workspace_bytes", &cfg_obj, size_arg, &batch))
+        return NULL;
+    if (mlp_config_arg(cfg_obj, &c, &n_params) < 0 || check_positive(batch, "batch") < 0)
+        return NULL;
+    int64_t bytes = rg_mlp_workspace_bytes(&c, batch);
+    if (bytes < 0 || bytes > (int64_t)PY_SSIZE_T_MAX) {
+        rg_error(PyExc_ValueError, "workspace for batch %lld is too large", (long long)batch);
+        return NULL;
+    }
+    return PyLong_FromLongLong((long long)bytes);
+}
+
+static PyObject *py_mlp_init(PyObject *self, PyObject *args)
+{
+    PyObject *cfg_obj, *p_obj;
+    rg_mlp_config c;
+    int64_t n_params;
+    uint64_t seed;
+    if (!PyArg_ParseTuple(args, "OOO&:mlp_init", &cfg_obj, &p_obj, seed_arg, &seed))
+        return NULL;
+    if (mlp_config_arg(cfg_obj, &c, &n_params) < 0) return NULL;
+    float *p = mlp_arena_arg(p_obj, "params", n_params, 1);
+    if (!p) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rg_mlp_init(&c, p, seed);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* tokens (n, L) int32 in [lo, hi], copied only if needed; NULL if obj is None and optional. */
+static PyArrayObject *mlp_tokens_arg(PyObject *obj, const char *name, const rg_mlp_config *c,
+                                     int64_t hi, int64_t n)
+{
+    PyArrayObject *t = int32_array(obj, name, 2, "of shape (n, length)", 0, hi);
+    if (!t) return NULL;
+    if (PyArray_DIM(t, 1) != c->L || (n >= 0 && PyArray_DIM(t, 0) != n) ||
+        PyArray_DIM(t, 0) < 1) {
+        rg_error(PyExc_ValueError, "%s must have shape (%s, %lld), got (%ld, %ld)", name,
+                 n >= 0 ? "n" : "n >= 1", (long long)c->L, (long)PyArray_DIM(t, 0),
+                 (long)PyArray_DIM(t, 1));
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
+static PyArrayObject *mlp_mask_arg(PyObject *obj, int64_t n, int64_t L)
+{
+    PyArrayObject *mk = bool_array(obj, "mask", 2, "of shape (n, length)");
+    if (!mk) return NULL;
+    if (PyArray_DIM(mk, 0) != n || PyArray_DIM(mk, 1) != L) {
+        rg_error(PyExc_ValueError, "mask must have shape (%lld, %lld), got (%ld, %ld)",
+                 (long long)n, (long long)L, (long)PyArray_DIM(mk, 0), (long)PyArray_DIM(mk, 1));
+        Py_DECREF(mk);
+        return NULL;
+    }
+    return mk;
+}
+
+/* mlp_forward(config, params, workspace, batch, tokens, want_logits, want_stream,
+ *             targets=None, mask=None) -> (logits | None, stream | None, nll_sum, count)
+ * Processes tokens (n, L) in chunks of `batch` rows (the workspace's capacity). */
+static PyObject *py_mlp_forward(PyObject *self, PyObject *args)
+{
+    PyObject *cfg_obj, *p_obj, *ws_obj, *tok_obj, *tgt_obj = Py_None, *mask_obj = Py_None;
+    PyObject *result = NULL;
+    int want_logits, want_stream;
+    int64_t batch, n_params;
+    rg_mlp_config c;
+    if (!PyArg_ParseTuple(args, "OOOO&Opp|OO:mlp_forward", &cfg_obj, &p_obj, &ws_obj, size_arg,
+                          &batch, &tok_obj, &want_logits, &want_stream, &tgt_obj, &mask_obj))
+        return NULL;
+    if (mlp_config_arg(cfg_obj, &c, &n_params) < 0 || check_positive(batch, "batch") < 0)
+        return NULL;
+    const float *p = mlp_arena_arg(p_obj, "params", n_params, 0);
+    void *ws = p ? mlp_workspace_arg(ws_obj, &c, batch) : NULL;
+    if (!ws) return NULL;
+    PyArrayObject *tok = NULL, *tgt = NULL, *mk = NULL, *logits = NULL, *stream = NULL;
+    if (!(tok = mlp_tokens_arg(tok_obj, "tokens", &c, c.V, -1))) goto exit;
+    int64_t n = PyArray_DIM(tok, 0), L = c.L, D = c.L * c.d;
+    if ((tgt_obj == Py_None) != (mask_obj == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "targets and mask must be given together");
+        goto exit;
+    }
+    if (tgt_obj != Py_None) {
+        if (!(tgt = mlp_tokens_arg(tgt_obj, "targets", &c, c.V - 1, n))) goto exit;
+        if (!(mk = mlp_mask_arg(mask_obj, n, L))) goto exit;
+    }
+    if (want_logits) {
+        if (check_product(n * L, c.V, 4, "n * length * n_states") < 0) goto exit;
+        npy_intp dims[3] = {n, L, c.V};
+        if (!(logits = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto exit;
+    }
+    if (want_stream) {
+        if (check_product(n * D, c.K + 1, 4, "(depth + 1) * n * length * width") < 0)
+            goto exit;
+        npy_intp dims[4] = {c.K + 1, n, L, c.d};
+        if (!(stream = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32))) goto exit;
+    }
+    double nll = 0.0;
+    int64_t count = 0;
+    const int32_t *x = PyArray_DATA(tok), *tg = tgt ? PyArray_DATA(tgt) : NULL;
+    const uint8_t *mm = mk ? PyArray_DATA(mk) : NULL;
+    float *lo = logits ? PyArray_DATA(logits) : NULL, *st = stream ? PyArray_DATA(stream) : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i0 = 0; i0 < n; i0 += batch) {
+        int64_t B = n - i0 < batch ? n - i0 : batch, cnt = 0;
+        double s = 0.0;
+        rg_mlp_forward(&c, p, ws, B, x + i0 * L, lo ? lo + i0 * L * c.V : NULL,
+                       st ? st + i0 * D : NULL, n * D, tg ? tg + i0 * L : NULL,
+                       mm ? mm + i0 * L : NULL, &s, &cnt);
+        nll += s;
+        count += cnt;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OOdL", logits ? (PyObject *)logits : Py_None,
+                           stream ? (PyObject *)stream : Py_None, nll, (long long)count);
+exit:
+    Py_XDECREF(tok); Py_XDECREF(tgt); Py_XDECREF(mk); Py_XDECREF(logits); Py_XDECREF(stream);
+    return result;
+}
+
+/* mlp_gradients(config, params, grads, workspace, masked, targets, mask) -> loss
+ * One forward + backward over all n rows (the workspace must hold batch n); grads is
+ * overwritten with the gradient of the mean masked cross-entropy. */
+static PyObject *py_mlp_gradients(PyObject *self, PyObject *args)
+{
+    PyObject *cfg_obj, *p_obj, *g_obj, *ws_obj, *tok_obj, *tgt_obj, *mask_obj, *result = NULL;
+    int64_t n_params;
+    rg_mlp_config c;
+    if (!PyArg_ParseTuple(args, "OOOOOOO:mlp_gradients", &cfg_obj, &p_obj, &g_obj, &ws_obj,
+                          &tok_obj, &tgt_obj, &mask_obj))
+        return NULL;
+    if (mlp_config_arg(cfg_obj, &c, &n_params) < 0) return NULL;
+    const float *p = mlp_arena_arg(p_obj, "params", n_params, 0);
+    float *g = p ? mlp_arena_arg(g_obj, "grads", n_params, 1) : NULL;
+    if (!g) return NULL;
+    PyArrayObject *tok = NULL, *tgt = NULL, *mk = NULL;
+    if (!(tok = mlp_tokens_arg(tok_obj, "masked_tokens", &c, c.V, -1))) goto exit;
+    int64_t n = PyArray_DIM(tok, 0);
+    if (!(tgt = mlp_tokens_arg(tgt_obj, "tokens", &c, c.V - 1, n))) goto exit;
+    if (!(mk = mlp_mask_arg(mask_obj, n, c.L))) goto exit;
+    void *ws = mlp_workspace_arg(ws_obj, &c, n);
+    if (!ws) goto exit;
+    double nll = 0.0;
+    int64_t count = 0;
+    const uint8_t *mm = PyArray_DATA(mk);
+    for (int64_t i = 0; i < n * c.L; i++) count += mm[i] != 0;
+    if (count == 0) {
+        PyErr_SetString(PyExc_ValueError, "mask hides no token: the loss over masked "
+                        "positions is undefined");
+        goto exit;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rg_mlp_forward(&c, p, ws, n, PyArray_DATA(tok), NULL, NULL, 0, PyArray_DATA(tgt), mm, &nll,
+                   &count);
+    rg_mlp_backward(&c, p, g, ws, n, PyArray_DATA(tok), PyArray_DATA(tgt), mm, count);
+    Py_END_ALLOW_THREADS
+    result = PyFloat_FromDouble(nll / (double)count);
+exit:
+    Py_XDECREF(tok); Py_XDECREF(tgt); Py_XDECREF(mk);
+    return result;
+}
+
+/* Inverse-CDF tables of a validated chain with V states; NULL with an exception otherwise. */
+static uint64_t *mlp_chain_thresholds(PyObject *T_obj, PyObject *pi_obj, int64_t V,
+                                      int64_t *V_out)
+{
+    PyArrayObject *T = transition_arg(T_obj, 1e-9), *pi = NULL;
+    uint64_t *thr = NULL;
+    if (!T) return NULL;
+    if (V > 0 && PyArray_DIM(T, 0) != V) {
+        rg_error(PyExc_ValueError, "the chain has %ld states but the model has n_states = %lld",
+                 (long)PyArray_DIM(T, 0), (long long)V);
+        goto exit;
+    }
+    V = *V_out = PyArray_DIM(T, 0);
+    if (!(pi = stationary_arg(pi_obj, V))) goto exit;
+    thr = PyMem_Malloc(sizeof(uint64_t) * (size_t)((V + 1) * V));
+    if (!thr) { PyErr_NoMemory(); goto exit; }
+    rg_sampler_thresholds(PyArray_DATA(T), PyArray_DATA(pi), V, thr);
+exit:
+    Py_DECREF(T);
+    Py_XDECREF(pi);
+    return thr;
+}
+
+static int mlp_mask_opts(double rate, int64_t span)
+{
+    if (!(rate >= 0.0 && rate <= 1.0)) {
+        rg_error(PyExc_ValueError, "mask_rate must lie in [0, 1], got %.17g", rate);
+        return -1;
+    }
+    return check_positive(span, "mask_span");
+}
+
+/* mlp_train_batch(transition, stationary, seed, step, batch, length, mask_rate, mask_span)
+ * -> (tokens int32, masked int32, mask bool), each (batch, length): the batch of step `step`. */
+static PyObject *py_mlp_train_batch(PyObject *self, PyObject *args)
+{
+    PyObject *T_obj, *pi_obj, *result = NULL;
+    uint64_t seed;
+    int64_t step, B, L, span;
+    double rate;
+    if (!PyArg_ParseTuple(args, "OOO&O&O&O&dO&:mlp_train_batch", &T_obj, &pi_obj, seed_arg,
+                          &seed, size_arg, &step, size_arg, &B, size_arg, &L, &rate, size_arg,
+                          &span))
+        return NULL;
+    if (step < 0 || step > (int64_t)UINT32_MAX) {
+        rg_error(PyExc_ValueError, "step must lie in [0, 2**32), got %lld", (long long)step);
+        return NULL;
+    }
+    if (check_positive(B, "batch") < 0 || check_positive(L, "length") < 0 ||
+        mlp_mask_opts(rate, span) < 0 || check_product(B, L, 4, "batch * length") < 0)
+        return NULL;
+    if (B > (int64_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "batch must be < 2**32");
+        return NULL;
+    }
+    int64_t V = 0;
+    uint64_t *thr = mlp_chain_thresholds(T_obj, pi_obj, -1, &V);
+    if (!thr) return NULL;
+    npy_intp dims[2] = {B, L};
+    PyArrayObject *tok = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
+    PyArrayObject *msk = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
+    PyArrayObject *mk = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_BOOL);
+    if (tok && msk && mk) {
+        Py_BEGIN_ALLOW_THREADS
+        rg_mlp_train_batch(thr, V, L, B, seed, (uint64_t)step, rate, span, PyArray_DATA(tok),
+                           PyArray_DATA(msk), PyArray_DATA(mk));
+        Py_END_ALLOW_THREADS
+        result = Py_BuildValue("OOO", tok, msk, mk);
+    }
+    PyMem_Free(thr);
+    Py_XDECREF(tok); Py_XDECREF(msk); Py_XDECREF(mk);
+    return result;
+}
+
+/* mlp_train_steps(config, params, grads, adam_m, adam_v, workspace, batch, transition,
+ *                 stationary, seed, step0, lrs, weight_decay, max_grad_norm, mask_rate,
+ *                 mask_span) -> (losses float64 (k,), n_done, bad)
+ * bad: 0 ok, 1 non-finite loss at step step0 + n_done (not applied), 2 non-finite parameter
+ * after step step0 + n_done - 1. */
+static PyObject *py_mlp_train_steps(PyObject *self, PyObject *args)
+{
+    PyObject *cfg_obj, *p_obj, *g_obj, *m_obj, *v_obj, *ws_obj, *T_obj, *pi_obj, *lr_obj;
+    PyObject *result = NULL;
+    rg_mlp_config c;
+    int64_t n_params, B, step0, span;
+    uint64_t seed;
+    double wd, max_norm, rate;
+    if (!PyArg_ParseTuple(args, "OOOOOOO&OOO&O&OdddO&:mlp_train_steps", &cfg_obj, &p_obj,
+                          &g_obj, &m_obj, &v_obj, &ws_obj, size_arg, &B, &T_obj, &pi_obj,
+                          seed_arg, &seed, size_arg, &step0, &lr_obj, &wd, &max_norm, &rate,
+                          size_arg, &span))
+        return NULL;
+    if (mlp_config_arg(cfg_obj, &c, &n_params) < 0 ||
+        check_positive(B, "batch_size") < 0 || mlp_mask_opts(rate, span) < 0)
+        return NULL;
+    if (B > (int64_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "batch_size must be < 2**32");
+        return NULL;
+    }
+    if (!(wd >= 0.0 && isfinite(wd))) {
+        rg_error(PyExc_ValueError, "weight_decay must be finite and >= 0, got %.17g", wd);
+        return NULL;
+    }
+    if (isnan(max_norm) || isinf(max_norm)) {
+        rg_error(PyExc_ValueError, "max_grad_norm must be finite, got %.17g", max_norm);
+        return NULL;
+    }
+    float *p = mlp_arena_arg(p_obj, "params", n_params, 1);
+    float *g = p ? mlp_arena_arg(g_obj, "grads", n_params, 1) : NULL;
+    float *am = g ? mlp_arena_arg(m_obj, "adam_m", n_params, 1) : NULL;
+    float *av = am ? mlp_arena_arg(v_obj, "adam_v", n_params, 1) : NULL;
+    void *ws = av ? mlp_workspace_arg(ws_obj, &c, B) : NULL;
+    if (!ws) return NULL;
+    if (p == g || p == am || p == av || g == am || g == av || am == av) {
+        PyErr_SetString(PyExc_ValueError, "params, grads, adam_m and adam_v must be distinct");
+        return NULL;
+    }
+    PyArrayObject *lrs = float64_array(lr_obj, "lrs", 1, "of shape (k,)"), *losses = NULL;
+    uint64_t *thr = NULL;
+    if (!lrs) return NULL;
+    int64_t k = PyArray_DIM(lrs, 0);
+    const double *lr = PyArray_DATA(lrs);
+    for (int64_t i = 0; i < k; i++)
+        if (lr[i] < 0.0) {
+            rg_error(PyExc_ValueError, "lrs[%lld] = %.17g is negative", (long long)i, lr[i]);
+            goto exit;
+        }
+    if (step0 < 0 || step0 + k > (int64_t)UINT32_MAX) {
+        rg_error(PyExc_ValueError, "steps must stay below 2**32, got step0 = %lld, k = %lld",
+                 (long long)step0, (long long)k);
+        goto exit;
+    }
+    int64_t V_chain = 0;
+    if (!(thr = mlp_chain_thresholds(T_obj, pi_obj, c.V, &V_chain))) goto exit;
+    npy_intp dims[1] = {k};
+    if (!(losses = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0))) goto exit;
+    rg_train_opts o = {0.9, 0.999, 1e-8, wd, max_norm, rate, span,
+                       RG_BLAS(openblas_get_num_threads)()};
+    int64_t done = 0;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rg_mlp_train_steps(&c, p, g, am, av, ws, B, thr, seed, (uint64_t)step0, k, lr, &o,
+                       PyArray_DATA(losses), &done, &bad);
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OLi", losses, (long long)done, bad);
+exit:
+    PyMem_Free(thr);
+    Py_DECREF(lrs);
+    Py_XDECREF(losses);
+    return result;
+}
+/* ---- MLP bindings (end) ---- */
+
 /* ------------------------------------------------------------------------------------------ */
 
 /* ---- analysis bindings (begin) ---- */
@@ -868,6 +1293,26 @@ static PyMethodDef methods[] = {
      "blas_set_num_threads(n): set OpenBLAS's thread count."},
     {"philox4x32_10", py_philox, METH_VARARGS,
      "philox4x32_10((c0, c1, c2, c3), (k0, k1)) -> 4 words; for known-answer tests."},
+    /* MLP */
+    {"mlp_layout", py_mlp_layout, METH_VARARGS,
+     "mlp_layout(config) -> (n_params, offsets (n_tensors,) int64, sizes (n_tensors,) int64)."},
+    {"mlp_workspace_bytes", py_mlp_workspace_bytes, METH_VARARGS,
+     "mlp_workspace_bytes(config, batch) -> bytes of workspace for batches of that size."},
+    {"mlp_init", py_mlp_init, METH_VARARGS,
+     "mlp_init(config, params, seed): reproducible PyTorch-default initialisation in place."},
+    {"mlp_forward", py_mlp_forward, METH_VARARGS,
+     "mlp_forward(config, params, workspace, batch, tokens, want_logits, want_stream, "
+     "targets=None, mask=None) -> (logits | None, stream | None, nll_sum, count)."},
+    {"mlp_gradients", py_mlp_gradients, METH_VARARGS,
+     "mlp_gradients(config, params, grads, workspace, masked, targets, mask) -> loss; "
+     "grads overwritten."},
+    {"mlp_train_batch", py_mlp_train_batch, METH_VARARGS,
+     "mlp_train_batch(transition, stationary, seed, step, batch, length, mask_rate, "
+     "mask_span) -> (tokens, masked, mask) of training step `step`."},
+    {"mlp_train_steps", py_mlp_train_steps, METH_VARARGS,
+     "mlp_train_steps(config, params, grads, adam_m, adam_v, workspace, batch, transition, "
+     "stationary, seed, step0, lrs, weight_decay, max_grad_norm, mask_rate, mask_span) -> "
+     "(losses, n_done, bad)."},
     /* analysis */
     {"rank", (PyCFunction)(void (*)(void))py_rank, METH_VARARGS | METH_KEYWORDS,
      "rank(X, measure='erank', center=True, squared=False, tol=-1.0, name='X') -> (values, "

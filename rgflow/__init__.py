@@ -14,12 +14,14 @@ except ImportError as exc:  # pragma: no cover - depends on how rgflow was insta
 from .analysis import (cka_matrix, drift_profile, effective_rank, linear_cka, rank_profile,
                        singular_values)
 from .chains import MarkovChain, mask_tokens
+from .model import ResidualMLP
+from .train import History, train
 
 __version__ = "0.1.0"
 
-__all__ = ["MarkovChain", "mask_tokens", "show_config", "__version__",
-           "effective_rank", "singular_values", "rank_profile", "linear_cka", "drift_profile",
-           "cka_matrix"]
+__all__ = ["MarkovChain", "mask_tokens", "ResidualMLP", "train", "History", "show_config",
+           "__version__", "effective_rank", "singular_values", "rank_profile", "linear_cka",
+           "drift_profile", "cka_matrix"]
 
 
 def show_config(print_=True):

@@ -1,0 +1,293 @@
+"""The residual MLP of DESIGN.md ("Model"), its parameters held in one float32 arena.
+
+The C core (csrc/mlp.c) is stateless: this class owns the arenas (parameters, gradients, AdamW
+moments, all of the same layout) and passes them to the kernels. ``named_params()`` gives
+NumPy views into the arena with PyTorch ``state_dict`` names and shapes, so weights move to an
+equivalent ``torch.nn.Module`` and back.
+
+Initialisation is reproducible from ``seed`` (Philox stream ``(seed, INIT, tensor number)``):
+embeddings ~ N(0, 1) (``nn.Embedding``), Linear weights and biases ~
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``nn.Linear``), LayerNorm weight 1 and bias 0.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+
+from . import _core
+from ._util import as_count, as_seed
+
+__all__ = ["ResidualMLP"]
+
+# Rows per forward chunk in logits / residual_stream / loss: bounds the workspace.
+CHUNK = 256
+CHECKPOINT_VERSION = 1
+
+
+class ResidualMLP:
+    """Residual MLP on the concatenated stream z in R^(length*width).
+
+    ``z_0[p] = tok_emb[x_p] + pos_emb[p]``; block k: ``z <- z + fc2(gelu(fc1(LN_k(z))))``
+    (``LN_k`` omitted when ``block_ln=False``); ``LN_f(z_K)`` reshaped to (length, width), then a
+    shared unembedding width -> n_states per position. Token ids lie in [0, n_states]; the id
+    ``n_states`` is MASK.
+
+    Parameters
+    ----------
+    n_states, length, width, hidden, depth : int
+        V, L, d, m, K (V >= 2, depth >= 0, the others >= 1).
+    seed : int or numpy.random.Generator, initialisation seed.
+    block_ln : bool, pre-LayerNorm blocks (default) or blocks without LayerNorm (their
+        ``ln`` parameters are then absent). The final LayerNorm is always present.
+
+    Attributes
+    ----------
+    params : (n_params,) float32 arena; ``step``: optimizer steps taken (AdamW's t);
+    train_seed : seed of the training streams used so far (None before training).
+
+    >>> model = ResidualMLP(n_states=8, length=16, width=8, hidden=32, depth=2, seed=0)
+    >>> model.logits(np.zeros((3, 16), dtype=np.int32)).shape
+    (3, 16, 8)
+    """
+
+    def __init__(self, n_states, length, width, hidden, depth, seed=0, block_ln=True):
+        V = as_count(n_states, "n_states", minimum=2)
+        L = as_count(length, "length")
+        d = as_count(width, "width")
+        m = as_count(hidden, "hidden")
+        K = as_count(depth, "depth", minimum=0)
+        if not isinstance(block_ln, (bool, np.bool_)):
+            raise TypeError("block_ln must be a bool, got %s" % type(block_ln).__name__)
+        self._cfg = (V, L, d, m, K, bool(block_ln))
+        n_params, offsets, sizes = _core.mlp_layout(self._cfg)
+        self._layout = []
+        for (name, shape), off, size in zip(self._names_shapes(), offsets, sizes):
+            assert int(np.prod(shape)) == int(size)
+            self._layout.append((name, shape, int(off), int(size)))
+        self.n_params = int(n_params)
+        self.params = np.empty(self.n_params, dtype=np.float32)
+        self._grads = np.zeros(self.n_params, dtype=np.float32)
+        self._adam_m = np.zeros(self.n_params, dtype=np.float32)
+        self._adam_v = np.zeros(self.n_params, dtype=np.float32)
+        self.step = 0
+        self.train_seed = None
+        self.init_seed = as_seed(seed)
+        _core.mlp_init(self._cfg, self.params, self.init_seed)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    n_states = property(lambda self: self._cfg[0], doc="V (the MASK id is V).")
+    length = property(lambda self: self._cfg[1], doc="L, sequence length.")
+    width = property(lambda self: self._cfg[2], doc="d, per-position width.")
+    hidden = property(lambda self: self._cfg[3], doc="m, hidden width of each block.")
+    depth = property(lambda self: self._cfg[4], doc="K, number of blocks.")
+    block_ln = property(lambda self: self._cfg[5], doc="Whether blocks have a LayerNorm.")
+
+    @property
+    def config(self):
+        """Constructor arguments (without seed) as a dict."""
+        V, L, d, m, K, ln = self._cfg
+        return dict(n_states=V, length=L, width=d, hidden=m, depth=K, block_ln=ln)
+
+    def __repr__(self):
+        return ("ResidualMLP(n_states=%d, length=%d, width=%d, hidden=%d, depth=%d, "
+                "block_ln=%s; %d params, step %d)" % (self._cfg + (self.n_params, self.step)))
+
+    def _names_shapes(self):
+        V, L, d, m, K, ln = self._cfg
+        D = L * d
+        out = [("tok_emb", (V + 1, d)), ("pos_emb", (L, d))]
+        for k in range(K):
+            if ln:
+                out += [("blocks.%d.ln.weight" % k, (D,)), ("blocks.%d.ln.bias" % k, (D,))]
+            out += [("blocks.%d.fc1.weight" % k, (m, D)), ("blocks.%d.fc1.bias" % k, (m,)),
+                    ("blocks.%d.fc2.weight" % k, (D, m)), ("blocks.%d.fc2.bias" % k, (D,))]
+        out += [("ln_f.weight", (D,)), ("ln_f.bias", (D,)), ("unembed.weight", (V, d)),
+                ("unembed.bias", (V,))]
+        return out
+
+    def _views(self, arena):
+        return {name: arena[off:off + size].reshape(shape)
+                for name, shape, off, size in self._layout}
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def named_params(self):
+        """Dict name -> float32 view into ``params`` with its state_dict shape (writes go to
+        the model).
+
+        >>> m = ResidualMLP(8, 4, 2, 8, 1)
+        >>> m.named_params()["blocks.0.fc1.weight"].shape
+        (8, 8)
+        """
+        return self._views(self.params)
+
+    def state_dict(self):
+        """Dict name -> float32 copy, PyTorch names and shapes (see DESIGN.md).
+
+        >>> list(ResidualMLP(8, 4, 2, 8, 1).state_dict())[:3]
+        ['tok_emb', 'pos_emb', 'blocks.0.ln.weight']
+        """
+        return {k: v.copy() for k, v in self.named_params().items()}
+
+    def load_state_dict(self, state):
+        """Copy parameters from a dict of arrays (NumPy or anything ``np.asarray`` takes, e.g.
+        CPU torch tensors) with exactly the names and shapes of ``state_dict()``.
+        Optimizer state and step are left unchanged.
+
+        >>> a, b = ResidualMLP(8, 4, 2, 8, 1, seed=0), ResidualMLP(8, 4, 2, 8, 1, seed=1)
+        >>> b.load_state_dict(a.state_dict()); bool((a.params == b.params).all())
+        True
+        """
+        views = self.named_params()
+        missing = sorted(set(views) - set(state))
+        extra = sorted(set(state) - set(views))
+        if missing or extra:
+            raise KeyError("state_dict mismatch: missing %s, unexpected %s" % (missing, extra))
+        new = {}
+        for name, view in views.items():
+            value = np.asarray(state[name])
+            if value.shape != view.shape:
+                raise ValueError("%s has shape %s, expected %s" % (name, value.shape, view.shape))
+            if value.dtype.kind not in "fiu":
+                raise TypeError("%s must be a real array, got dtype %s" % (name, value.dtype))
+            value = value.astype(np.float32)
+            if not np.all(np.isfinite(value)):
+                raise ValueError("%s contains non-finite values" % name)
+            new[name] = value
+        for name, value in new.items():
+            views[name][...] = value
+
+    # -- evaluation ---------------------------------------------------------------------------
+
+    def _workspace(self, batch):
+        return np.empty(_core.mlp_workspace_bytes(self._cfg, batch), dtype=np.uint8)
+
+    def _forward(self, tokens, want_logits, want_stream, targets=None, mask=None):
+        n = np.shape(tokens)[0] if np.ndim(tokens) == 2 else 1
+        batch = max(1, min(n, CHUNK))
+        return _core.mlp_forward(self._cfg, self.params, self._workspace(batch), batch, tokens,
+                                 want_logits, want_stream, targets, mask)
+
+    def logits(self, tokens):
+        """Logits of every position.
+
+        tokens : (n, length) integer array with ids in [0, n_states] (n_states = MASK).
+        Returns (n, length, n_states) float32. Processed in chunks of 256 sequences.
+
+        >>> m = ResidualMLP(8, 4, 2, 8, 1)
+        >>> m.logits(np.full((2, 4), 8)).shape
+        (2, 4, 8)
+        """
+        return self._forward(tokens, True, False)[0]
+
+    def residual_stream(self, tokens):
+        """The residual stream z_0..z_K (z_0 = embeddings, z_k after block k).
+
+        tokens : (n, length) integer array with ids in [0, n_states].
+        Returns (depth + 1, n, length, width) float32.
+
+        >>> m = ResidualMLP(8, 4, 2, 8, 3)
+        >>> m.residual_stream(np.zeros((5, 4), dtype=np.int32)).shape
+        (4, 5, 4, 2)
+        """
+        return self._forward(tokens, False, True)[1]
+
+    def loss(self, masked_tokens, tokens, mask):
+        """Mean cross-entropy (nats) of the true tokens at masked positions.
+
+        masked_tokens : (n, length) ids in [0, n_states], the model input.
+        tokens : (n, length) true ids in [0, n_states).  mask : (n, length) bool, >= 1 True.
+
+        >>> m = ResidualMLP(8, 4, 2, 8, 1)
+        >>> x = np.zeros((2, 4), dtype=np.int32); mask = np.ones((2, 4), dtype=bool)
+        >>> m.loss(np.full((2, 4), 8), x, mask) > 0
+        True
+        """
+        _, _, nll, count = self._forward(masked_tokens, False, False, tokens, mask)
+        if count == 0:
+            raise ValueError("mask hides no token: the loss over masked positions is undefined")
+        return nll / count
+
+    def gradients(self, masked_tokens, tokens, mask):
+        """Loss and its gradient with respect to every parameter (one batch, no update).
+
+        Arguments as for :meth:`loss`. Returns ``(loss, {state_dict name: float32 grad})``.
+
+        >>> m = ResidualMLP(8, 4, 2, 8, 1)
+        >>> x = np.zeros((2, 4), dtype=np.int32); mask = np.ones((2, 4), dtype=bool)
+        >>> loss, g = m.gradients(np.full((2, 4), 8), x, mask); g["tok_emb"].shape
+        (9, 2)
+        """
+        n = np.shape(masked_tokens)[0] if np.ndim(masked_tokens) == 2 else 1
+        grads = np.empty(self.n_params, dtype=np.float32)
+        loss = _core.mlp_gradients(self._cfg, self.params, grads,
+                                   self._workspace(max(int(n), 1)), masked_tokens, tokens, mask)
+        return loss, self._views(grads)
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write config, parameters, AdamW moments, step and training seed to ``path`` (.npz).
+
+        Atomic: written to a temporary file in the same directory, fsynced, then renamed over
+        ``path``; an interrupted or failed save leaves any previous file intact.
+
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.npz")
+        >>> ResidualMLP(8, 4, 2, 8, 1).save(p); ResidualMLP.load(p).step
+        0
+        """
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        meta = dict(version=CHECKPOINT_VERSION, config=self.config, step=self.step,
+                    train_seed=self.train_seed, init_seed=self.init_seed)
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp",
+                                   dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, meta=np.array(json.dumps(meta)), params=self.params,
+                         adam_m=self._adam_m, adam_v=self._adam_v)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:  # make the rename durable
+            dfd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+    @classmethod
+    def load(cls, path):
+        """Restore a model written by :meth:`save` (same parameters, optimizer state, step).
+
+        >>> import os, tempfile
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.npz")
+        >>> ResidualMLP(8, 4, 2, 8, 1).save(p); ResidualMLP.load(p).depth
+        1
+        """
+        with np.load(os.fspath(path), allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            if meta.get("version") != CHECKPOINT_VERSION:
+                raise ValueError("unsupported checkpoint version %r" % meta.get("version"))
+            model = cls(seed=meta["init_seed"], **meta["config"])
+            for name, arr in (("params", model.params), ("adam_m", model._adam_m),
+                              ("adam_v", model._adam_v)):
+                data = f[name]
+                if data.dtype != np.float32 or data.shape != arr.shape:
+                    raise ValueError("checkpoint %s has %s %s, expected float32 %s"
+                                     % (name, data.dtype, data.shape, arr.shape))
+                arr[...] = data
+        model.step = int(meta["step"])
+        model.train_seed = meta["train_seed"]
+        return model

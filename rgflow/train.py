@@ -1,0 +1,227 @@
+"""Training loop: masked-token prediction on a Markov chain, entirely in C between evaluations.
+
+``train`` calls the fused C loop ``mlp_train_steps`` (sample -> mask -> forward -> backward ->
+clip -> AdamW, k steps with the GIL released) in chunks and evaluates on a fixed held-out batch.
+Batch row b of global step s is a function of (seed, s, b) alone, and the model carries its
+step counter and AdamW moments, so ``train(model, chain, k)`` twice equals
+``train(model, chain, 2k)`` bit for bit, also across ``save``/``load``.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+from ._util import as_count, as_real, as_seed
+from .chains import MarkovChain, mask_tokens
+from .model import ResidualMLP
+
+__all__ = ["train", "History", "learning_rate"]
+
+BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+CHUNK_STEPS = 25  # steps per C call between progress updates (results do not depend on it)
+
+
+@dataclass
+class History:
+    """What ``train`` observed.
+
+    steps : (n,) int64, global step count after each update (model.step values).
+    losses : (n,) float64, training loss (mean masked CE, nats) of each step's batch.
+    lrs : (n,) float64, learning rate used at each step.
+    eval_steps : (e,) int64, model.step at each evaluation.
+    eval_loss : (e,) float64, model masked CE on the held-out batch.
+    eval_bayes : (e,) float64, Bayes-optimal CE on the same batch (constant: one batch).
+    wall_time : float, seconds spent in ``train``.
+    """
+
+    steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    losses: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    lrs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    eval_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    eval_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    eval_bayes: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    wall_time: float = 0.0
+
+
+def learning_rate(step, lr, schedule="constant", warmup=0, total_steps=None):
+    """Learning rate of global step ``step`` (0-based).
+
+    Linear warmup ``lr * (step + 1) / warmup`` for ``step < warmup``; then ``lr`` (constant) or
+    ``lr * (1 + cos(pi * p)) / 2`` with ``p = (step - warmup) / (total_steps - warmup)``
+    clipped to [0, 1] (cosine). The rate is a function of the global step, so a run split over
+    several ``train`` calls follows the same schedule when each call gets the same
+    ``total_steps``.
+
+    >>> learning_rate(0, 1e-3, "cosine", warmup=0, total_steps=100)
+    0.001
+    >>> learning_rate(50, 1.0, "cosine", total_steps=100)
+    0.5
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        span = max(1, total_steps - warmup)
+        p = min(1.0, max(0.0, (step - warmup) / span))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError("schedule must be 'constant' or 'cosine', got %r" % (schedule,))
+
+
+def train_batch(chain, model, step, batch_size=128, mask_rate=0.15, mask_span=1, seed=0):
+    """The exact training batch of global step ``step`` (0-based) of ``train(..., seed)``.
+
+    Returns ``(tokens, masked, mask)``: (batch_size, length) int32 true tokens, int32 model
+    input (MASK id = n_states at hidden positions) and bool mask.
+
+    >>> chain = MarkovChain.lazy(8, 7.0)
+    >>> model = ResidualMLP(8, 16, 8, 32, 1)
+    >>> train_batch(chain, model, step=3, batch_size=4)[1].shape
+    (4, 16)
+    """
+    _check_chain(chain, model)
+    return _core.mlp_train_batch(chain.transition, chain.stationary, as_seed(seed),
+                                 as_count(step, "step", minimum=0),
+                                 as_count(batch_size, "batch_size"), model.length,
+                                 as_real(mask_rate, "mask_rate", 0.0, 1.0),
+                                 as_count(mask_span, "mask_span"))
+
+
+def _check_chain(chain, model):
+    if not isinstance(chain, MarkovChain):
+        raise TypeError("chain must be a MarkovChain, got %s" % type(chain).__name__)
+    if not isinstance(model, ResidualMLP):
+        raise TypeError("model must be a ResidualMLP, got %s" % type(model).__name__)
+    if chain.n_states != model.n_states:
+        raise ValueError("chain has n_states = %d but the model has n_states = %d"
+                         % (chain.n_states, model.n_states))
+
+
+def _eval_batch(chain, model, seed, size, mask_rate, mask_span):
+    """Held-out batch from chain.sample / mask_tokens (domains disjoint from the training
+    streams) with seeds derived from the training seed."""
+    s1, s2 = np.random.SeedSequence([seed, 0xE7A1]).generate_state(2, np.uint64)
+    tokens = chain.sample(size, model.length, seed=int(s1) >> 1)
+    masked, mask = mask_tokens(tokens, rate=mask_rate, seed=int(s2) >> 1,
+                               mask_id=model.n_states, span=mask_span)
+    return tokens, masked, mask
+
+
+def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_rate=0.15,
+          mask_span=1, seed=0, schedule="constant", warmup=0, total_steps=None,
+          max_grad_norm=None, eval_every=None, eval_size=512, progress=True):
+    """Train ``model`` in place for ``steps`` AdamW steps on masked-token prediction.
+
+    Parameters
+    ----------
+    model : ResidualMLP (its ``step``, AdamW moments and parameters are updated).
+    chain : MarkovChain with ``n_states == model.n_states``.
+    steps : int >= 0, number of steps to take now.
+    batch_size : sequences per step. lr : peak learning rate.
+    weight_decay : decoupled (AdamW) decay on all parameters.
+    mask_rate, mask_span : masking of the training (and evaluation) batches.
+    seed : int or Generator; batch row b of global step s uses Philox streams
+        (seed, TRAIN_SAMPLE / TRAIN_MASK, (s << 32) | b).
+    schedule : "constant" or "cosine" (see :func:`learning_rate`); warmup : warmup steps.
+    total_steps : length of the whole planned run for the cosine schedule; default
+        ``model.step + steps``. Pass the same value to every call of a split run.
+    max_grad_norm : global gradient-norm clipping threshold (None or <= 0: off).
+    eval_every : evaluate every this many global steps (default steps // 10; 0: only at the
+        end); the held-out batch (eval_size sequences) is fixed by ``seed``.
+    progress : show a tqdm bar with the loss and the Bayes floor.
+
+    Returns
+    -------
+    History. Raises FloatingPointError naming the step if the loss or a parameter becomes
+    NaN/Inf (``model.step`` then counts the updates that were applied).
+
+    >>> chain = MarkovChain.lazy(8, 7.0)
+    >>> model = ResidualMLP(8, 16, 8, 64, 2, seed=0)
+    >>> hist = train(model, chain, steps=20, batch_size=32, progress=False)
+    >>> model.step, hist.losses.shape
+    (20, (20,))
+    """
+    _check_chain(chain, model)
+    steps = as_count(steps, "steps", minimum=0)
+    batch_size = as_count(batch_size, "batch_size")
+    lr = as_real(lr, "lr", low=0.0)
+    weight_decay = as_real(weight_decay, "weight_decay", low=0.0)
+    mask_rate = as_real(mask_rate, "mask_rate", low=0.0, high=1.0)
+    mask_span = as_count(mask_span, "mask_span")
+    seed = as_seed(seed)
+    warmup = as_count(warmup, "warmup", minimum=0)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError("schedule must be 'constant' or 'cosine', got %r" % (schedule,))
+    start = model.step
+    total = model.step + steps if total_steps is None else as_count(total_steps, "total_steps")
+    clip = 0.0 if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm")
+    if eval_every is None:
+        eval_every = max(1, steps // 10)
+    eval_every = as_count(eval_every, "eval_every", minimum=0)
+    eval_size = as_count(eval_size, "eval_size")
+
+    t0 = time.perf_counter()
+    hist = History()
+    ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
+                                                mask_span)
+    floor = chain.bayes_loss(ev_tokens, ev_mask)
+    workspace = model._workspace(batch_size)
+    losses, lrs, ev_steps, ev_loss = [], [], [], []
+
+    def evaluate():
+        ev_steps.append(model.step)
+        ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc="train", unit="step")
+    try:
+        while model.step < start + steps:
+            end = min(start + steps, model.step + CHUNK_STEPS)
+            if eval_every:
+                end = min(end, (model.step // eval_every + 1) * eval_every)
+            chunk_lrs = np.array([learning_rate(s, lr, schedule, warmup, total)
+                                  for s in range(model.step, end)], dtype=np.float64)
+            out, n_done, bad = _core.mlp_train_steps(
+                model._cfg, model.params, model._grads, model._adam_m, model._adam_v,
+                workspace, batch_size, chain.transition, chain.stationary, seed, model.step,
+                chunk_lrs, weight_decay, clip, mask_rate, mask_span)
+            step0 = model.step
+            model.step += n_done
+            model.train_seed = seed
+            losses.extend(out[:n_done])
+            lrs.extend(chunk_lrs[:n_done])
+            if bad == 1:
+                raise FloatingPointError("training loss became %r at step %d (lr %.3g)"
+                                         % (float(out[n_done]), step0 + n_done,
+                                            chunk_lrs[n_done]))
+            if bad == 2:
+                raise FloatingPointError("a parameter became non-finite at step %d (lr %.3g, "
+                                         "loss %.6g)" % (step0 + n_done - 1,
+                                                         chunk_lrs[n_done - 1],
+                                                         out[n_done - 1]))
+            if eval_every and model.step % eval_every == 0:
+                evaluate()
+            if bar is not None:
+                bar.update(n_done)
+                post = dict(loss="%.4f" % losses[-1], floor="%.4f" % floor)
+                if ev_loss:
+                    post["eval"] = "%.4f" % ev_loss[-1]
+                bar.set_postfix(post, refresh=False)
+        if not ev_steps or ev_steps[-1] != model.step:
+            evaluate()
+    finally:
+        if bar is not None:
+            bar.close()
+        hist.steps = np.arange(start + 1, start + 1 + len(losses), dtype=np.int64)
+        hist.losses = np.asarray(losses, dtype=np.float64)
+        hist.lrs = np.asarray(lrs, dtype=np.float64)
+        hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
+        hist.eval_loss = np.asarray(ev_loss, dtype=np.float64)
+        hist.eval_bayes = np.full(len(ev_loss), floor)
+        hist.wall_time = time.perf_counter() - t0
+    return hist
