@@ -9,8 +9,9 @@
  *   loss = mean over masked positions of -log softmax(logits)[target]
  *
  * All matrices are row-major; Linear weights are PyTorch's (out, in).  Every function returns
- * an RG_* status or nothing; none allocates: all scratch (activations, gradient buffers, the
- * training batch) lives in the caller's workspace. */
+ * an RG_* status or nothing; none allocates memory: all scratch (activations, gradient
+ * buffers, the training batch) lives in the caller's workspace.  rg_mlp_train_steps starts its
+ * optimizer threads once per call, before its loop. */
 #ifndef RG_MLP_H
 #define RG_MLP_H
 
@@ -46,8 +47,8 @@ typedef struct {
     float *fc2_b; /* (D) */
 } rg_mlp_block;
 
-/* Largest value allowed for any size or product of sizes handled here: keeps every float
- * offset far from int64 overflow and every BLAS dimension within the 32-bit CBLAS int. */
+/* Largest matrix dimension (V+1, D = L*d, m, B*L): CBLAS takes 32-bit ints.  Element counts
+ * and offsets are int64 and checked against 2^60. */
 #define RG_MLP_MAX_DIM 2147483647LL
 
 /* RG_ERR_VALUE if a size is < 1 (V < 2) or a derived size overflows; else fills *n_params. */
@@ -168,7 +169,8 @@ typedef struct {
 } rg_train_opts;
 
 /* k training steps s = step0 .. step0+k-1: batch (rg_mlp_train_batch with step s), forward,
- * backward, optional clipping, AdamW at t = s + 1 with learning rate lrs[i].  losses (k).
+ * backward, optional clipping, AdamW at t = s + 1 with learning rate lrs[i] (spread over
+ * o->n_threads threads when the arena exceeds 2^20 floats).  losses (k).
  * *n_done counts completed updates.  RG_ERR_NOT_FINITE if the loss of step s is not finite
  * (*bad = 1, no update applied) or a parameter became non-finite (*bad = 2, update applied);
  * *n_done then locates the step (s = step0 + *n_done for bad = 1, s = step0 + *n_done - 1

@@ -662,6 +662,11 @@ static float *mlp_arena_arg(PyObject *obj, const char *name, int64_t n, int writ
 static void *mlp_workspace_arg(PyObject *obj, const rg_mlp_config *c, int64_t batch)
 {
     int64_t need = rg_mlp_workspace_bytes(c, batch);
+    if (batch > RG_MLP_MAX_DIM / c->L) { /* B * L rows go to sgemm as a 32-bit int */
+        rg_error(PyExc_ValueError, "batch * length = %lld x %lld exceeds 2**31 - 1",
+                 (long long)batch, (long long)c->L);
+        return NULL;
+    }
     if (need < 0) {
         rg_error(PyExc_ValueError, "workspace for batch %lld overflows", (long long)batch);
         return NULL;

@@ -16,14 +16,17 @@ import numpy as np
 
 from . import findings
 from ._util import as_count, as_real
+from .analysis import cka_matrix, drift_profile, effective_rank, rank_profile
+from .chains import MarkovChain
+from .model import ResidualMLP
+from .train import _eval_batch, train
 
 __all__ = ["Config", "Result", "run"]
 
 CHAIN_FAMILIES = ("lazy", "random")
 SCHEDULES = ("constant", "cosine")
-# Domain tag mixed into the evaluation seed so the held-out set never shares a stream with
-# training (training streams are keyed by the run seed with their own domain tags in C).
-EVAL_SEED_SALT = 0x5EED_E7A1
+# log of a posterior probability that is exactly 0 (impossible states of sparse chains)
+LOG_FLOOR = np.log(1e-300)
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,119 @@ class Result:
     def profile(self, level):
         """(K+1,) float64 array of a rank profile."""
         return np.asarray(self.profiles[level], dtype=float)
+
+
+def make_chain(config):
+    """The MarkovChain a Config describes."""
+    if config.chain == "lazy":
+        return MarkovChain.lazy(config.n_states, config.xi)
+    return MarkovChain.random(config.n_states, config.xi, seed=config.chain_seed)
+
+
+def relevance_decomposition(stream, log_posterior, mask):
+    """Split the representation of masked tokens, layer by layer and position by position,
+    into the part linearly explained by the exact Bayes log-posterior (the sufficient
+    statistic of the task) and the rest.
+
+    For each position p, the rows are the sequences whose token p is masked; the
+    representations ``stream[l, rows, p, :]`` are regressed (least squares, with intercept) on
+    ``log_posterior[rows, p, :]``. Positions with fewer than V + 2 such rows are skipped.
+
+    Parameters
+    ----------
+    stream : (depth+1, n, length, width) residual stream.
+    log_posterior : (n, length, V) log of the exact posterior of each token.
+    mask : (n, length) bool, True at masked positions.
+
+    Returns
+    -------
+    dict of (depth+1,) lists: ``relevant_share``, the variance explained by the
+    log-posterior summed over positions over the total variance (0 where there is none, as
+    at layer 0, where every masked token has the same embedding); ``irrelevant_rank``, the
+    effective rank of the regression residual (degrees of freedom the task does not need),
+    averaged over positions; ``total_rank``, the effective rank of the masked representations
+    themselves, averaged over positions.
+    """
+    s = np.asarray(stream)
+    m = np.asarray(mask, dtype=bool)
+    logp = np.asarray(log_posterior, dtype=np.float64)
+    n_layers, V = s.shape[0], logp.shape[2]
+    explained, total = np.zeros(n_layers), np.zeros(n_layers)
+    irrelevant, full = [], []
+    for p in range(s.shape[2]):
+        rows = np.flatnonzero(m[:, p])
+        if rows.size < V + 2:
+            continue
+        P = logp[rows, p, :]
+        P = P - P.mean(axis=0)
+        X = s[:, rows, p, :].astype(np.float64)                  # (depth+1, n_p, width)
+        X -= X.mean(axis=1, keepdims=True)
+        flat = X.transpose(1, 0, 2).reshape(rows.size, -1)
+        coef, *_ = np.linalg.lstsq(P, flat, rcond=None)
+        fitted = (P @ coef).reshape(rows.size, n_layers, -1).transpose(1, 0, 2)
+        explained += (fitted ** 2).sum(axis=(1, 2))
+        total += (X ** 2).sum(axis=(1, 2))
+        irrelevant.append(effective_rank(X - fitted, center=False))
+        full.append(effective_rank(X, center=False))
+    if not irrelevant:
+        raise ValueError("no position has enough masked rows (V + 2) for the decomposition")
+    share = np.divide(explained, total, out=np.zeros(n_layers), where=total > 0)
+    return {"relevant_share": share.tolist(),
+            "irrelevant_rank": np.mean(irrelevant, axis=0).tolist(),
+            "total_rank": np.mean(full, axis=0).tolist()}
+
+
+def run(config, progress=True):
+    """Train one model as ``config`` says and measure it.
+
+    Returns a :class:`Result` with the training history, the final masked CE against the
+    Bayes floor on ``eval_size`` held-out sequences, the rank profiles (position — all,
+    masked and visible positions —, pooled, stream), the stream-level drift profile and CKA
+    matrix, the relevance decomposition and the per-run verdicts of claims (i) and (iii).
+    Claim (ii) compares runs: see :func:`findings.selectivity`.
+    """
+    if not isinstance(config, Config):
+        raise TypeError("config must be a Config, got %s" % type(config).__name__)
+    t0 = time.perf_counter()
+    c = config
+    chain = make_chain(c)
+    model = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
+                        block_ln=c.block_ln)
+    hist = train(model, chain, c.steps, batch_size=c.batch_size, lr=c.lr,
+                 weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
+                 seed=c.seed, schedule=c.schedule, warmup=c.warmup,
+                 max_grad_norm=c.max_grad_norm or None, eval_size=c.eval_size,
+                 progress=progress)
+    # the same held-out batch train() evaluated on: disjoint from every training stream
+    tokens, masked, mask = _eval_batch(chain, model, c.seed, c.eval_size, c.mask_rate,
+                                       c.mask_span)
+    masked_ce = float(model.loss(masked, tokens, mask))
+    floor = float(chain.bayes_loss(tokens, mask))
+    unigram = chain.unigram_entropy
+    learned = findings.learned_share(masked_ce, floor, unigram)
+
+    stream = model.residual_stream(masked)
+    split = rank_profile(stream, "position", mask=mask)
+    profiles = {"position": rank_profile(stream, "position").tolist(),
+                "masked": split.masked.tolist(), "visible": split.visible.tolist(),
+                "pooled": rank_profile(stream, "pooled").tolist(),
+                "stream": rank_profile(stream, "stream").tolist()}
+    drift = drift_profile(stream).tolist()
+    cka = cka_matrix(stream).tolist()
+    log_post = np.maximum(np.log(np.maximum(chain.posterior(masked, mask), 1e-300)), LOG_FLOOR)
+    relevance = relevance_decomposition(stream, log_post, mask)
+
+    verdicts = {}
+    if c.depth >= 2:
+        for name, level in (("collapse_all", "position"), ("collapse_masked", "masked"),
+                            ("collapse_visible", "visible")):
+            verdicts[name] = findings.monotone_collapse(profiles[level], learned).to_dict()
+    if c.depth >= 2:
+        verdicts["plateau"] = findings.plateau(drift, learned).to_dict()
+    history = {"steps": hist.steps.tolist(), "losses": hist.losses.tolist(),
+               "eval_steps": hist.eval_steps.tolist(), "eval_loss": hist.eval_loss.tolist(),
+               "eval_bayes": hist.eval_bayes.tolist()}
+    return Result(config=c, history=history, masked_ce=masked_ce, bayes_floor=floor,
+                  unigram_entropy=unigram, learned=learned, profiles=profiles, drift=drift,
+                  cka_matrix=cka, relevance=relevance, verdicts=verdicts,
+                  wall_time=time.perf_counter() - t0)
