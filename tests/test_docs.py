@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["rgflow", "rgflow.chains", "rgflow.findings"]
+MODULES = ["rgflow", "rgflow.chains", "rgflow.findings", "rgflow.model", "rgflow.train",
+           "rgflow.analysis", "rgflow.plot", "rgflow.experiments", "rgflow.sweep"]
 
 
 @pytest.mark.parametrize("name", MODULES)
