@@ -43,6 +43,46 @@ def reproduce(args):
           % (summary["selectivity"]["status"], summary["selectivity_masked"]["status"]))
 
 
+def sweep(args):
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    import rgflow as rg
+    from .report import CONFIGS
+
+    base = CONFIGS["quick" if args.quick else "paper"]
+    overrides = {k: getattr(args, k) for k in ("steps", "depth", "hidden", "width", "length")
+                 if getattr(args, k) is not None}
+    configs = rg.grid(base.replace(**overrides), xi=args.xi, seed=list(range(args.seeds)))
+    store = Path(args.store)
+    if args.scheduler:
+        from distributed import Client
+        with Client(args.scheduler) as client:
+            table = rg.sweep(configs, executor=client, store=store)
+    elif args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as ex:
+            table = rg.sweep(configs, executor=ex, store=store)
+    else:
+        table = rg.sweep(configs, store=store)
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else table
+    print("%6s %5s %8s %8s %8s %8s  %s" % ("xi", "seed", "CE", "floor", "learned", "R", "error"))
+    for r in rows:
+        if r["status"] == "ok":
+            print("%6g %5d %8.4f %8.4f %8.2f %8.3f" % (r["xi"], r["seed"], r["masked_ce"],
+                  r["bayes_floor"], r["learned"], r["ratio_position"]))
+        else:
+            print("%6g %5d %s" % (r["xi"], r["seed"], r["error"]))
+    (store / "table.json").write_text(json.dumps(rows, indent=1))
+    import matplotlib
+    matplotlib.use("Agg")
+    from .plot import plot_phase_diagram
+    if any(r["status"] == "ok" for r in rows):
+        ax = plot_phase_diagram(rows)
+        ax.figure.savefig(store / "phase_diagram.png", dpi=100)
+        print("table.json and phase_diagram.png written to %s" % store)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rgflow", description="rgflow command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +94,17 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (1 BLAS thread each)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=reproduce)
+    p = sub.add_parser("sweep", help="run a grid of xi x seeds (resumable), print the table, "
+                       "write table.json and phase_diagram.png into the store")
+    p.add_argument("--xi", type=float, nargs="+", default=[1.0, 7.0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--store", required=True)
+    p.add_argument("--scheduler", help="address of a Dask scheduler (runs on that cluster)")
+    p.add_argument("--quick", action="store_true", help="start from the quick configuration")
+    for name in ("steps", "depth", "hidden", "width", "length"):
+        p.add_argument("--" + name, type=int)
+    p.set_defaults(func=sweep)
     p = sub.add_parser("demo", help="build chains, sample them, print spectrum and Bayes floor")
     p.add_argument("--xi", type=float, nargs="+", default=[1.0, 7.0])
     p.add_argument("--states", type=int, default=8)

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 __all__ = [
-    "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau",
+    "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
+    "collapse_crossover",
     "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
     "LEARNED_MIN",
 ]
@@ -223,3 +224,30 @@ def plateau(drift, learned=1.0):
                  "total": total},
         learned=learned_list,
     )
+
+
+def collapse_crossover(xis, ratios, threshold=None):
+    """Where the mean collapse ratio crosses ``threshold`` (default 1 - DELTA) going up in ξ.
+
+    Parameters
+    ----------
+    xis : (k,) correlation lengths; ratios : (k,) mean collapse ratio rank[K]/rank[1] at each.
+
+    Returns the first ξ* at which the ratio, interpolated linearly in log ξ between grid
+    points, rises through the threshold (collapse below it, none above), or None when it never
+    does on the grid — a result in itself.
+
+    >>> collapse_crossover([1, 2, 4, 8], [0.8, 0.9, 0.97, 1.0])
+    2.97...
+    >>> collapse_crossover([1, 7], [0.88, 0.85]) is None
+    True
+    """
+    threshold = 1 - DELTA if threshold is None else threshold
+    order = np.argsort(np.asarray(xis, dtype=float))
+    x = np.log(np.asarray(xis, dtype=float)[order])
+    r = np.asarray(ratios, dtype=float)[order]
+    for i in range(len(r) - 1):
+        if r[i] <= threshold < r[i + 1]:
+            t = (threshold - r[i]) / (r[i + 1] - r[i])
+            return float(np.exp(x[i] + t * (x[i + 1] - x[i])))
+    return None

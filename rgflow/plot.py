@@ -6,7 +6,7 @@ Axes, so it works headless (Agg) and in notebooks alike.
 """
 import numpy as np
 
-__all__ = ["plot_rank_profiles", "plot_drift", "plot_cka_matrix"]
+__all__ = ["plot_rank_profiles", "plot_drift", "plot_cka_matrix", "plot_phase_diagram"]
 
 
 def _axes(ax):
@@ -94,4 +94,40 @@ def plot_cka_matrix(matrix, ax=None):
     ax.figure.colorbar(im, ax=ax, label="linear CKA")
     ax.set_xlabel("layer")
     ax.set_ylabel("layer")
+    return ax
+
+
+def plot_phase_diagram(table, level="position", ax=None):
+    """Collapse ratio rank[K] / rank[1] against ξ, one line per depth, seed error bars.
+
+    table : the output of :func:`rgflow.sweep` (list of dict rows or a DataFrame); rows whose
+        status is not "ok" are skipped.  level : which rank profile ("position", "masked",
+        "visible", "pooled", "stream").  Error bars span min..max over seeds; the dashed line
+        at 1 - findings.DELTA marks the collapse threshold.  Returns the Axes.
+
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> rows = [{"status": "ok", "xi": x, "depth": 4, "seed": s, "ratio_position": r}
+    ...         for x, s, r in [(1, 0, .8), (1, 1, .85), (7, 0, 1.0), (7, 1, .98)]]
+    >>> ax = plot_phase_diagram(rows)
+    """
+    from .findings import DELTA
+
+    rows = table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+    key = "ratio_" + level
+    rows = [r for r in rows if r.get("status") == "ok" and key in r]
+    if not rows:
+        raise ValueError("table has no successful rows with %r" % key)
+    ax = _axes(ax)
+    for depth in sorted({r["depth"] for r in rows}):
+        xis = sorted({r["xi"] for r in rows if r["depth"] == depth})
+        vals = [[r[key] for r in rows if r["depth"] == depth and r["xi"] == x] for x in xis]
+        mean = np.array([np.mean(v) for v in vals])
+        lo = mean - np.array([np.min(v) for v in vals])
+        hi = np.array([np.max(v) for v in vals]) - mean
+        ax.errorbar(xis, mean, yerr=[lo, hi], marker="o", capsize=3, label="depth %d" % depth)
+    ax.axhline(1 - DELTA, color="k", ls="--", lw=1, label="collapse threshold")
+    ax.set_xscale("log")
+    ax.set_xlabel("correlation length ξ")
+    ax.set_ylabel("rank[K] / rank[1] (%s level)" % level)
+    ax.legend()
     return ax

@@ -31,3 +31,10 @@ def test_quickstart(tmp_path):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert "Bayes floor" in text and "learned share" in text
+
+
+def test_phase_diagram(tmp_path):
+    nb = run_notebook("03_phase_diagram.ipynb", tmp_path, SIZE="smallest")
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "crossover xi*" in text

@@ -1,0 +1,141 @@
+"""Sweeps: the same table in-process, on a process pool and on Dask; interrupted sweeps
+resume without recomputing finished runs; damaged records are recomputed."""
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+import rgflow as rg
+sweep_mod = importlib.import_module("rgflow.sweep")  # rg.sweep is the function
+from rgflow.experiments import Config
+
+TINY = Config(steps=40, hidden=32, depth=3, width=8, length=8, eval_size=64, batch_size=32)
+
+
+def records(table):
+    return table.to_dict("records") if hasattr(table, "to_dict") else list(table)
+
+
+def assert_same(a, b):
+    a, b = records(a), records(b)
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count the runs actually computed in this process."""
+    calls = []
+    real = sweep_mod._run_one
+
+    def counting(config_dict, threads):
+        calls.append(config_dict["seed"])
+        return real(config_dict, threads)
+
+    monkeypatch.setattr(sweep_mod, "_run_one", counting)
+    return calls
+
+
+def test_grid_order_and_validation():
+    cfgs = rg.grid(TINY, xi=[1.0, 7.0], seed=[0, 1, 2])
+    assert [(c.xi, c.seed) for c in cfgs][:4] == [(1.0, 0), (1.0, 1), (1.0, 2), (7.0, 0)]
+    with pytest.raises(ValueError, match="nonsense"):
+        rg.grid(TINY, nonsense=[1])
+    with pytest.raises(TypeError, match="xi"):
+        rg.grid(TINY, xi=1.0)
+    with pytest.raises(TypeError):
+        rg.sweep([{"xi": 1.0}])
+
+
+def test_in_process_pool_and_dask_give_identical_tables(tmp_path):
+    cfgs = rg.grid(TINY, xi=[1.0, 7.0], seed=[0, 1])
+    local = rg.sweep(cfgs, store=tmp_path / "a", progress=False)
+    rows = records(local)
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert all(0 < r["masked_ce"] < 3 for r in rows)
+    with ProcessPoolExecutor(2) as ex:
+        pooled = rg.sweep(cfgs, executor=ex, store=tmp_path / "b", progress=False)
+    assert_same(local, pooled)
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        on_dask = rg.sweep(cfgs, executor=client, store=tmp_path / "c", progress=False)
+    assert_same(local, on_dask)
+
+
+def test_resume_failures_and_damaged_records(tmp_path, counted):
+    store = tmp_path / "runs"
+    bad = TINY.replace(lr=1e9, seed=5)  # diverges: recorded as an error, the sweep goes on
+    cfgs = rg.grid(TINY, xi=[1.0, 7.0], seed=[0, 1]) + [bad]
+    first = records(rg.sweep(cfgs, store=store, progress=False))
+    assert len(counted) == 5
+    assert first[-1]["status"] == "error" and "FloatingPointError" in first[-1]["error"]
+    assert [r["status"] for r in first[:4]] == ["ok"] * 4
+    # nothing recomputed on a re-run (failed runs neither, unless asked)
+    again = rg.sweep(cfgs, store=store, progress=False)
+    assert len(counted) == 5
+    assert_same(first, again)
+    rg.sweep(cfgs, store=store, progress=False, retry_failed=True)
+    assert len(counted) == 6
+    # a truncated record and a tampered one are recomputed, never read
+    p1 = store / (cfgs[1].key() + ".json")
+    p1.write_text(p1.read_text()[:100])
+    p2 = store / (cfgs[2].key() + ".json")
+    rec = json.loads(p2.read_text())
+    rec["payload"]["result"]["masked_ce"] = 0.0
+    p2.write_text(json.dumps(rec))
+    fixed = rg.sweep(cfgs, store=store, progress=False)
+    assert len(counted) == 8
+    assert_same(first, fixed)
+    assert not list(store.glob(".*.tmp"))  # no temp litter from atomic writes
+
+
+SCRIPT = """
+import sys
+import rgflow as rg
+from rgflow.experiments import Config
+cfgs = rg.grid(Config(steps=int(sys.argv[2]), hidden=32, depth=3, width=8, length=8,
+                      eval_size=64, batch_size=32), xi=[1.0, 7.0], seed=[0, 1, 2])
+rg.sweep(cfgs, store=sys.argv[1], progress=False)
+"""
+
+
+def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, counted):
+    store = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(store), "300"], cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(store.glob("*.json"))) < 2:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = len(list(store.glob("*.json")))
+    assert 2 <= done < 6, "the sweep finished before it could be killed"
+    cfgs = rg.grid(Config(steps=300, hidden=32, depth=3, width=8, length=8, eval_size=64,
+                          batch_size=32), xi=[1.0, 7.0], seed=[0, 1, 2])
+    table = records(rg.sweep(cfgs, store=store, progress=False))
+    assert len(counted) == 6 - done
+    assert all(r["status"] == "ok" for r in table)
+
+
+def test_phase_diagram_from_a_table(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    from rgflow.plot import plot_phase_diagram
+    table = rg.sweep(rg.grid(TINY, xi=[1.0, 7.0], seed=[0, 1]), store=tmp_path,
+                     progress=False)
+    ax = plot_phase_diagram(table)
+    assert len(ax.lines) >= 1
+    with pytest.raises(ValueError):
+        plot_phase_diagram([])
