@@ -193,8 +193,10 @@ static int lapack_sizes(int64_t n, int64_t f, int64_t *lwork, int64_t *liwork)
                                                     &iq, -1);
     if (info != 0) return RG_ERR_LAPACK;
     int64_t lw = (int64_t)wq, liw = iq;
-    info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)f, (lapack_int)n,
-                                        &dummy, (lapack_int)f, &dummy, &dummy, 1, &dummy, 1,
+    /* the SVD always sees a tall column-major matrix: max(n, f) x min(n, f) (see spectrum) */
+    const int64_t m = n < f ? f : n;
+    info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)m, (lapack_int)k,
+                                        &dummy, (lapack_int)m, &dummy, &dummy, 1, &dummy, 1,
                                         &wq, -1, &iq);
     if (info != 0) return RG_ERR_LAPACK;
     if ((int64_t)wq > lw) lw = (int64_t)wq;
@@ -207,7 +209,7 @@ static int lapack_sizes(int64_t n, int64_t f, int64_t *lwork, int64_t *liwork)
 /* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
  * descending).  G: k x k scratch.  structural_zero: the smallest value is 0 by construction. */
 static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_zero,
-                    double *G /* k x k */, double *s /* k */, double *work, int64_t lwork,
+                    double *T /* n x f when f <= n */, double *G /* k x k */, double *s /* k */, double *work, int64_t lwork,
                     lapack_int *iwork, int64_t liwork, uint8_t *used_svd)
 {
     const int64_t k = n < f ? n : f;
@@ -243,10 +245,21 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
         for (int64_t i = 0; i < k; i++) s[i] = sqrt(s[i] > 0.0 ? s[i] : 0.0);
         *used_svd = 0;
     } else {
-        /* row-major n x f is column-major f x n: same singular values, no transposition */
-        info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)f, (lapack_int)n,
-                                            A, (lapack_int)f, s, NULL, 1, NULL, 1, work,
-                                            (lapack_int)lwork, iwork);
+        /* dgesdd is faster on tall matrices (QR first) than on wide ones (~2x at 2048 x 16):
+         * row-major n x f already is a tall column-major f x n when n < f; otherwise copy it
+         * into column-major n x f (T) */
+        double *M = A;
+        int64_t rows = f, cols = n;
+        if (f <= n) {
+            for (int64_t i = 0; i < n; i++)
+                for (int64_t j = 0; j < f; j++) T[j * n + i] = A[i * f + j];
+            M = T;
+            rows = n;
+            cols = f;
+        }
+        info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)rows,
+                                            (lapack_int)cols, M, (lapack_int)rows, s, NULL, 1,
+                                            NULL, 1, work, (lapack_int)lwork, iwork);
         if (info != 0) return RG_ERR_LAPACK;
         *used_svd = 1;
     }
@@ -301,11 +314,13 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
             gstride = gs;
         }
     }
-    /* one allocation: A (grp n f) | G (k k) | scratch (5 f) | s (k) | work (lwork) | iwork */
-    const size_t nd = (size_t)(grp * n * f + k * k + 5 * f + k + lwork);
+    /* one allocation: A (grp n f) | T (n f, if f <= n) | G (k k) | scratch (5 f) | s (k) |
+     * work (lwork) | iwork */
+    const int64_t nt = f <= n ? n * f : 0;
+    const size_t nd = (size_t)(grp * n * f + nt + k * k + 5 * f + k + lwork);
     double *ws = malloc(nd * sizeof(double) + (size_t)liwork * sizeof(lapack_int));
     if (!ws) return RG_ERR_NOMEM;
-    double *A0 = ws, *G = A0 + grp * n * f, *mean = G + k * k, *s = mean + 5 * f;
+    double *A0 = ws, *T = A0 + grp * n * f, *G = T + nt, *mean = G + k * k, *s = mean + 5 * f;
     double *work = s + k;
     lapack_int *iwork = (lapack_int *)(work + lwork);
     /* centring with n <= f leaves rank <= n - 1 */
@@ -331,7 +346,7 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
         status = rg_load_centered(&v, center, A, f, mean, &e);
         if (status != RG_OK) { *bad = b; break; }
         uint8_t svd = 0;
-        status = spectrum(A, n, f, structural_zero, G, s, work, lwork, iwork, liwork, &svd);
+        status = spectrum(A, n, f, structural_zero, T, G, s, work, lwork, iwork, liwork, &svd);
         if (status != RG_OK) { *bad = b; break; }
         if (used_svd) used_svd[b] = svd;
         if (measure == RG_MEASURE_SPECTRUM) {

@@ -251,8 +251,9 @@ def linear_cka(X, Y, debiased=False):
     CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F) on column-centred X, Y; with
     ``debiased=True`` the same ratio of unbiased HSIC estimates (Song et al. 2012; Nguyen et
     al. 2021), which is ~0 for independent representations at any n.  Computed in feature
-    space (n f g) or sample space (n^2 (f+g)), whichever is cheaper, never forming an n x n
-    matrix when n > f + g.
+    space (~n (f^2 + f g + g^2) multiply-adds) or sample space (~n^2 (f+g) / 2), whichever is
+    cheaper; the sample-space form builds the Grams in row blocks of bounded memory (<= 32 MB)
+    and never holds a whole n x n matrix.
 
     Parameters
     ----------
@@ -316,8 +317,10 @@ def cka_matrix(stream, level="stream", debiased=False):
 
     Same arguments as :func:`drift_profile`.  Returns float64 (depth+1, depth+1), symmetric,
     with 1 on the diagonal (NaN for a constant layer).  Every layer's Gram (or feature-space
-    cross product) is computed once; no n x n matrix is formed when n exceeds the total
-    feature count, and in sample space the Grams are built in row blocks (bounded memory).
+    cross product) is computed once.  The kernel counts the multiply-adds of both forms for
+    all pairs -- feature space ~n f^2 (L+1) L / 2, sample space ~n^2 f L / 2 (each Gram's upper
+    triangle once, reused by every pair) -- and takes the cheaper; sample space builds the
+    Grams in row blocks (<= 32 MB), never a whole n x n matrix.
 
     >>> import numpy as np
     >>> z = np.random.default_rng(0).standard_normal((4, 64, 8, 4))

@@ -238,7 +238,7 @@ def collapse_crossover(xis, ratios, threshold=None):
     does on the grid — a result in itself.
 
     >>> collapse_crossover([1, 2, 4, 8], [0.8, 0.9, 0.97, 1.0])
-    2.97...
+    3.28...
     >>> collapse_crossover([1, 7], [0.88, 0.85]) is None
     True
     """
