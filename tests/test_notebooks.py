@@ -11,6 +11,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def run_notebook(name, tmp_path, **params):
+    """Execute a notebook from its own folder (as Jupyter does) with parameters set."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     cell = nb.cells[1]
     assert cell.cell_type == "code" and "parameters" in cell.source
@@ -21,7 +22,7 @@ def run_notebook(name, tmp_path, **params):
         cell.source = "\n".join(lines)
     os.environ.setdefault("MPLBACKEND", "Agg")
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     return nb
 
@@ -38,3 +39,10 @@ def test_phase_diagram(tmp_path):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
     assert "crossover xi*" in text
+
+
+def test_findings_notebook(tmp_path):
+    nb = run_notebook("02_findings.ipynb", tmp_path, SIZE="smallest")
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "rgflow findings report" in text
