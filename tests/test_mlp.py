@@ -574,3 +574,27 @@ def test_progress_bar_and_depth_zero(capsys):
     assert "floor" in capsys.readouterr().err
     assert hist.eval_steps[-1] == 4 and np.isfinite(hist.eval_loss).all()
     assert model.residual_stream(np.zeros((2, 8), dtype=np.int32)).shape == (1, 2, 8, 4)
+
+
+@pytest.mark.parametrize("block_ln", [True, False])
+def test_training_with_mask_spans_uses_the_documented_batches(block_ln):
+    """The fused C loop trains on exactly train_batch(step): its first loss is the model's loss
+    on that batch before any update, whatever the span; spans are contiguous runs."""
+    from rgflow.train import train_batch
+    chain = rg.MarkovChain.lazy(8, 3.0)
+    model = rg.ResidualMLP(8, 24, 8, 32, 2, seed=1, block_ln=block_ln)
+    tokens, masked, mask = train_batch(chain, model, step=0, batch_size=16, mask_rate=0.3,
+                                       mask_span=4, seed=9)
+    assert mask.any(axis=1).all() and (masked[mask] == 8).all()
+    edges = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+    for row in range(16):
+        starts, ends = np.flatnonzero(edges[row] == 1), np.flatnonzero(edges[row] == -1)
+        assert all(e - s >= 4 or e == 24 for s, e in zip(starts, ends))
+    before = model.loss(masked, tokens, mask)
+    hist = rg.train(model, chain, steps=3, batch_size=16, mask_rate=0.3, mask_span=4, seed=9,
+                    progress=False, eval_every=0)
+    assert hist.losses[0] == pytest.approx(before, rel=1e-6)
+    # the second step's batch is step 1's, and differs from step 0's
+    t1, m1, k1 = train_batch(chain, model, step=1, batch_size=16, mask_rate=0.3, mask_span=4,
+                             seed=9)
+    assert not np.array_equal(k1, mask)
