@@ -108,35 +108,10 @@ def rgflow_runner(c, steps):
 
 def torch_runner(c, model, steps, threads):
     import torch
-    nn = torch.nn
+    from rgflow.torch_ref import to_torch
     torch.set_num_threads(threads)
-    D, L, d, V = c["L"] * c["d"], c["L"], c["d"], c["V"]
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln, self.fc1, self.fc2 = nn.LayerNorm(D), nn.Linear(D, c["m"]), nn.Linear(c["m"], D)
-
-        def forward(self, z):
-            return z + self.fc2(nn.functional.gelu(self.fc1(self.ln(z))))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok_emb = nn.Parameter(torch.zeros(V + 1, d))
-            self.pos_emb = nn.Parameter(torch.zeros(L, d))
-            self.blocks = nn.ModuleList(Block() for _ in range(c["K"]))
-            self.ln_f = nn.LayerNorm(D)
-            self.unembed = nn.Linear(d, V)
-
-        def forward(self, x):
-            z = (self.tok_emb[x] + self.pos_emb).reshape(x.shape[0], D)
-            for b in self.blocks:
-                z = b(z)
-            return self.unembed(self.ln_f(z).reshape(x.shape[0], L, d))
-
-    net = Net()
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    V = c["V"]
+    net = to_torch(model)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     chain = rg.MarkovChain.lazy(V, 7.0)
     t, x, mask = train_batch(chain, model, 0, batch_size=B)
@@ -147,7 +122,7 @@ def torch_runner(c, model, steps, threads):
         tt = time.perf_counter()
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(net(x)[mask], t[mask])
+            loss = torch.nn.functional.cross_entropy(net(x)[mask], t[mask])
             loss.backward()
             opt.step()
         return (time.perf_counter() - tt) / steps

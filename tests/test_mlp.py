@@ -234,39 +234,8 @@ def torch_module(model):
     # one thread: torch's OpenMP workers otherwise keep spinning after each op and starve
     # OpenBLAS's threads in the rest of this process (a 10x slowdown on 2 cores)
     torch.set_num_threads(1)
-    nn = torch.nn
-    V, L, d, m, K, ln = (model.n_states, model.length, model.width, model.hidden, model.depth,
-                         model.block_ln)
-    D = L * d
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            if ln:
-                self.ln = nn.LayerNorm(D)
-            self.fc1, self.fc2 = nn.Linear(D, m), nn.Linear(m, D)
-
-        def forward(self, z):
-            return z + self.fc2(nn.functional.gelu(self.fc1(self.ln(z) if ln else z)))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.tok_emb = nn.Parameter(torch.zeros(V + 1, d))
-            self.pos_emb = nn.Parameter(torch.zeros(L, d))
-            self.blocks = nn.ModuleList(Block() for _ in range(K))
-            self.ln_f = nn.LayerNorm(D)
-            self.unembed = nn.Linear(d, V)
-
-        def forward(self, x):
-            z = (self.tok_emb[x] + self.pos_emb).reshape(x.shape[0], D)
-            for b in self.blocks:
-                z = b(z)
-            return self.unembed(self.ln_f(z).reshape(x.shape[0], L, d))
-
-    net = Net()
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    return torch, net
+    from rgflow.torch_ref import to_torch
+    return torch, to_torch(model)
 
 
 def torch_loss(torch, net, x, t, mask):

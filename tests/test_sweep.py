@@ -2,7 +2,6 @@
 resume without recomputing finished runs; damaged records are recomputed."""
 import importlib
 import json
-import os
 import signal
 import subprocess
 import sys
