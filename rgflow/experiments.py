@@ -25,6 +25,9 @@ __all__ = ["Config", "Result", "run"]
 
 CHAIN_FAMILIES = ("lazy", "random")
 SCHEDULES = ("constant", "cosine")
+# relevance decomposition: a residual whose norm is below this fraction of the
+# representation's is rounding noise, and counts as rank 0
+RESIDUAL_ZERO = 1e-10
 # log of a posterior probability that is exactly 0 (impossible states of sparse chains)
 LOG_FLOOR = np.log(1e-300)
 
@@ -171,8 +174,8 @@ def relevance_decomposition(stream, log_posterior, mask):
     dict of (depth+1,) lists: ``relevant_share``, the variance explained by the
     log-posterior summed over positions over the total variance (0 where there is none, as
     at layer 0, where every masked token has the same embedding); ``irrelevant_rank``, the
-    effective rank of the regression residual (degrees of freedom the task does not need),
-    averaged over positions; ``total_rank``, the effective rank of the masked representations
+    effective rank of the regression residual (degrees of freedom the task does not need; 0
+    where the residual's norm is below 1e-10 of the representation's), averaged over positions; ``total_rank``, the effective rank of the masked representations
     themselves, averaged over positions.
     """
     s = np.asarray(stream)
@@ -192,9 +195,13 @@ def relevance_decomposition(stream, log_posterior, mask):
         flat = X.transpose(1, 0, 2).reshape(rows.size, -1)
         coef, *_ = np.linalg.lstsq(P, flat, rcond=None)
         fitted = (P @ coef).reshape(rows.size, n_layers, -1).transpose(1, 0, 2)
+        resid = X - fitted
+        var_x, var_r = (X ** 2).sum(axis=(1, 2)), (resid ** 2).sum(axis=(1, 2))
         explained += (fitted ** 2).sum(axis=(1, 2))
-        total += (X ** 2).sum(axis=(1, 2))
-        irrelevant.append(effective_rank(X - fitted, center=False))
+        total += var_x
+        # a residual at rounding level (relative norm < 1e-10) is zero, not full-rank noise
+        rank_r = np.atleast_1d(effective_rank(resid, center=False))
+        irrelevant.append(np.where(var_r <= RESIDUAL_ZERO ** 2 * var_x, 0.0, rank_r))
         full.append(effective_rank(X, center=False))
     if not irrelevant:
         raise ValueError("no position has enough masked rows (V + 2) for the decomposition")
