@@ -1,5 +1,6 @@
 """Residual MLP: layout, initialisation, gradients (finite differences, a float64 NumPy
 backprop reference, PyTorch), AdamW, training, determinism, checkpoints and input validation."""
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import rgflow as rg
 from rgflow import _core
 from rgflow.train import learning_rate, train_batch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(block_ln=True, seed=1):
@@ -370,16 +370,15 @@ def test_checkpoint_in_new_process_continues_bit_exact(tmp_path):
     ck, out = tmp_path / "half.npz", tmp_path / "done.npz"
     half.save(ck)
     script = textwrap.dedent("""
-        import sys, rgflow as rg
-        from tests.test_mlp import run_kwargs
+        import json, sys, rgflow as rg
         m = rg.ResidualMLP.load(sys.argv[1])
         assert m.step == 10, m.step
-        rg.train(m, rg.MarkovChain.lazy(8, 7.0), 10, **run_kwargs())
+        rg.train(m, rg.MarkovChain.lazy(8, 7.0), 10, **json.loads(sys.argv[3]))
         m.save(sys.argv[2])
     """)
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-c", script, str(ck), str(out)], check=True, cwd=ROOT,
-                   env=env)
+    # cwd elsewhere: from the repo root `python -c` would import the uncompiled source tree
+    subprocess.run([sys.executable, "-c", script, str(ck), str(out), json.dumps(run_kwargs())],
+                   check=True, cwd=tmp_path)
     done = rg.ResidualMLP.load(out)
     assert done.step == 20 and done.train_seed == 4
     assert np.array_equal(done.params, full.params)
