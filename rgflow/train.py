@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_real, as_seed
+from ._util import as_count, as_real, as_seed, check_memory
 from .chains import MarkovChain, mask_tokens
 from .model import ResidualMLP
 
@@ -147,7 +147,7 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     _check_chain(chain, model)
     steps = as_count(steps, "steps", minimum=0)
     batch_size = as_count(batch_size, "batch_size")
-    lr = as_real(lr, "lr", low=0.0)
+    lr = as_real(lr, "lr", low=0.0, high=float("inf"), high_open=True)
     weight_decay = as_real(weight_decay, "weight_decay", low=0.0)
     mask_rate = as_real(mask_rate, "mask_rate", low=0.0, high=1.0)
     mask_span = as_count(mask_span, "mask_span")
@@ -163,12 +163,15 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     eval_every = as_count(eval_every, "eval_every", minimum=0)
     eval_size = as_count(eval_size, "eval_size")
 
+    # the held-out batch (tokens, masked, mask, posterior work) before anything is allocated
+    check_memory(eval_size * model.length * (9.0 + 16.0 * chain.n_states),
+                 "eval_size = %d held-out sequences" % eval_size)
     t0 = time.perf_counter()
     hist = History()
     ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
                                                 mask_span)
     floor = chain.bayes_loss(ev_tokens, ev_mask)
-    workspace = model._workspace(batch_size)
+    workspace = model._workspace(batch_size, "batch_size")
     losses, lrs, ev_steps, ev_loss = [], [], [], []
 
     def evaluate():
