@@ -378,9 +378,9 @@ def representations(draw, min_dims=2, max_dims=3, name_shape=None):
     elif kind == "shape":
         X = draw(arrays_of([np.float64, np.float32], hnp.array_shapes(
             min_dims=0, max_dims=4, min_side=0, max_side=3)))
-    elif kind == "huge":
+    elif kind == "huge":  # each one's memory check fails: none may start hours of SVDs
         return huge(draw(st.sampled_from([np.float64, np.float32, np.int16])),
-                    draw(st.sampled_from([(2**28, 2**28), (2**20, 2**20, 3, 3),
+                    draw(st.sampled_from([(2**28, 2**28), (2**20, 2**20, 2**10, 3),
                                           (2**31 + 1, 2), (7, 2**31 + 1), (10**5, 10**5)])))
     elif kind == "weird":
         return draw(st.sampled_from(WEIRD))
