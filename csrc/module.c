@@ -13,8 +13,10 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "blas.h"
 #include "chain.h"
@@ -35,6 +37,82 @@ static void rg_error(PyObject *type, const char *fmt, ...)
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     PyErr_SetString(type, buf);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Memory bounds                                                                               */
+
+/* rgflow.MemoryLimitError (a MemoryError): a request larger than the memory available now. */
+static PyObject *MemoryLimitError;
+
+/* Below this a request is not worth reading /proc for; malloc failure still raises. */
+#define RG_MEM_CHECK_MIN (64.0 * 1024 * 1024)
+
+static double read_number(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return -1.0;
+    char line[256];
+    double v = -1.0;
+    size_t klen = key ? strlen(key) : 0;
+    while (fgets(line, sizeof line, f)) {
+        if (key && strncmp(line, key, klen)) continue;
+        char *end;
+        double x = strtod(line + klen, &end);
+        if (end != line + klen) v = key ? x * 1024.0 : x;  /* meminfo is in kB */
+        break;
+    }
+    fclose(f);
+    return v;
+}
+
+/* Bytes that can still be allocated without swapping or the OOM killer: MemAvailable (Linux),
+ * else free physical pages, capped by a cgroup v2 limit; negative when unknown. Overcommit
+ * lets malloc succeed far beyond this, so checking up front is the only way to fail cleanly. */
+static double available_bytes(void)
+{
+    double avail = read_number("/proc/meminfo", "MemAvailable:");
+    if (avail < 0.0) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
+        if (pages > 0 && size > 0) avail = (double)pages * (double)size;
+    }
+    double max = read_number("/sys/fs/cgroup/memory.max", NULL);  /* "max" reads as -1 */
+    double cur = read_number("/sys/fs/cgroup/memory.current", NULL);
+    if (max > 0.0 && cur >= 0.0 && (avail < 0.0 || max - cur < avail))
+        avail = max - cur > 0.0 ? max - cur : 0.0;
+    return avail;
+}
+
+/* 0 if `bytes` (a double, so products of sizes cannot overflow) fit in available memory;
+ * else -1 with MemoryLimitError "<what> needs ... GB". The one check used before every large
+ * allocation, in C and (through _core.check_memory) in Python. */
+static int check_memory(double bytes, const char *what)
+{
+    if (!(bytes >= RG_MEM_CHECK_MIN)) return 0;
+    double avail = available_bytes();
+    if (avail < 0.0 || bytes <= avail) return 0;
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s needs %.3g GB but only %.3g GB of memory is available",
+             what, bytes / 1e9, avail / 1e9);
+    PyErr_SetString(MemoryLimitError, msg);
+    return -1;
+}
+
+/* Bytes of a C-contiguous copy of `a` as `itemsize`-byte elements, or 0 if none is needed. */
+static double copy_bytes(PyArrayObject *a, int type, double itemsize)
+{
+    if (PyArray_TYPE(a) == type && PyArray_IS_C_CONTIGUOUS(a) && PyArray_ISALIGNED(a) &&
+        PyArray_ISNOTSWAPPED(a))
+        return 0.0;
+    return (double)PyArray_SIZE(a) * itemsize;
+}
+
+static int check_copy(PyArrayObject *a, int type, double itemsize, const char *name)
+{
+    char what[200];
+    snprintf(what, sizeof what, "%s (converted to a contiguous array of %.0f elements)", name,
+             (double)PyArray_SIZE(a));
+    return check_memory(copy_bytes(a, type, itemsize), what);
 }
 
 /* "float64 array of shape (3, 4)" for error messages. */
@@ -85,6 +163,7 @@ static PyArrayObject *float64_array(PyObject *obj, const char *name, int ndim, c
         goto exit;
     }
     if (check_ndim(a, name, ndim, what) < 0) goto exit;
+    if (check_copy(a, NPY_FLOAT64, 8.0, name) < 0) goto exit;
     out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_FLOAT64, 0, 0,
                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     if (!out) goto exit;
@@ -115,6 +194,26 @@ static PyArrayObject *int32_array(PyObject *obj, const char *name, int ndim, con
         goto exit;
     }
     if (check_ndim(a, name, ndim, what) < 0) goto exit;
+    if (PyArray_TYPE(a) == NPY_INT32) {
+        /* the common case: check in place of a contiguous copy, no int64 detour */
+        if (check_copy(a, NPY_INT32, 4.0, name) < 0) goto exit;
+        out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_INT32, 0, 0,
+                                               NPY_ARRAY_IN_ARRAY);
+        if (!out) goto exit;
+        const int32_t *x = PyArray_DATA(out);
+        npy_intp size = PyArray_SIZE(out);
+        for (npy_intp k = 0; k < size; k++)
+            if (x[k] < lo || x[k] > hi) {
+                rg_error(PyExc_ValueError, "%s has a value %lld at flat index %zd outside "
+                         "[%lld, %lld]", name, (long long)x[k], k, (long long)lo,
+                         (long long)hi);
+                Py_CLEAR(out);
+                goto exit;
+            }
+        goto exit;
+    }
+    /* other integer types go through int64 (and, for 64-bit unsigned ones, uint64) */
+    if (check_memory((double)PyArray_SIZE(a) * 20.0, name) < 0) goto exit;
     if (PyArray_TYPE(a) == NPY_UINT64 || PyArray_TYPE(a) == NPY_ULONGLONG ||
         (PyArray_TYPE(a) == NPY_ULONG && sizeof(long) == 8)) {
         /* values >= 2^63 would wrap in int64: check against hi first in unsigned space */
@@ -164,6 +263,7 @@ static PyArrayObject *bool_array(PyObject *obj, const char *name, int ndim, cons
         goto exit;
     }
     if (check_ndim(a, name, ndim, what) < 0) goto exit;
+    if (check_copy(a, NPY_BOOL, 1.0, name) < 0) goto exit;
     out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, NPY_BOOL, 0, 0, NPY_ARRAY_IN_ARRAY);
 exit:
     Py_DECREF(a);
@@ -381,6 +481,10 @@ static PyObject *py_chain_sample(PyObject *self, PyObject *args, PyObject *kwds)
     if (check_positive(n, "n") < 0 || check_positive(L, "length") < 0) return NULL;
     if (first < 0) { PyErr_SetString(PyExc_ValueError, "first must be >= 0"); return NULL; }
     if (check_product(n, L, 4, "n * length") < 0) return NULL;
+    char what[160];
+    snprintf(what, sizeof what, "sample: n * length = %lld x %lld int32 tokens", (long long)n,
+             (long long)L);
+    if (check_memory((double)n * (double)L * 4.0, what) < 0) return NULL;
     PyArrayObject *T = transition_arg(T_obj, 1e-9), *pi = NULL, *out = NULL;
     uint64_t *thr = NULL;
     if (!T) return NULL;
@@ -434,6 +538,8 @@ static PyObject *py_mask_tokens(PyObject *self, PyObject *args, PyObject *kwds)
     if (!tok) return NULL;
     int64_t n = PyArray_DIM(tok, 0), L = PyArray_DIM(tok, 1);
     if (check_positive(n, "tokens.shape[0]") < 0 || check_positive(L, "tokens.shape[1]") < 0)
+        goto exit;
+    if (check_memory((double)n * (double)L * 5.0, "tokens (masked copy and mask)") < 0)
         goto exit;
     npy_intp dims[2] = {n, L};
     masked = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_INT32);
@@ -517,6 +623,10 @@ static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
     double *work = NULL;
     if (chain_obs_parse(&c, T_obj, pi_obj, tok_obj, mask_obj) < 0) goto exit;
     if (check_product(c.n * c.L, c.V, 8, "n * length * V") < 0) goto exit;
+    char what[200];
+    snprintf(what, sizeof what, "posterior of tokens: n * length * V = %lld x %lld x %lld "
+             "float64", (long long)c.n, (long long)c.L, (long long)c.V);
+    if (check_memory(((double)c.n * c.L + 2.0 * c.n) * (double)c.V * 8.0, what) < 0) goto exit;
     npy_intp dims[3] = {c.n, c.L, c.V};
     out = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT64);
     work = PyMem_Malloc(sizeof(double) * 2 * (size_t)(c.n * c.V));
@@ -738,6 +848,14 @@ static PyObject *py_mlp_init(PyObject *self, PyObject *args)
 static PyArrayObject *mlp_tokens_arg(PyObject *obj, const char *name, const rg_mlp_config *c,
                                      int64_t hi, int64_t n)
 {
+    if (PyArray_Check(obj) && PyArray_NDIM((PyArrayObject *)obj) == 2 &&
+        PyArray_DIM((PyArrayObject *)obj, 1) != c->L) {
+        /* before int32_array copies it: a wrong shape must not cost a conversion */
+        rg_error(PyExc_ValueError, "%s must have shape (n, %lld), got (%ld, %ld)", name,
+                 (long long)c->L, (long)PyArray_DIM((PyArrayObject *)obj, 0),
+                 (long)PyArray_DIM((PyArrayObject *)obj, 1));
+        return NULL;
+    }
     PyArrayObject *t = int32_array(obj, name, 2, "of shape (n, length)", 0, hi);
     if (!t) return NULL;
     if (PyArray_DIM(t, 1) != c->L || (n >= 0 && PyArray_DIM(t, 0) != n) ||
@@ -794,12 +912,17 @@ static PyObject *py_mlp_forward(PyObject *self, PyObject *args)
         if (!(mk = mlp_mask_arg(mask_obj, n, L))) goto exit;
     }
     if (want_logits) {
-        if (check_product(n * L, c.V, 4, "n * length * n_states") < 0) goto exit;
+        if (check_product(n * L, c.V, 4, "n * length * n_states") < 0 ||
+            check_memory((double)n * L * c.V * 4.0, "logits of tokens (n * length * "
+                         "n_states float32)") < 0)
+            goto exit;
         npy_intp dims[3] = {n, L, c.V};
         if (!(logits = (PyArrayObject *)PyArray_SimpleNew(3, dims, NPY_FLOAT32))) goto exit;
     }
     if (want_stream) {
-        if (check_product(n * D, c.K + 1, 4, "(depth + 1) * n * length * width") < 0)
+        if (check_product(n * D, c.K + 1, 4, "(depth + 1) * n * length * width") < 0 ||
+            check_memory((double)n * D * (c.K + 1) * 4.0, "residual stream of tokens "
+                         "((depth + 1) * n * length * width float32)") < 0)
             goto exit;
         npy_intp dims[4] = {c.K + 1, n, L, c.d};
         if (!(stream = (PyArrayObject *)PyArray_SimpleNew(4, dims, NPY_FLOAT32))) goto exit;
@@ -1096,6 +1219,7 @@ static PyArrayObject *analysis_array(PyObject *obj, const char *name, int min_nd
         rg_error(PyExc_ValueError, "%s is too large for 32-bit LAPACK (%s)", name, buf);
         goto exit;
     }
+    if (target != type && check_copy(a, target, 8.0, name) < 0) goto exit;
     /* a no-op for aligned native float32/float64; otherwise an exact conversion */
     out = (PyArrayObject *)PyArray_FROMANY((PyObject *)a, target, 0, 0, NPY_ARRAY_ALIGNED);
 exit:
@@ -1161,6 +1285,10 @@ static PyObject *py_rank(PyObject *self, PyObject *args, PyObject *kwds)
         check_product(count, k, 8, "matrices * min(n_samples, n_features)") < 0 ||
         check_product(k, k, 8, "min(n_samples, n_features)^2") < 0)
         goto exit;
+    /* the kernel's workspace (a float64 copy of one matrix, its Gram) and the outputs */
+    if (check_memory((2.0 * n * f + (double)k * k) * 8.0 + (double)count * (k + 1) * 8.0, name)
+        < 0)
+        goto exit;
     int ndo = nd - 2;
     if (measure == RG_MEASURE_SPECTRUM) dims[ndo++] = k;
     out = (PyArrayObject *)PyArray_SimpleNew(ndo, dims, NPY_FLOAT64);
@@ -1208,6 +1336,12 @@ static PyObject *py_cka(PyObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "names must be None or a tuple with one str per layer");
         goto exit;
     }
+    for (Py_ssize_t l = 0; names != Py_None && l < L; l++)
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(names, l))) {
+            PyErr_SetString(PyExc_TypeError, "names must be None or a tuple with one str per "
+                            "layer");
+            goto exit;
+        }
     arr = PyMem_Calloc((size_t)L, sizeof *arr);
     views = PyMem_Calloc((size_t)L, sizeof *views);
     if (!arr || !views) { PyErr_NoMemory(); goto exit; }
@@ -1239,12 +1373,20 @@ static PyObject *py_cka(PyObject *self, PyObject *args, PyObject *kwds)
         }
     }
     if (debiased && n < 4) {
-        rg_error(PyExc_ValueError, "the debiased CKA estimator needs at least 4 samples, got "
-                 "%lld", (long long)n);
+        rg_error(PyExc_ValueError, "%s has %lld rows: the debiased CKA estimator needs at "
+                 "least 4 samples", names != Py_None ?
+                 PyUnicode_AsUTF8(PyTuple_GET_ITEM(names, 0)) : "layer 0", (long long)n);
         goto exit;
     }
     if (check_product(n, W, 8, "n_samples * total features") < 0 ||
         check_product(L, L, 8, "layers^2") < 0)
+        goto exit;
+    /* the kernel's workspace holds every centred layer in float64 */
+    char what[160];
+    snprintf(what, sizeof what, "%s%s (a float64 copy of every representation)",
+             names != Py_None ? PyUnicode_AsUTF8(PyTuple_GET_ITEM(names, 0)) : "layers",
+             names != Py_None && L > 1 ? " and the other layers" : "");
+    if (check_memory(((double)n * W + (double)L * n + (double)L * L) * 8.0, what) < 0)
         goto exit;
     npy_intp dims[2] = {L, L};
     out = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_FLOAT64);
@@ -1276,6 +1418,20 @@ exit:
     return result;
 }
 /* ---- analysis bindings (end) ---- */
+
+static PyObject *py_check_memory(PyObject *self, PyObject *args)
+{
+    double bytes;
+    const char *what;
+    if (!PyArg_ParseTuple(args, "ds:check_memory", &bytes, &what)) return NULL;
+    if (check_memory(bytes, what) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_available_memory(PyObject *self, PyObject *noargs)
+{
+    return PyFloat_FromDouble(available_bytes());
+}
 
 static PyMethodDef methods[] = {
     {"chain_check", py_chain_check, METH_VARARGS,
@@ -1325,6 +1481,11 @@ static PyMethodDef methods[] = {
     {"cka", (PyCFunction)(void (*)(void))py_cka, METH_VARARGS | METH_KEYWORDS,
      "cka(layers, consecutive=False, debiased=False, names=None) -> ((L, L) float64, "
      "sample_space): linear CKA between 2-D arrays with equal row counts."},
+    {"check_memory", py_check_memory, METH_VARARGS,
+     "check_memory(nbytes, what): raise MemoryLimitError naming `what` if nbytes (>= 64 MiB) "
+     "exceed the memory available now."},
+    {"available_memory", py_available_memory, METH_NOARGS,
+     "available_memory() -> bytes available now (MemAvailable, cgroup-capped), -1 if unknown."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moduledef = {
@@ -1340,7 +1501,11 @@ PyMODINIT_FUNC PyInit__core(void)
     import_array();
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
-    if (PyModule_AddIntConstant(m, "MAX_STATES", RG_MAX_STATES) < 0) {
+    MemoryLimitError = PyErr_NewExceptionWithDoc(
+        "rgflow.MemoryLimitError", "A request for more memory than is available (raised "
+        "before allocating).", PyExc_MemoryError, NULL);
+    if (!MemoryLimitError || PyModule_AddObjectRef(m, "MemoryLimitError", MemoryLimitError) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_STATES", RG_MAX_STATES) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -29,12 +29,13 @@ static inline double load_elem(const char *p, int dtype)
 #define RG_PREFETCH(p) ((void)(p))
 #endif
 
-/* Multiply out (rows x cols at ld) by 2^-e (exact). */
+/* Multiply out (rows x cols at ld) by 2^-e (exact). In two halves: for subnormal data e is
+ * below -1023 and 2^-e alone would overflow to inf (and 2^-1024 would itself be subnormal). */
 static void scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int e)
 {
-    const double s = ldexp(1.0, -e);
+    const double s1 = ldexp(1.0, -(e / 2)), s2 = ldexp(1.0, -(e - e / 2));
     for (int64_t i = 0; i < rows; i++)
-        for (int64_t j = 0; j < cols; j++) out[i * ld + j] *= s;
+        for (int64_t j = 0; j < cols; j++) out[i * ld + j] = out[i * ld + j] * s1 * s2;
 }
 
 int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, int64_t ld,

@@ -13,15 +13,16 @@ except ImportError as exc:  # pragma: no cover - depends on how rgflow was insta
         "`make inplace`." % (_os.path.dirname(__file__), exc)) from exc
 from .analysis import (cka_matrix, drift_profile, effective_rank, linear_cka, rank_profile,
                        singular_values)
+from ._core import MemoryLimitError
 from .chains import MarkovChain, mask_tokens
 from .model import ResidualMLP
-from .train import History, train
+from .train import History, TrainingInterrupted, train
 from . import experiments, findings, plot  # noqa: E402  (modules: rg.experiments.Config, ...)
 from .sweep import grid, sweep  # noqa: E402  (rg.sweep is the function, as in DESIGN.md)
 
 __version__ = "0.1.0"
 
-__all__ = ["MarkovChain", "mask_tokens", "ResidualMLP", "train", "History", "show_config",
+__all__ = ["MarkovChain", "mask_tokens", "MemoryLimitError", "TrainingInterrupted", "ResidualMLP", "train", "History", "show_config",
            "__version__", "effective_rank", "singular_values", "rank_profile", "linear_cka",
            "drift_profile", "cka_matrix", "experiments", "findings", "plot", "grid", "sweep"]
 

@@ -6,6 +6,14 @@ import numpy as np
 SEED_BOUND = 2**63
 
 
+def check_memory(nbytes, what):
+    """Raise ``rgflow.MemoryLimitError`` (a MemoryError) naming ``what`` if allocating
+    ``nbytes`` would exceed the memory available now; call it before large allocations.
+    The same helper the C bindings use (``_core.check_memory``)."""
+    from . import _core
+    _core.check_memory(float(nbytes), what)
+
+
 def as_seed(seed, name="seed"):
     """An int seed in [0, 2**63) from an int or a ``numpy.random.Generator``.
 
@@ -22,13 +30,28 @@ def as_seed(seed, name="seed"):
     return seed
 
 
-def as_count(value, name, minimum=1):
-    """A Python int >= minimum, or TypeError/ValueError naming the argument."""
+def shape2(x):
+    """(n, length) of a 2-D array-like without converting it, or None (the C core then
+    reports what is wrong with it, naming the argument)."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        try:
+            shape = np.shape(x)
+        except (ValueError, TypeError):
+            return None
+    return tuple(int(s) for s in shape) if len(shape) == 2 else None
+
+
+def as_count(value, name, minimum=1, maximum=2**62):
+    """A Python int in [minimum, maximum], or TypeError/ValueError naming the argument (the
+    default maximum keeps products of sizes from overflowing int64 in the C core)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError("%s must be an int, got %s" % (name, type(value).__name__))
     value = int(value)
     if value < minimum:
         raise ValueError("%s must be >= %d, got %d" % (name, minimum, value))
+    if maximum is not None and value > maximum:
+        raise ValueError("%s must be <= %d, got %d" % (name, maximum, value))
     return value
 
 

@@ -17,12 +17,13 @@ Edge cases (the same everywhere):
   (ValueError otherwise); representations with different sample counts raise ValueError.
 """
 from concurrent.futures import ThreadPoolExecutor
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
-from ._util import as_count
+from ._util import as_count, check_memory
 
 __all__ = ["effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
            "linear_cka", "drift_profile", "cka_matrix"]
@@ -34,6 +35,8 @@ LEVELS = ("position", "pooled", "stream")
 def _tol(tol):
     if tol is None:
         return -1.0
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError("tol must be a real number or None, got %s" % type(tol).__name__)
     tol = float(tol)
     if not (np.isfinite(tol) and tol >= 0.0):
         raise ValueError("tol must be a finite number >= 0 or None, got %r" % tol)
@@ -41,7 +44,7 @@ def _tol(tol):
 
 
 def _measure(measure):
-    if measure not in MEASURES:
+    if not isinstance(measure, str) or measure not in MEASURES:
         raise ValueError("measure must be one of %s, got %r" % (", ".join(MEASURES), measure))
     return measure
 
@@ -216,6 +219,8 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
     if level != "position" and (positions is not None or mask is not None or detail):
         raise ValueError("positions, mask and detail apply to level='position' only")
     if level == "pooled":
+        check_memory(8.0 * s.shape[0] * s.shape[1] * s.shape[3],
+                     "stream pooled over positions (float64)")
         return effective_rank(s.mean(axis=2, dtype=np.float64), measure, n_threads=n_threads)
     if level == "stream":
         depth1, n, length, width = s.shape
@@ -278,11 +283,16 @@ def linear_cka(X, Y, debiased=False):
 
 def _layers(stream, level):
     s = np.asarray(stream)
+    # the kernel copies every layer to float64 (and pooling makes one more copy)
+    if s.ndim >= 3:
+        per_layer = s.shape[1] * (s.shape[3] if s.ndim == 4 and level == "pooled"
+                                  else float(np.prod(s.shape[2:], dtype=np.float64)))
+        check_memory(8.0 * s.shape[0] * per_layer, "stream (a float64 copy of every layer)")
     if s.ndim == 3:
         return s  # already (layers, n, features)
     s = _stream(s)
     if level == "stream":
-        return s.reshape(s.shape[0], s.shape[1], -1)
+        return s.reshape(s.shape[0], s.shape[1], s.shape[2] * s.shape[3])
     if level == "pooled":
         return s.mean(axis=2, dtype=np.float64)
     raise ValueError("level must be 'stream' or 'pooled', got %r" % (level,))

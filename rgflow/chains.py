@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_real, as_seed
+from ._util import as_count, as_real, as_seed, check_memory, shape2
 
 __all__ = ["MarkovChain", "mask_tokens"]
 
@@ -22,7 +22,20 @@ def _lam_from_xi(xi):
     if xi == float("inf"):
         raise ValueError("xi must be finite: a chain with correlation length inf has no unique "
                          "stationary law")
-    return 0.0 if xi == 0.0 else float(np.exp(-1.0 / xi))
+    lam = 0.0 if xi == 0.0 else float(np.exp(-1.0 / xi))
+    if lam == 1.0:  # else the chain would be the identity, with V closed classes
+        raise ValueError("xi = %r is too large: exp(-1/xi) rounds to 1 in float64" % xi)
+    return lam
+
+
+def _n_states(n_states, copies):
+    """n_states checked against the C core's limit and memory (``copies`` (V, V) float64
+    temporaries) before NumPy allocates the dense matrices."""
+    n = as_count(n_states, "n_states", minimum=2)
+    if n > _core.MAX_STATES:
+        raise ValueError("n_states must lie in [2, %d], got %d" % (_core.MAX_STATES, n))
+    check_memory(copies * 8.0 * n * n, "n_states = %d (dense (V, V) float64 matrices)" % n)
+    return n
 
 
 def _default_stationary(stationary, n_states):
@@ -95,7 +108,7 @@ class MarkovChain:
         >>> MarkovChain.lazy(n_states=8, xi=1.0).correlation_length
         1.0...
         """
-        n = as_count(n_states, "n_states", minimum=2)
+        n = _n_states(n_states, 4)
         lam = _lam_from_xi(xi)
         pi = _default_stationary(stationary, n)
         T = lam * np.eye(n) + (1.0 - lam) * np.outer(np.ones(n), pi)
@@ -114,7 +127,7 @@ class MarkovChain:
         >>> abs(chain.correlation_length - 7.0) < 1e-9
         True
         """
-        n = as_count(n_states, "n_states", minimum=2)
+        n = _n_states(n_states, 8)
         lam = _lam_from_xi(xi)
         rng = np.random.default_rng(as_seed(seed))
         pi = _default_stationary(stationary, n) if stationary is not None \
@@ -249,6 +262,11 @@ class MarkovChain:
         >>> chain.posterior(masked, mask).shape
         (2, 6, 3)
         """
+        shape = shape2(masked_tokens)
+        if shape is not None:  # the output, checked before the C core copies the inputs
+            check_memory(8.0 * shape[0] * shape[1] * (self.n_states + 1),
+                         "posterior of masked_tokens: n * length * V = %d x %d x %d float64"
+                         % (shape[0], shape[1], self.n_states))
         return _core.chain_posterior(self._T, self._pi, masked_tokens, mask)
 
     def bayes_loss(self, tokens, mask):

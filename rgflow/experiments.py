@@ -76,8 +76,8 @@ class Config:
             as_count(getattr(self, name), name)
         for name in ("chain_seed", "seed", "warmup"):
             as_count(getattr(self, name), name, minimum=0)
-        as_real(self.xi, "xi", low=0.0)
-        as_real(self.lr, "lr", low=0.0, low_open=True)
+        as_real(self.xi, "xi", low=0.0, high=float("inf"), high_open=True)
+        as_real(self.lr, "lr", low=0.0, low_open=True, high=float("inf"), high_open=True)
         as_real(self.weight_decay, "weight_decay", low=0.0)
         as_real(self.max_grad_norm, "max_grad_norm", low=0.0)
         as_real(self.mask_rate, "mask_rate", low=0.0, high=1.0, low_open=True)

@@ -16,7 +16,7 @@ import tempfile
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_seed
+from ._util import as_count, as_seed, check_memory, shape2
 
 __all__ = ["ResidualMLP"]
 
@@ -66,6 +66,8 @@ class ResidualMLP:
             assert int(np.prod(shape)) == int(size)
             self._layout.append((name, shape, int(off), int(size)))
         self.n_params = int(n_params)
+        check_memory(16.0 * self.n_params, "ResidualMLP parameters, gradients and AdamW moments "
+                     "(4 x %d float32)" % self.n_params)
         self.params = np.empty(self.n_params, dtype=np.float32)
         self._grads = np.zeros(self.n_params, dtype=np.float32)
         self._adam_m = np.zeros(self.n_params, dtype=np.float32)
@@ -140,6 +142,9 @@ class ResidualMLP:
         >>> b.load_state_dict(a.state_dict()); bool((a.params == b.params).all())
         True
         """
+        if not hasattr(state, "keys") or not hasattr(state, "__getitem__"):
+            raise TypeError("state must be a mapping name -> array (like state_dict()), got %s"
+                            % type(state).__name__)
         views = self.named_params()
         missing = sorted(set(views) - set(state))
         extra = sorted(set(state) - set(views))
@@ -152,7 +157,8 @@ class ResidualMLP:
                 raise ValueError("%s has shape %s, expected %s" % (name, value.shape, view.shape))
             if value.dtype.kind not in "fiu":
                 raise TypeError("%s must be a real array, got dtype %s" % (name, value.dtype))
-            value = value.astype(np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as inf
+                value = value.astype(np.float32)
             if not np.all(np.isfinite(value)):
                 raise ValueError("%s contains non-finite values" % name)
             new[name] = value
@@ -161,11 +167,20 @@ class ResidualMLP:
 
     # -- evaluation ---------------------------------------------------------------------------
 
-    def _workspace(self, batch):
-        return np.empty(_core.mlp_workspace_bytes(self._cfg, batch), dtype=np.uint8)
+    def _workspace(self, batch, name="batch"):
+        nbytes = _core.mlp_workspace_bytes(self._cfg, batch)
+        check_memory(nbytes, "the workspace for %s = %d" % (name, batch))
+        return np.empty(nbytes, dtype=np.uint8)
 
     def _forward(self, tokens, want_logits, want_stream, targets=None, mask=None):
-        n = np.shape(tokens)[0] if np.ndim(tokens) == 2 else 1
+        shape = shape2(tokens)
+        n = shape[0] if shape is not None else 1
+        # outputs and the int32 copy of tokens, checked before the C core copies the input
+        per_row = 4.0 * self.length * (1 + (self.n_states if want_logits else 0)
+                                       + ((self.depth + 1) * self.width if want_stream else 0))
+        check_memory(per_row * n, "%s of tokens with n = %d sequences"
+                     % ("logits" if want_logits else "residual stream" if want_stream
+                        else "loss", n))
         batch = max(1, min(n, CHUNK))
         return _core.mlp_forward(self._cfg, self.params, self._workspace(batch), batch, tokens,
                                  want_logits, want_stream, targets, mask)
@@ -220,10 +235,12 @@ class ResidualMLP:
         >>> loss, g = m.gradients(np.full((2, 4), 8), x, mask); g["tok_emb"].shape
         (9, 2)
         """
-        n = np.shape(masked_tokens)[0] if np.ndim(masked_tokens) == 2 else 1
+        shape = shape2(masked_tokens)
+        n = shape[0] if shape is not None else 1
         grads = np.empty(self.n_params, dtype=np.float32)
         loss = _core.mlp_gradients(self._cfg, self.params, grads,
-                                   self._workspace(max(int(n), 1)), masked_tokens, tokens, mask)
+                                   self._workspace(max(int(n), 1), "masked_tokens with n"),
+                                   masked_tokens, tokens, mask)
         return loss, self._views(grads)
 
     # -- checkpoints --------------------------------------------------------------------------

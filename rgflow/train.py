@@ -6,18 +6,21 @@ Batch row b of global step s is a function of (seed, s, b) alone, and the model 
 step counter and AdamW moments, so ``train(model, chain, k)`` twice equals
 ``train(model, chain, 2k)`` bit for bit, also across ``save``/``load``.
 """
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_real, as_seed
+from ._util import as_count, as_real, as_seed, check_memory
 from .chains import MarkovChain, mask_tokens
 from .model import ResidualMLP
 
-__all__ = ["train", "History", "learning_rate"]
+__all__ = ["train", "History", "learning_rate", "TrainingInterrupted"]
 
 BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -90,6 +93,39 @@ def train_batch(chain, model, step, batch_size=128, mask_rate=0.15, mask_span=1,
                                  as_count(mask_span, "mask_span"))
 
 
+@contextlib.contextmanager
+def _deferred_sigint():
+    """Hold Ctrl-C (SIGINT) until the loop reaches a safe point: a KeyboardInterrupt raised
+    right after a C chunk returns would drop its result after the parameters were updated in
+    place, leaving ``model.step`` behind them. Yields a one-element list set to True when a
+    SIGINT arrived; only the main thread with Python's default handler is affected."""
+    pending = [False]
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield pending
+        return
+
+    def hold(signum, frame):
+        pending[0] = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield pending
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`, raised between chunks: ``model.step`` counts exactly the
+    updates applied to the parameters, so the model can be trained further or saved."""
+
+
+def _interrupted(model, start, steps):
+    return TrainingInterrupted(
+        "train interrupted after step %d (%d of the %d requested steps done); the model is "
+        "consistent: train it further or save it" % (model.step, model.step - start, steps))
+
+
 def _check_chain(chain, model):
     if not isinstance(chain, MarkovChain):
         raise TypeError("chain must be a MarkovChain, got %s" % type(chain).__name__)
@@ -136,7 +172,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     Returns
     -------
     History. Raises FloatingPointError naming the step if the loss or a parameter becomes
-    NaN/Inf (``model.step`` then counts the updates that were applied).
+    NaN/Inf (``model.step`` then counts the updates that were applied). Ctrl-C is held until
+    the current chunk (<= 25 steps) finishes, then raises :class:`TrainingInterrupted` (a
+    KeyboardInterrupt) with ``model.step`` equal to the updates applied.
 
     >>> chain = MarkovChain.lazy(8, 7.0)
     >>> model = ResidualMLP(8, 16, 8, 64, 2, seed=0)
@@ -147,7 +185,7 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     _check_chain(chain, model)
     steps = as_count(steps, "steps", minimum=0)
     batch_size = as_count(batch_size, "batch_size")
-    lr = as_real(lr, "lr", low=0.0)
+    lr = as_real(lr, "lr", low=0.0, high=float("inf"), high_open=True)
     weight_decay = as_real(weight_decay, "weight_decay", low=0.0)
     mask_rate = as_real(mask_rate, "mask_rate", low=0.0, high=1.0)
     mask_span = as_count(mask_span, "mask_span")
@@ -163,57 +201,36 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     eval_every = as_count(eval_every, "eval_every", minimum=0)
     eval_size = as_count(eval_size, "eval_size")
 
+    # the held-out batch (tokens, masked, mask, posterior work) before anything is allocated
+    check_memory(eval_size * model.length * (9.0 + 16.0 * chain.n_states),
+                 "eval_size = %d held-out sequences" % eval_size)
     t0 = time.perf_counter()
     hist = History()
     ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
                                                 mask_span)
     floor = chain.bayes_loss(ev_tokens, ev_mask)
-    workspace = model._workspace(batch_size)
+    workspace = model._workspace(batch_size, "batch_size")
     losses, lrs, ev_steps, ev_loss = [], [], [], []
 
     def evaluate():
         ev_steps.append(model.step)
         ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
+        evaluate.last = model.step
+    evaluate.last = None
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc="train", unit="step")
     try:
-        while model.step < start + steps:
-            end = min(start + steps, model.step + CHUNK_STEPS)
-            if eval_every:
-                end = min(end, (model.step // eval_every + 1) * eval_every)
-            chunk_lrs = np.array([learning_rate(s, lr, schedule, warmup, total)
-                                  for s in range(model.step, end)], dtype=np.float64)
-            out, n_done, bad = _core.mlp_train_steps(
-                model._cfg, model.params, model._grads, model._adam_m, model._adam_v,
-                workspace, batch_size, chain.transition, chain.stationary, seed, model.step,
-                chunk_lrs, weight_decay, clip, mask_rate, mask_span)
-            step0 = model.step
-            model.step += n_done
-            model.train_seed = seed
-            losses.extend(out[:n_done])
-            lrs.extend(chunk_lrs[:n_done])
-            if bad == 1:
-                raise FloatingPointError("training loss became %r at step %d (lr %.3g)"
-                                         % (float(out[n_done]), step0 + n_done,
-                                            chunk_lrs[n_done]))
-            if bad == 2:
-                raise FloatingPointError("a parameter became non-finite at step %d (lr %.3g, "
-                                         "loss %.6g)" % (step0 + n_done - 1,
-                                                         chunk_lrs[n_done - 1],
-                                                         out[n_done - 1]))
-            if eval_every and model.step % eval_every == 0:
-                evaluate()
-            if bar is not None:
-                bar.update(n_done)
-                post = dict(loss="%.4f" % losses[-1], floor="%.4f" % floor)
-                if ev_loss:
-                    post["eval"] = "%.4f" % ev_loss[-1]
-                bar.set_postfix(post, refresh=False)
-        if not ev_steps or ev_steps[-1] != model.step:
-            evaluate()
+        with _deferred_sigint() as sigint:
+            _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate,
+                        mask_span, seed, schedule, warmup, total, clip, eval_every, workspace,
+                        losses, lrs, ev_loss, evaluate, bar, floor, sigint)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, TrainingInterrupted):
+            raise
+        raise _interrupted(model, start, steps) from exc  # e.g. from a progress callback
     finally:
         if bar is not None:
             bar.close()
@@ -225,3 +242,46 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
         hist.eval_bayes = np.full(len(ev_loss), floor)
         hist.wall_time = time.perf_counter() - t0
     return hist
+
+
+def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate, mask_span,
+                seed, schedule, warmup, total, clip, eval_every, workspace, losses, lrs, ev_loss,
+                evaluate, bar, floor, sigint):
+    """The chunked loop of ``train``; checks for a held SIGINT after every chunk, when the
+    model's step counter matches its parameters."""
+    while model.step < start + steps:
+        end = min(start + steps, model.step + CHUNK_STEPS)
+        if eval_every:
+            end = min(end, (model.step // eval_every + 1) * eval_every)
+        chunk_lrs = np.array([learning_rate(s, lr, schedule, warmup, total)
+                              for s in range(model.step, end)], dtype=np.float64)
+        out, n_done, bad = _core.mlp_train_steps(
+            model._cfg, model.params, model._grads, model._adam_m, model._adam_v,
+            workspace, batch_size, chain.transition, chain.stationary, seed, model.step,
+            chunk_lrs, weight_decay, clip, mask_rate, mask_span)
+        step0 = model.step
+        model.step += n_done
+        model.train_seed = seed
+        losses.extend(out[:n_done])
+        lrs.extend(chunk_lrs[:n_done])
+        if bad == 1:
+            raise FloatingPointError("training loss became %r at step %d (lr %.3g)"
+                                     % (float(out[n_done]), step0 + n_done,
+                                        chunk_lrs[n_done]))
+        if bad == 2:
+            raise FloatingPointError("a parameter became non-finite at step %d (lr %.3g, "
+                                     "loss %.6g)" % (step0 + n_done - 1,
+                                                     chunk_lrs[n_done - 1],
+                                                     out[n_done - 1]))
+        if eval_every and model.step % eval_every == 0:
+            evaluate()
+        if bar is not None:
+            bar.update(n_done)
+            post = dict(loss="%.4f" % losses[-1], floor="%.4f" % floor)
+            if ev_loss:
+                post["eval"] = "%.4f" % ev_loss[-1]
+            bar.set_postfix(post, refresh=False)
+        if sigint[0]:
+            raise _interrupted(model, start, steps)
+    if not ev_loss or evaluate.last != model.step:
+        evaluate()
