@@ -5,7 +5,7 @@ UBSAN_RT := $(shell gcc -print-file-name=libubsan.so)
 TESTS ?= tests
 # -P (below) keeps the source tree's rgflow/ off sys.path so the sanitized build is imported.
 ASAN_ENV := LD_PRELOAD="$(ASAN_RT) $(UBSAN_RT)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
-    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=build/asan
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(CURDIR)/build/asan
 
 .PHONY: inplace sanitize bench clean
 
