@@ -181,6 +181,14 @@ exit:
     return out;
 }
 
+/* ValueError for the value at flat index k of an integer array outside [lo, hi] (%.0f prints
+ * every integer exactly up to 2^53 and the magnitude beyond, enough to name the culprit). */
+static void outside_error(const char *name, double value, npy_intp k, int64_t lo, int64_t hi)
+{
+    rg_error(PyExc_ValueError, "%s has a value %.0f at flat index %zd outside [%lld, %lld]",
+             name, value, k, (long long)lo, (long long)hi);
+}
+
 /* An integer array converted to int32 after checking every value lies in [lo, hi]. */
 static PyArrayObject *int32_array(PyObject *obj, const char *name, int ndim, const char *what,
                                   int64_t lo, int64_t hi)
@@ -201,12 +209,9 @@ static PyArrayObject *int32_array(PyObject *obj, const char *name, int ndim, con
                                                NPY_ARRAY_IN_ARRAY);
         if (!out) goto exit;
         const int32_t *x = PyArray_DATA(out);
-        npy_intp size = PyArray_SIZE(out);
-        for (npy_intp k = 0; k < size; k++)
+        for (npy_intp k = 0; k < PyArray_SIZE(out); k++)
             if (x[k] < lo || x[k] > hi) {
-                rg_error(PyExc_ValueError, "%s has a value %lld at flat index %zd outside "
-                         "[%lld, %lld]", name, (long long)x[k], k, (long long)lo,
-                         (long long)hi);
+                outside_error(name, x[k], k, lo, hi);
                 Py_CLEAR(out);
                 goto exit;
             }
@@ -223,9 +228,7 @@ static PyArrayObject *int32_array(PyObject *obj, const char *name, int ndim, con
         const uint64_t *x = PyArray_DATA(u);
         for (npy_intp k = 0; k < PyArray_SIZE(u); k++)
             if (x[k] > (uint64_t)hi) {
-                rg_error(PyExc_ValueError, "%s has a value %llu at flat index %zd outside "
-                             "[%lld, %lld]", name, (unsigned long long)x[k], k, (long long)lo,
-                             (long long)hi);
+                outside_error(name, (double)x[k], k, lo, hi);
                 Py_DECREF(u);
                 goto exit;
             }
@@ -235,12 +238,9 @@ static PyArrayObject *int32_array(PyObject *obj, const char *name, int ndim, con
                                             NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     if (!wide) goto exit;
     const int64_t *x = PyArray_DATA(wide);
-    npy_intp size = PyArray_SIZE(wide);
-    for (npy_intp k = 0; k < size; k++)
+    for (npy_intp k = 0; k < PyArray_SIZE(wide); k++)
         if (x[k] < lo || x[k] > hi) {
-            rg_error(PyExc_ValueError, "%s has a value %lld at flat index %zd outside "
-                         "[%lld, %lld]", name, (long long)x[k], k, (long long)lo,
-                         (long long)hi);
+            outside_error(name, (double)x[k], k, lo, hi);
             goto exit;
         }
     out = (PyArrayObject *)PyArray_FROMANY((PyObject *)wide, NPY_INT32, 0, 0,

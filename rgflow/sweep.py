@@ -146,10 +146,11 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         store.mkdir(parents=True, exist_ok=True)
     keys = [c.key() for c in configs]
     payloads = {}
-    todo = []
+    todo, queued = [], set()
     for config, key in zip(configs, keys):
-        if key in payloads or any(key == k for k, _ in todo):
+        if key in payloads or key in queued:
             continue
+        queued.add(key)
         found = load_record(store / (key + ".json"), key) if store is not None else None
         if found is not None and not (retry_failed and found["status"] == "error"):
             payloads[key] = found

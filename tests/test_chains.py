@@ -425,7 +425,7 @@ def test_bad_posterior_arguments():
         ((masked, mask[:, :4]), ValueError, "mask"),
         ((masked[0], mask[0]), ValueError, "tokens"),
         ((masked + 4, mask), ValueError, "tokens"),
-        ((np.where(mask, 3, masked) * 0 + 3, np.zeros_like(mask)), ValueError, "tokens"),
+        ((np.full_like(masked, 3), np.zeros_like(mask)), ValueError, "tokens"),
         ((masked[:0], mask[:0]), ValueError, "tokens"),
     ]
     for args, exc, match in cases:
