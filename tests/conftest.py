@@ -23,11 +23,12 @@ try:
 
     from hypothesis import HealthCheck, settings
 
-    _common = dict(deadline=None, derandomize=False, print_blob=True,
+    _common = dict(deadline=None, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                           HealthCheck.filter_too_much])
-    settings.register_profile("ci", max_examples=150, **_common)
-    settings.register_profile("thorough", max_examples=1000, **_common)
+    # derandomized: CI and sanitizer runs see the same examples, so a failure reproduces
+    settings.register_profile("ci", max_examples=150, derandomize=True, **_common)
+    settings.register_profile("thorough", max_examples=1000, derandomize=False, **_common)
     settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # pragma: no cover - hypothesis is a test dependency
     pass
