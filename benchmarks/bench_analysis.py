@@ -168,7 +168,9 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.kind)
-    print("rgflow analysis benchmark; BLAS: %s, %d threads" % _core.blas_info()[::2])
+    info = rg.where_computed()
+    print("rgflow analysis benchmark; BLAS: %s (%s kernel), rgflow threads %d (analysis splits "
+          "by matrix only when asked: n_threads)" % (info["blas"], info["core"], info["threads"]))
     kinds = ["gaussian"] if args.quick else ["gaussian", "graded"]
     rows = []
     for kind in kinds:

@@ -45,8 +45,11 @@ def blas_lib():
             f.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_int,
                                                ctypes.c_void_p, ctypes.c_int, ctypes.c_float,
                                                ctypes.c_void_p, ctypes.c_int]
-            return lib, f
-    return lib, None
+            prefix = "scipy_" if name.startswith("scipy_") else ""
+            set_threads = getattr(lib, prefix + "openblas_set_num_threads")
+            set_threads.argtypes = [ctypes.c_int]
+            return set_threads, f
+    return None, None
 
 
 def step_gemms(c):
@@ -66,8 +69,10 @@ def gemm_flops(c):
     return sum(2.0 * M * N * K * cnt for _, _, M, N, K, cnt in step_gemms(c))
 
 
-def sgemm_bound_runner(c, sgemm):
-    """Returns f() -> seconds of the step's sgemm calls alone (each shape timed, x count)."""
+def sgemm_bound_runner(c, sgemm, set_threads, threads):
+    """Returns f() -> seconds of the step's sgemm calls alone (each shape timed, x count), one
+    call per GEMM on OpenBLAS's own threads (rgflow keeps that library single-threaded and
+    resets it at its next kernel call)."""
     calls = []
     for ta, tb, M, N, K, cnt in step_gemms(c):
         a = np.random.default_rng(0).standard_normal(M * K).astype(np.float32)
@@ -81,6 +86,7 @@ def sgemm_bound_runner(c, sgemm):
 
     def run():
         total = 0.0
+        set_threads(threads)
         for args, cnt, inner, _ in calls:
             t = time.perf_counter()
             for _ in range(inner):
@@ -131,29 +137,31 @@ def torch_runner(c, model, steps, threads):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--threads", type=int, default=None, help="BLAS/torch threads (default: "
-                   "rgflow's OpenBLAS default)")
+    p.add_argument("--threads", type=int, default=None, help="rgflow/torch threads (default: "
+                   "rgflow's default, the CPUs available)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--configs", default="ab")
     a = p.parse_args()
     if a.threads:
-        _core.blas_set_num_threads(a.threads)
-    threads = rg.show_config(print_=False)["threads"]
-    _, sgemm = blas_lib()
+        rg.set_num_threads(a.threads)
+    info = rg.where_computed()
+    threads = info["threads"]
+    set_threads, sgemm = blas_lib()
     try:
         import torch  # noqa: F401
         have_torch = True
     except ImportError:
         have_torch = False
-    print("rgflow %s, BLAS threads %d, batch %d; sgemm bound via %s"
-          % (rg.__version__, threads, B, "rgflow's OpenBLAS" if sgemm else "n/a"))
+    print("rgflow %s, threads %d, batch %d; OpenBLAS %s kernel, CPU %s; sgemm bound via %s"
+          % (rg.__version__, threads, B, info["core"], info["cpu"],
+             "rgflow's OpenBLAS" if sgemm else "n/a"))
     rows = []
     for key in a.configs:
         c = CONFIGS[key]
         flops = gemm_flops(c)
         run_rg, model = rgflow_runner(c, a.steps)
-        runners = {"rgflow": run_rg, "bound": sgemm_bound_runner(c, sgemm)}
+        runners = {"rgflow": run_rg, "bound": sgemm_bound_runner(c, sgemm, set_threads, threads)}
         ver = None
         if have_torch:
             runners["torch"], ver = torch_runner(c, model, a.steps, threads)

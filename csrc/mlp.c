@@ -1,12 +1,12 @@
 #include "mlp.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "blas.h"
 #include "chain.h"
+#include "pool.h"
 #include "rng.h"
 #include "status.h"
 
@@ -294,13 +294,11 @@ void rg_layernorm_forward(float *restrict out, float *restrict mean, float *rest
     }
 }
 
-void rg_layernorm_backward(float *restrict dinp, float *restrict dw, float *restrict db,
-                           const float *restrict dout, const float *restrict inp,
-                           const float *restrict w, const float *restrict mean,
-                           const float *restrict rstd, int64_t N, int64_t C)
+void rg_layernorm_backward_input(float *restrict dinp, const float *restrict dout,
+                                 const float *restrict inp, const float *restrict w,
+                                 const float *restrict mean, const float *restrict rstd,
+                                 int64_t N, int64_t C)
 {
-    memset(dw, 0, sizeof(float) * (size_t)C);
-    memset(db, 0, sizeof(float) * (size_t)C);
     for (int64_t r = 0; r < N; r++) {
         const float *g = dout + r * C, *x = inp + r * C;
         float *dx = dinp + r * C;
@@ -323,44 +321,33 @@ void rg_layernorm_backward(float *restrict dinp, float *restrict dw, float *rest
         const float m2 = (float)(fold_lanes(a2) / (double)C);
         for (i = 0; i < C; i++) {
             float xhat = (x[i] - mu) * rs;
-            dw[i] += g[i] * xhat;
-            db[i] += g[i];
             dx[i] += (g[i] * w[i] - m1 - xhat * m2) * rs;
         }
     }
 }
 
-void rg_matmul_forward(float *out, const float *inp, const float *W, const float *bias,
-                       int64_t N, int64_t C, int64_t OC, int accumulate)
+void rg_layernorm_backward_params(float *restrict dw, float *restrict db,
+                                  const float *restrict dout, const float *restrict inp,
+                                  const float *restrict mean, const float *restrict rstd,
+                                  int64_t N, int64_t C, int64_t c0, int64_t c1)
 {
-    RG_BLAS(cblas_sgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)OC, (int)C,
-                         1.0f, inp, (int)C, W, (int)C, accumulate ? 1.0f : 0.0f, out, (int)OC);
-    if (bias)
-        for (int64_t r = 0; r < N; r++)
-            for (int64_t j = 0; j < OC; j++) out[r * OC + j] += bias[j];
+    memset(dw + c0, 0, sizeof(float) * (size_t)(c1 - c0));
+    memset(db + c0, 0, sizeof(float) * (size_t)(c1 - c0));
+    for (int64_t r = 0; r < N; r++) {
+        const float *g = dout + r * C, *x = inp + r * C;
+        const float mu = mean[r], rs = rstd[r];
+        for (int64_t i = c0; i < c1; i++) {
+            dw[i] += g[i] * ((x[i] - mu) * rs);
+            db[i] += g[i];
+        }
+    }
 }
 
-/* dbias (OC) = column sums of g (N, OC). */
-static void colsum(float *dbias, const float *g, int64_t N, int64_t OC)
+void rg_colsum(float *dbias, const float *g, int64_t N, int64_t OC, int64_t c0, int64_t c1)
 {
-    memset(dbias, 0, sizeof(float) * (size_t)OC);
+    memset(dbias + c0, 0, sizeof(float) * (size_t)(c1 - c0));
     for (int64_t r = 0; r < N; r++)
-        for (int64_t j = 0; j < OC; j++) dbias[j] += g[r * OC + j];
-}
-
-void rg_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout,
-                        const float *inp, const float *W, int64_t N, int64_t C, int64_t OC,
-                        int accumulate_dinp)
-{
-    /* dW (OC, C) = dout^T (OC, N) inp (N, C) */
-    RG_BLAS(cblas_sgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, (int)OC, (int)C, (int)N,
-                         1.0f, dout, (int)OC, inp, (int)C, 0.0f, dW, (int)C);
-    /* dinp (N, C) = dout (N, OC) W (OC, C) */
-    if (dinp)
-        RG_BLAS(cblas_sgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)C,
-                             (int)OC, 1.0f, dout, (int)OC, W, (int)C,
-                             accumulate_dinp ? 1.0f : 0.0f, dinp, (int)C);
-    if (dbias) colsum(dbias, dout, N, OC);
+        for (int64_t j = c0; j < c1; j++) dbias[j] += g[r * OC + j];
 }
 
 /* GELU.  libm's erff is a scalar call that dominated the elementwise time, and 1 + erff(x/√2)
@@ -459,11 +446,6 @@ void rg_residual_forward(float *out, const float *inp, const float *bias, int64_
         for (int64_t j = 0; j < C; j++) out[r * C + j] = inp[r * C + j] + bias[j];
 }
 
-void rg_residual_backward(float *dbias, const float *dout, int64_t N, int64_t C)
-{
-    colsum(dbias, dout, N, C);
-}
-
 void rg_crossentropy_forward(float *logits, double *nll_sum, int64_t *count,
                              const int32_t *targets, const uint8_t *mask, int64_t N,
                              int64_t V)
@@ -474,12 +456,14 @@ void rg_crossentropy_forward(float *logits, double *nll_sum, int64_t *count,
         float *z = logits + r * V;
         float mx = z[0];
         for (int64_t j = 1; j < V; j++) mx = z[j] > mx ? z[j] : mx;
+        /* -log p = log s - (z_t - max), taken before exp: exp(z_t - max) underflows to 0
+         * when the true token's logit is ~100 below the largest */
+        const float zt = mask[r] ? z[targets[r]] - mx : 0.0f;
         float s = 0.0f;
         for (int64_t j = 0; j < V; j++) { z[j] = expf(z[j] - mx); s += z[j]; }
         float inv = 1.0f / s;
         if (mask[r]) {
-            /* -log p = log s - (z_t - max), from the unnormalised value for accuracy */
-            nll += log((double)s) - log((double)z[targets[r]]);
+            nll += log((double)s) - (double)zt;
             cnt++;
         }
         for (int64_t j = 0; j < V; j++) z[j] *= inv;
@@ -500,16 +484,276 @@ void rg_crossentropy_backward(float *probs, const int32_t *targets, const uint8_
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Work items: how each layer is cut for the pool.  Every cut is a function of the shapes      */
+/* only (see pool.h), and every item writes its own outputs in a fixed order.                  */
+
+/* GEMMs are cut along the larger output dimension (a piece then repacks only the smaller
+ * operand) into at most GEMM_MAX_PIECES pieces of >= GEMM_MIN_FLOPS, boundaries on 16s. */
+#define GEMM_MAX_PIECES 4
+#define GEMM_MIN_FLOPS (2.0 * 1024 * 1024)
+/* Row passes are cut into at most ROW_MAX_CHUNKS chunks of >= ROW_MIN_ELEMS elements. */
+#define ROW_MAX_CHUNKS 8
+#define ROW_MIN_ELEMS 16384
+
+typedef struct {
+    enum CBLAS_TRANSPOSE ta, tb;
+    int64_t M, N, K, lda, ldb, ldc, pieces;
+    float beta;
+    const float *A, *B;
+    float *C;
+    int along_n; /* pieces are column blocks of C (else row blocks) */
+} gemm_job;
+
+static void gemm_item(const void *arg, int64_t i)
+{
+    const gemm_job *g = arg;
+    int64_t len = g->along_n ? g->N : g->M;
+    int64_t b0 = rg_chunk_begin(len, g->pieces, i, 16);
+    int64_t b1 = rg_chunk_begin(len, g->pieces, i + 1, 16);
+    if (b1 <= b0) return;
+    const float *A = g->A, *B = g->B;
+    float *C = g->C;
+    int64_t M = g->M, N = g->N;
+    if (g->along_n) {
+        N = b1 - b0;
+        B += g->tb == CblasNoTrans ? b0 : b0 * g->ldb;
+        C += b0;
+    } else {
+        M = b1 - b0;
+        A += g->ta == CblasNoTrans ? b0 * g->lda : b0;
+        C += b0 * g->ldc;
+    }
+    RG_BLAS(cblas_sgemm)(CblasRowMajor, g->ta, g->tb, (int)M, (int)N, (int)g->K, 1.0f, A,
+                         (int)g->lda, B, (int)g->ldb, g->beta, C, (int)g->ldc);
+}
+
+/* C (M, N) = op(A) (M, K) op(B) (K, N) + beta C, row-major, as a task on *g. */
+static rg_task gemm_task(gemm_job *g, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb,
+                         int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
+                         const float *B, int64_t ldb, float beta, float *C, int64_t ldc)
+{
+    g->ta = ta; g->tb = tb; g->M = M; g->N = N; g->K = K;
+    g->A = A; g->lda = lda; g->B = B; g->ldb = ldb; g->beta = beta; g->C = C; g->ldc = ldc;
+    g->along_n = N > M;
+    double flops = 2.0 * (double)M * (double)N * (double)K;
+    int64_t by_work = flops >= GEMM_MAX_PIECES * GEMM_MIN_FLOPS
+                          ? GEMM_MAX_PIECES : (int64_t)(flops / GEMM_MIN_FLOPS);
+    int64_t by_size = rg_chunk_count(g->along_n ? N : M, 32, GEMM_MAX_PIECES);
+    g->pieces = by_work < 1 ? 1 : by_work < by_size ? by_work : by_size;
+    rg_task t = {gemm_item, g, g->pieces};
+    return t;
+}
+
+/* Row (or column) ranges of a pass over an (N, C) array. */
+typedef struct {
+    int64_t n, chunks;
+} range_cut;
+
+static range_cut rows_of(int64_t N, int64_t C)
+{
+    range_cut r = {N, rg_chunk_count(N, (ROW_MIN_ELEMS + C - 1) / C, ROW_MAX_CHUNKS)};
+    return r;
+}
+
+static range_cut cols_of(int64_t N, int64_t C)
+{
+    range_cut r = {C, rg_chunk_count(C, (ROW_MIN_ELEMS + N - 1) / N, ROW_MAX_CHUNKS)};
+    r.chunks = rg_chunk_count(C, 64, r.chunks); /* whole cache lines of columns */
+    return r;
+}
+
+static void range_of(range_cut r, int64_t i, int64_t *b0, int64_t *b1)
+{
+    *b0 = rg_chunk_begin(r.n, r.chunks, i, 1);
+    *b1 = rg_chunk_begin(r.n, r.chunks, i + 1, 1);
+}
+
+/* LayerNorm forward over a row chunk. */
+typedef struct {
+    float *out, *mean, *rstd;
+    const float *inp, *w, *b;
+    int64_t C;
+    range_cut rows;
+} ln_fwd_job;
+
+static void ln_fwd_item(const void *arg, int64_t i)
+{
+    const ln_fwd_job *j = arg;
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    rg_layernorm_forward(j->out + r0 * j->C, j->mean + r0, j->rstd + r0, j->inp + r0 * j->C,
+                         j->w, j->b, r1 - r0, j->C);
+}
+
+static rg_task ln_fwd_task(ln_fwd_job *j, float *out, float *mean, float *rstd,
+                           const float *inp, const float *w, const float *b, int64_t N,
+                           int64_t C)
+{
+    ln_fwd_job v = {out, mean, rstd, inp, w, b, C, rows_of(N, C)};
+    *j = v;
+    rg_task t = {ln_fwd_item, j, j->rows.chunks};
+    return t;
+}
+
+/* LayerNorm backward: dinp rows (+=) and the dw, db column sums, two tasks of one phase. */
+typedef struct {
+    float *dinp, *dw, *db;
+    const float *dout, *inp, *w, *mean, *rstd;
+    int64_t N, C;
+    int zero_dinp; /* the rows are overwritten rather than accumulated */
+    range_cut rows, cols;
+} ln_bwd_job;
+
+static void ln_bwd_rows_item(const void *arg, int64_t i)
+{
+    const ln_bwd_job *j = arg;
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    if (j->zero_dinp) memset(j->dinp + r0 * j->C, 0, sizeof(float) * (size_t)((r1 - r0) * j->C));
+    rg_layernorm_backward_input(j->dinp + r0 * j->C, j->dout + r0 * j->C, j->inp + r0 * j->C,
+                                j->w, j->mean + r0, j->rstd + r0, r1 - r0, j->C);
+}
+
+static void ln_bwd_cols_item(const void *arg, int64_t i)
+{
+    const ln_bwd_job *j = arg;
+    int64_t c0, c1;
+    range_of(j->cols, i, &c0, &c1);
+    rg_layernorm_backward_params(j->dw, j->db, j->dout, j->inp, j->mean, j->rstd, j->N, j->C,
+                                 c0, c1);
+}
+
+static int ln_bwd_tasks(rg_task *t, ln_bwd_job *j, float *dinp, int zero_dinp, float *dw,
+                        float *db, const float *dout, const float *inp, const float *w,
+                        const float *mean, const float *rstd, int64_t N, int64_t C)
+{
+    ln_bwd_job v = {dinp, dw, db, dout, inp, w, mean, rstd, N, C, zero_dinp, rows_of(N, C),
+                    cols_of(N, C)};
+    *j = v;
+    t[0].fn = ln_bwd_rows_item; t[0].arg = j; t[0].n = j->rows.chunks;
+    t[1].fn = ln_bwd_cols_item; t[1].arg = j; t[1].n = j->cols.chunks;
+    return 2;
+}
+
+/* dbias (OC) = column sums of g (N, OC), by column chunks. */
+typedef struct {
+    float *dbias;
+    const float *g;
+    int64_t N, OC;
+    range_cut cols;
+} colsum_job;
+
+static void colsum_item(const void *arg, int64_t i)
+{
+    const colsum_job *j = arg;
+    int64_t c0, c1;
+    range_of(j->cols, i, &c0, &c1);
+    rg_colsum(j->dbias, j->g, j->N, j->OC, c0, c1);
+}
+
+static rg_task colsum_task(colsum_job *j, float *dbias, const float *g, int64_t N, int64_t OC)
+{
+    colsum_job v = {dbias, g, N, OC, cols_of(N, OC)};
+    *j = v;
+    rg_task t = {colsum_item, j, j->cols.chunks};
+    return t;
+}
+
+/* Forward row pass of a block: h = gelu(pre + b1) (gelu' kept in pre) and z_{k+1} = z_k + b2,
+ * the residual that the fc2 GEMM then accumulates into. */
+typedef struct {
+    float *h, *pre, *znext;
+    const float *b1, *zk, *b2;
+    int64_t m, D;
+    range_cut rows;
+} block_rows_job;
+
+static void block_rows_item(const void *arg, int64_t i)
+{
+    const block_rows_job *j = arg;
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    rg_gelu_forward(j->h + r0 * j->m, j->pre + r0 * j->m, j->pre + r0 * j->m, j->b1, r1 - r0,
+                    j->m);
+    rg_residual_forward(j->znext + r0 * j->D, j->zk + r0 * j->D, j->b2, r1 - r0, j->D);
+}
+
+/* Backward row pass through GELU: dh *= gelu'. */
+typedef struct {
+    float *dh;
+    const float *deriv;
+    int64_t m;
+    range_cut rows;
+} gelu_bwd_job;
+
+static void gelu_bwd_item(const void *arg, int64_t i)
+{
+    const gelu_bwd_job *j = arg;
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    rg_gelu_backward(j->dh + r0 * j->m, j->deriv + r0 * j->m, j->dh + r0 * j->m,
+                     (r1 - r0) * j->m);
+}
+
+/* Softmax cross-entropy, forward (partial sums per chunk, added in chunk order) or backward. */
+typedef struct {
+    float *logits;
+    const float *bias;
+    const int32_t *targets;
+    const uint8_t *mask;
+    int64_t V;
+    float scale;
+    range_cut rows;
+    double nll[ROW_MAX_CHUNKS];
+    int64_t count[ROW_MAX_CHUNKS];
+} ce_job;
+
+static void logits_bias_item(const void *arg, int64_t i)
+{
+    const ce_job *j = arg;
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t v = 0; v < j->V; v++) j->logits[r * j->V + v] += j->bias[v];
+}
+
+static void ce_fwd_item(const void *arg, int64_t i)
+{
+    ce_job *j = (ce_job *)arg; /* each item writes its own partial-sum slot */
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    rg_crossentropy_forward(j->logits + r0 * j->V, &j->nll[i], &j->count[i], j->targets + r0,
+                            j->mask + r0, r1 - r0, j->V);
+}
+
+static void ce_bwd_item(const void *arg, int64_t i)
+{
+    const ce_job *j = arg;
+    int64_t r0, r1;
+    range_of(j->rows, i, &r0, &r1);
+    rg_crossentropy_backward(j->logits + r0 * j->V, j->targets + r0, j->mask + r0, r1 - r0,
+                             j->V, j->scale);
+}
+
+static rg_task ce_task(ce_job *j, rg_item_fn fn)
+{
+    rg_task t = {fn, j, j->rows.chunks};
+    return t;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Model                                                                                       */
 
-int rg_mlp_forward(const rg_mlp_config *c, const float *params, void *ws, int64_t B,
-                   const int32_t *x, float *logits, float *stream, int64_t stream_stride,
-                   const int32_t *targets, const uint8_t *mask, double *nll_sum,
-                   int64_t *count)
+int rg_mlp_forward(rg_pool *pool, const rg_mlp_config *c, const float *params, void *ws,
+                   int64_t B, const int32_t *x, float *logits, float *stream,
+                   int64_t stream_stride, const int32_t *targets, const uint8_t *mask,
+                   double *nll_sum, int64_t *count)
 {
     const int64_t L = c->L, d = c->d, D = L * d, m = c->m, V = c->V, BD = B * D;
     rg_mlp_view P;
     acts a;
+    rg_task t[3];
+    gemm_job g;
     rg_mlp_view_of(c, (float *)params, &P);
     if (carve(c, B, ws, &a) < 0) return RG_ERR_VALUE;
 
@@ -519,61 +763,110 @@ int rg_mlp_forward(const rg_mlp_config *c, const float *params, void *ws, int64_
         const float *zk = a.z + k * BD, *in = zk;
         float *pre = a.pre + k * B * m, *h = a.h + k * B * m, *znext = a.z + (k + 1) * BD;
         if (c->block_ln) {
+            ln_fwd_job lj;
             float *xn = a.xn + k * BD;
-            rg_layernorm_forward(xn, a.ln_mean + k * B, a.ln_rstd + k * B, zk, W.ln_w, W.ln_b,
-                                 B, D);
+            t[0] = ln_fwd_task(&lj, xn, a.ln_mean + k * B, a.ln_rstd + k * B, zk, W.ln_w,
+                               W.ln_b, B, D);
+            rg_pool_run(pool, t, 1);
             in = xn;
         }
-        rg_matmul_forward(pre, in, W.fc1_w, NULL, B, D, m, 0);
-        rg_gelu_forward(h, pre, pre, W.fc1_b, B, m); /* pre now holds gelu'(pre + b1) */
-        rg_residual_forward(znext, zk, W.fc2_b, B, D);
-        rg_matmul_forward(znext, h, W.fc2_w, NULL, B, m, D, 1); /* z_{k+1} += fc2(h) */
+        /* pre (B, m) = in (B, D) fc1_w^T */
+        t[0] = gemm_task(&g, CblasNoTrans, CblasTrans, B, m, D, in, D, W.fc1_w, D, 0.0f, pre, m);
+        rg_pool_run(pool, t, 1);
+        block_rows_job rj = {h, pre, znext, W.fc1_b, zk, W.fc2_b, m, D, rows_of(B, D + m)};
+        t[0].fn = block_rows_item; t[0].arg = &rj; t[0].n = rj.rows.chunks;
+        rg_pool_run(pool, t, 1);
+        /* z_{k+1} (B, D) += h (B, m) fc2_w^T */
+        t[0] = gemm_task(&g, CblasNoTrans, CblasTrans, B, D, m, h, m, W.fc2_w, m, 1.0f, znext,
+                         D);
+        rg_pool_run(pool, t, 1);
     }
-    const float *zK = a.z + c->K * BD;
-    rg_layernorm_forward(a.y, a.f_mean, a.f_rstd, zK, P.lnf_w, P.lnf_b, B, D);
-    /* shared unembedding over positions: one (B*L, d) x (d, V) product */
-    rg_matmul_forward(a.logits, a.y, P.unemb_w, P.unemb_b, B * L, d, V, 0);
+    ln_fwd_job lj;
+    t[0] = ln_fwd_task(&lj, a.y, a.f_mean, a.f_rstd, a.z + c->K * BD, P.lnf_w, P.lnf_b, B, D);
+    rg_pool_run(pool, t, 1);
+    /* shared unembedding over positions: logits (B*L, V) = y (B*L, d) unemb_w^T + unemb_b */
+    t[0] = gemm_task(&g, CblasNoTrans, CblasTrans, B * L, V, d, a.y, d, P.unemb_w, d, 0.0f,
+                     a.logits, V);
+    rg_pool_run(pool, t, 1);
+    ce_job cj = {a.logits, P.unemb_b, targets, mask, V, 0.0f, rows_of(B * L, V), {0}, {0}};
+    t[0] = ce_task(&cj, logits_bias_item);
+    rg_pool_run(pool, t, 1);
 
     if (stream)
         for (int64_t k = 0; k <= c->K; k++)
             memcpy(stream + k * stream_stride, a.z + k * BD, sizeof(float) * (size_t)BD);
     if (logits) memcpy(logits, a.logits, sizeof(float) * (size_t)(B * L * V));
-    if (targets && mask)
-        rg_crossentropy_forward(a.logits, nll_sum, count, targets, mask, B * L, V);
+    if (targets && mask) {
+        t[0] = ce_task(&cj, ce_fwd_item);
+        rg_pool_run(pool, t, 1);
+        double nll = 0.0;
+        int64_t cnt = 0;
+        for (int64_t i = 0; i < cj.rows.chunks; i++) { nll += cj.nll[i]; cnt += cj.count[i]; }
+        *nll_sum = nll;
+        *count = cnt;
+    }
     return RG_OK;
 }
 
-int rg_mlp_backward(const rg_mlp_config *c, const float *params, float *grads, void *ws,
-                    int64_t B, const int32_t *x, const int32_t *targets, const uint8_t *mask,
-                    int64_t count)
+int rg_mlp_backward(rg_pool *pool, const rg_mlp_config *c, const float *params, float *grads,
+                    void *ws, int64_t B, const int32_t *x, const int32_t *targets,
+                    const uint8_t *mask, int64_t count)
 {
     const int64_t L = c->L, d = c->d, D = L * d, m = c->m, V = c->V, BD = B * D;
     rg_mlp_view P, G;
     acts a;
+    rg_task t[4];
+    gemm_job g1, g2;
+    colsum_job cs;
+    ln_bwd_job lj;
     if (count < 1) return RG_ERR_VALUE;
     rg_mlp_view_of(c, (float *)params, &P);
     rg_mlp_view_of(c, grads, &G);
     if (carve(c, B, ws, &a) < 0) return RG_ERR_VALUE;
 
-    rg_crossentropy_backward(a.logits, targets, mask, B * L, V, (float)(1.0 / (double)count));
-    rg_matmul_backward(a.dx, G.unemb_w, G.unemb_b, a.logits, a.y, P.unemb_w, B * L, d, V, 0);
-    memset(a.dz, 0, sizeof(float) * (size_t)BD);
-    rg_layernorm_backward(a.dz, G.lnf_w, G.lnf_b, a.dx, a.z + c->K * BD, P.lnf_w, a.f_mean,
-                          a.f_rstd, B, D);
+    ce_job cj = {a.logits, NULL, targets, mask, V, (float)(1.0 / (double)count),
+                 rows_of(B * L, V), {0}, {0}};
+    t[0] = ce_task(&cj, ce_bwd_item);
+    rg_pool_run(pool, t, 1);
+    /* unembedding: dW (V, d) = dlogits^T y; db = column sums; dy (B*L, d) = dlogits W */
+    t[0] = gemm_task(&g1, CblasTrans, CblasNoTrans, V, d, B * L, a.logits, V, a.y, d, 0.0f,
+                     G.unemb_w, d);
+    t[1] = colsum_task(&cs, G.unemb_b, a.logits, B * L, V);
+    t[2] = gemm_task(&g2, CblasNoTrans, CblasNoTrans, B * L, d, V, a.logits, V, P.unemb_w, d,
+                     0.0f, a.dx, d);
+    rg_pool_run(pool, t, 3);
+    int n = ln_bwd_tasks(t, &lj, a.dz, 1, G.lnf_w, G.lnf_b, a.dx, a.z + c->K * BD, P.lnf_w,
+                         a.f_mean, a.f_rstd, B, D);
+    rg_pool_run(pool, t, n);
     for (int64_t k = c->K - 1; k >= 0; k--) {
         rg_mlp_block W = rg_mlp_block_of(c, &P, k), dW = rg_mlp_block_of(c, &G, k);
         const float *zk = a.z + k * BD, *pre = a.pre + k * B * m, *h = a.h + k * B * m;
-        /* z_{k+1} = z_k + fc2_b + h fc2_w^T: dz passes through, the branch adds to it below */
-        rg_residual_backward(dW.fc2_b, a.dz, B, D);
-        rg_matmul_backward(a.dh, dW.fc2_w, NULL, a.dz, h, W.fc2_w, B, m, D, 0);
-        rg_gelu_backward(a.dh, pre, a.dh, B * m);
+        const float *in = c->block_ln ? a.xn + k * BD : zk;
+        /* z_{k+1} = z_k + fc2_b + h fc2_w^T: dz passes through, the branch adds to it below.
+         * dfc2_w (D, m) = dz^T h; dfc2_b = column sums of dz; dh (B, m) = dz fc2_w */
+        t[0] = gemm_task(&g1, CblasTrans, CblasNoTrans, D, m, B, a.dz, D, h, m, 0.0f,
+                         dW.fc2_w, m);
+        t[1] = colsum_task(&cs, dW.fc2_b, a.dz, B, D);
+        t[2] = gemm_task(&g2, CblasNoTrans, CblasNoTrans, B, m, D, a.dz, D, W.fc2_w, m, 0.0f,
+                         a.dh, m);
+        rg_pool_run(pool, t, 3);
+        gelu_bwd_job gj = {a.dh, pre, m, rows_of(B, m)};
+        t[0].fn = gelu_bwd_item; t[0].arg = &gj; t[0].n = gj.rows.chunks;
+        rg_pool_run(pool, t, 1);
+        /* dfc1_w (m, D) = dh^T in; dfc1_b = column sums of dh; d(in) (B, D) = dh fc1_w, into
+         * dx for the LayerNorm, or accumulated straight into dz without one */
+        t[0] = gemm_task(&g1, CblasTrans, CblasNoTrans, m, D, B, a.dh, m, in, D, 0.0f,
+                         dW.fc1_w, D);
+        t[1] = colsum_task(&cs, dW.fc1_b, a.dh, B, m);
+        t[2] = c->block_ln ? gemm_task(&g2, CblasNoTrans, CblasNoTrans, B, D, m, a.dh, m,
+                                       W.fc1_w, D, 0.0f, a.dx, D)
+                           : gemm_task(&g2, CblasNoTrans, CblasNoTrans, B, D, m, a.dh, m,
+                                       W.fc1_w, D, 1.0f, a.dz, D);
+        rg_pool_run(pool, t, 3);
         if (c->block_ln) {
-            rg_matmul_backward(a.dx, dW.fc1_w, dW.fc1_b, a.dh, a.xn + k * BD, W.fc1_w, B, D, m,
-                               0);
-            rg_layernorm_backward(a.dz, dW.ln_w, dW.ln_b, a.dx, zk, W.ln_w, a.ln_mean + k * B,
-                                  a.ln_rstd + k * B, B, D);
-        } else {
-            rg_matmul_backward(a.dz, dW.fc1_w, dW.fc1_b, a.dh, zk, W.fc1_w, B, D, m, 1);
+            n = ln_bwd_tasks(t, &lj, a.dz, 0, dW.ln_w, dW.ln_b, a.dx, zk, W.ln_w,
+                             a.ln_mean + k * B, a.ln_rstd + k * B, B, D);
+            rg_pool_run(pool, t, n);
         }
     }
     rg_embedding_backward(G.tok_emb, G.pos_emb, a.dz, x, B, L, d, V + 1);
@@ -582,6 +875,10 @@ int rg_mlp_backward(const rg_mlp_config *c, const float *params, float *grads, v
 
 /* ------------------------------------------------------------------------------------------ */
 /* Optimiser and training loop                                                                 */
+
+/* The parameter arena is cut into ARENA_CHUNKS fixed chunks for the optimizer's passes (the
+ * gradient norm's partial sums are then added in chunk order). */
+#define ARENA_CHUNKS 64
 
 double rg_sumsq(const float *g, int64_t n)
 {
@@ -623,171 +920,130 @@ int rg_adamw_update(float *p, const float *g, float *m, float *v, int64_t n, dou
     return bad != 0.0f;
 }
 
-/* A minimal persistent thread pool for the optimizer update, the one large elementwise pass
- * per step (4 arenas read, 3 written: memory-bound, so a second core nearly halves it).
- * Created once per rg_mlp_train_steps call; workers sleep on a condition variable between
- * steps so they never compete with OpenBLAS's threads during the GEMMs.  AdamW is elementwise,
- * so the result is bit-identical for any thread count. */
-#define RG_POOL_MAX 64
-
-typedef struct rg_pool rg_pool;
-typedef void (*rg_pool_fn)(void *ctx, int tid, int nt);
-
-struct rg_pool {
-    pthread_mutex_t mu;
-    pthread_cond_t start, done;
-    unsigned gen;  /* incremented to launch a job */
-    int pending;   /* workers still running the current job */
-    int stop;
-    int nt;        /* threads including the caller */
-    rg_pool_fn fn;
-    void *ctx;
-    pthread_t th[RG_POOL_MAX];
-};
-
-typedef struct { rg_pool *pool; int tid; } rg_pool_arg;
-
-static void *pool_worker(void *arg)
-{
-    rg_pool_arg *w = arg;
-    rg_pool *p = w->pool;
-    unsigned seen = 0;
-    for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->start, &p->mu);
-        if (p->stop) { pthread_mutex_unlock(&p->mu); return NULL; }
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        p->fn(p->ctx, w->tid, p->nt);
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
-        pthread_mutex_unlock(&p->mu);
-    }
-}
-
-/* Starts nt - 1 workers (args: nt slots); on any failure the pool runs with fewer. */
-static void pool_init(rg_pool *p, rg_pool_arg *args, int nt)
-{
-    p->gen = 0; p->pending = 0; p->stop = 0; p->nt = 1;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->start, NULL);
-    pthread_cond_init(&p->done, NULL);
-    if (nt > RG_POOL_MAX) nt = RG_POOL_MAX;
-    for (int t = 1; t < nt; t++) {
-        args[t].pool = p;
-        args[t].tid = t;
-        if (pthread_create(&p->th[t], NULL, pool_worker, &args[t]) != 0) break;
-        p->nt = t + 1;
-    }
-}
-
-static void pool_run(rg_pool *p, rg_pool_fn fn, void *ctx)
-{
-    if (p->nt == 1) { fn(ctx, 0, 1); return; }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn; p->ctx = ctx; p->pending = p->nt - 1; p->gen++;
-    pthread_cond_broadcast(&p->start);
-    pthread_mutex_unlock(&p->mu);
-    fn(ctx, 0, p->nt);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
-}
-
-static void pool_destroy(rg_pool *p)
-{
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->start);
-    pthread_mutex_unlock(&p->mu);
-    for (int t = 1; t < p->nt; t++) pthread_join(p->th[t], NULL);
-    pthread_cond_destroy(&p->start);
-    pthread_cond_destroy(&p->done);
-    pthread_mutex_destroy(&p->mu);
-}
-
 typedef struct {
     float *p, *m, *v;
     const float *g;
     int64_t n, t;
     double lr, beta1, beta2, eps, wd, scale;
-    int bad[RG_POOL_MAX];
+    int bad[ARENA_CHUNKS];
+    double sumsq[ARENA_CHUNKS];
 } adamw_job;
 
-static void adamw_part(void *ctx, int tid, int nt)
+/* chunk boundaries on multiples of 16 floats (one cache line) */
+static void arena_chunk(const adamw_job *j, int64_t i, int64_t *i0, int64_t *i1)
 {
-    adamw_job *j = ctx;
-    /* contiguous ranges aligned to 16 floats (one cache line) */
-    int64_t per = ((j->n + nt - 1) / nt + 15) / 16 * 16;
-    int64_t i0 = per * tid, i1 = i0 + per < j->n ? i0 + per : j->n;
-    j->bad[tid] = i0 < i1 ? rg_adamw_update(j->p + i0, j->g + i0, j->m + i0, j->v + i0,
-                                            i1 - i0, j->lr, j->beta1, j->beta2, j->eps, j->wd,
-                                            j->t, j->scale)
-                          : 0;
+    *i0 = rg_chunk_begin(j->n, ARENA_CHUNKS, i, 16);
+    *i1 = rg_chunk_begin(j->n, ARENA_CHUNKS, i + 1, 16);
+}
+
+static void sumsq_item(const void *arg, int64_t i)
+{
+    adamw_job *j = (adamw_job *)arg; /* writes its own slot */
+    int64_t i0, i1;
+    arena_chunk(j, i, &i0, &i1);
+    j->sumsq[i] = rg_sumsq(j->g + i0, i1 - i0);
+}
+
+static void adamw_item(const void *arg, int64_t i)
+{
+    adamw_job *j = (adamw_job *)arg; /* writes its own slot */
+    int64_t i0, i1;
+    arena_chunk(j, i, &i0, &i1);
+    j->bad[i] = i0 < i1 ? rg_adamw_update(j->p + i0, j->g + i0, j->m + i0, j->v + i0, i1 - i0,
+                                          j->lr, j->beta1, j->beta2, j->eps, j->wd, j->t,
+                                          j->scale)
+                        : 0;
+}
+
+/* Batch sampling, one item per row chunk (each row has its own Philox streams). */
+typedef struct {
+    const uint64_t *thr;
+    int64_t V, L, B;
+    uint64_t seed, step;
+    double rate;
+    int64_t span;
+    int32_t *tokens, *masked;
+    uint8_t *mask;
+    range_cut rows;
+} batch_job;
+
+static void batch_rows(const batch_job *j, int64_t b0, int64_t b1)
+{
+    rg_rng rng;
+    for (int64_t b = b0; b < b1; b++) {
+        uint64_t index = (j->step << 32) | (uint64_t)b;
+        rg_rng_init(&rng, j->seed, RG_DOMAIN_TRAIN_SAMPLE, index);
+        rg_sample_sequence(j->thr, j->V, &rng, j->L, j->tokens + b * j->L);
+        rg_rng_init(&rng, j->seed, RG_DOMAIN_TRAIN_MASK, index);
+        rg_mask_sequence(&rng, j->tokens + b * j->L, j->L, j->rate, j->span, (int32_t)j->V,
+                         j->masked + b * j->L, j->mask + b * j->L);
+    }
+}
+
+static void batch_item(const void *arg, int64_t i)
+{
+    const batch_job *j = arg;
+    int64_t b0, b1;
+    range_of(j->rows, i, &b0, &b1);
+    batch_rows(j, b0, b1);
 }
 
 void rg_mlp_train_batch(const uint64_t *thr, int64_t V, int64_t L, int64_t B, uint64_t seed,
                         uint64_t step, double rate, int64_t span, int32_t *tokens,
                         int32_t *masked, uint8_t *mask)
 {
-    rg_rng rng;
-    for (int64_t b = 0; b < B; b++) {
-        uint64_t index = (step << 32) | (uint64_t)b;
-        rg_rng_init(&rng, seed, RG_DOMAIN_TRAIN_SAMPLE, index);
-        rg_sample_sequence(thr, V, &rng, L, tokens + b * L);
-        rg_rng_init(&rng, seed, RG_DOMAIN_TRAIN_MASK, index);
-        rg_mask_sequence(&rng, tokens + b * L, L, rate, span, (int32_t)V, masked + b * L,
-                         mask + b * L);
-    }
+    batch_job j = {thr, V, L, B, seed, step, rate, span, tokens, masked, mask, {B, 1}};
+    batch_rows(&j, 0, B);
 }
 
-int rg_mlp_train_steps(const rg_mlp_config *c, float *params, float *grads, float *adam_m,
-                       float *adam_v, void *ws, int64_t B, const uint64_t *thr, uint64_t seed,
-                       uint64_t step0, int64_t k, const double *lrs, const rg_train_opts *o,
-                       double *losses, int64_t *n_done, int *bad)
+int rg_mlp_train_steps(rg_pool *pool, const rg_mlp_config *c, float *params, float *grads,
+                       float *adam_m, float *adam_v, void *ws, int64_t B, const uint64_t *thr,
+                       uint64_t seed, uint64_t step0, int64_t k, const double *lrs,
+                       const rg_train_opts *o, double *losses, int64_t *n_done, int *bad)
 {
     int64_t n_params;
     acts a;
+    rg_task t[1];
     *n_done = 0;
     *bad = 0;
     if (rg_mlp_check_config(c, &n_params) != RG_OK || carve(c, B, ws, &a) < 0)
         return RG_ERR_VALUE;
-    /* the pool pays off only for arenas well beyond the caches */
-    int nt = n_params >= (1 << 20) && o->n_threads > 1 ? o->n_threads : 1;
-    rg_pool pool;
-    rg_pool_arg pool_args[RG_POOL_MAX];
-    pool_init(&pool, pool_args, nt);
     adamw_job job = {params, adam_m, adam_v, grads, n_params, 0, 0.0, o->beta1, o->beta2,
-                     o->eps, o->weight_decay, 1.0, {0}};
-    int status = RG_OK;
+                     o->eps, o->weight_decay, 1.0, {0}, {0}};
+    batch_job bj = {thr, c->V, c->L, B, seed, 0, o->mask_rate, o->mask_span, a.tokens,
+                    a.masked, a.mask, rows_of(B, 4 * c->L)};
     for (int64_t i = 0; i < k; i++) {
         uint64_t s = step0 + (uint64_t)i;
         double nll = 0.0;
         int64_t count = 0;
-        rg_mlp_train_batch(thr, c->V, c->L, B, seed, s, o->mask_rate, o->mask_span, a.tokens,
-                           a.masked, a.mask);
-        rg_mlp_forward(c, params, ws, B, a.masked, NULL, NULL, 0, a.tokens, a.mask, &nll,
+        bj.step = s;
+        t[0].fn = batch_item; t[0].arg = &bj; t[0].n = bj.rows.chunks;
+        rg_pool_run(pool, t, 1);
+        rg_mlp_forward(pool, c, params, ws, B, a.masked, NULL, NULL, 0, a.tokens, a.mask, &nll,
                        &count);
         double loss = count > 0 ? nll / (double)count : NAN;
         losses[i] = loss;
-        if (!isfinite(loss)) { *bad = 1; status = RG_ERR_NOT_FINITE; break; }
-        rg_mlp_backward(c, params, grads, ws, B, a.masked, a.tokens, a.mask, count);
+        if (!isfinite(loss)) { *bad = 1; return RG_ERR_NOT_FINITE; }
+        rg_mlp_backward(pool, c, params, grads, ws, B, a.masked, a.tokens, a.mask, count);
         double scale = 1.0;
         if (o->max_grad_norm > 0.0) {
             /* torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), clamped to 1 */
-            double norm = sqrt(rg_sumsq(grads, n_params));
-            double coef = o->max_grad_norm / (norm + 1e-6);
+            t[0].fn = sumsq_item; t[0].arg = &job; t[0].n = ARENA_CHUNKS;
+            rg_pool_run(pool, t, 1);
+            double total = 0.0;
+            for (int q = 0; q < ARENA_CHUNKS; q++) total += job.sumsq[q];
+            double coef = o->max_grad_norm / (sqrt(total) + 1e-6);
             if (coef < 1.0) scale = coef;
         }
         job.lr = lrs[i];
         job.t = (int64_t)s + 1;
         job.scale = scale;
-        pool_run(&pool, adamw_part, &job);
+        t[0].fn = adamw_item; t[0].arg = &job; t[0].n = ARENA_CHUNKS;
+        rg_pool_run(pool, t, 1);
         int nonfinite = 0;
-        for (int t = 0; t < pool.nt; t++) nonfinite |= job.bad[t];
+        for (int q = 0; q < ARENA_CHUNKS; q++) nonfinite |= job.bad[q];
         *n_done = i + 1;
-        if (nonfinite) { *bad = 2; status = RG_ERR_NOT_FINITE; break; }
+        if (nonfinite) { *bad = 2; return RG_ERR_NOT_FINITE; }
     }
-    pool_destroy(&pool);
-    return status;
+    return RG_OK;
 }

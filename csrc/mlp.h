@@ -10,12 +10,18 @@
  *
  * All matrices are row-major; Linear weights are PyTorch's (out, in).  Every function returns
  * an RG_* status or nothing; none allocates memory: all scratch (activations, gradient
- * buffers, the training batch) lives in the caller's workspace.  rg_mlp_train_steps starts its
- * optimizer threads once per call, before its loop. */
+ * buffers, the training batch) lives in the caller's workspace.
+ *
+ * The model functions run on a thread pool (pool.h; NULL: the calling thread) and give the
+ * same bits for any number of threads: every layer is cut into items by its shapes alone (GEMMs
+ * into column or row blocks, row passes into row chunks, parameter-gradient sums into column
+ * chunks), each item computed single-threaded in a fixed order. */
 #ifndef RG_MLP_H
 #define RG_MLP_H
 
 #include <stdint.h>
+
+#include "pool.h"
 
 typedef struct {
     int64_t V;      /* states; token ids lie in [0, V], V being the MASK id */
@@ -84,19 +90,18 @@ void rg_embedding_backward(float *dtok, float *dpos, const float *dout, const in
  * out, inp (N, C); w, b (C); mean, rstd (N) saved for backward.  No output aliases an input. */
 void rg_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                           const float *w, const float *b, int64_t N, int64_t C);
-/* dinp (N, C) is accumulated into (+=); dw, db (C) are overwritten; no aliasing. */
-void rg_layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
-                           const float *inp, const float *w, const float *mean,
-                           const float *rstd, int64_t N, int64_t C);
+/* dinp (N, C) is accumulated into (+=) from dout (N, C), inp (N, C), w (C), mean, rstd (N). */
+void rg_layernorm_backward_input(float *dinp, const float *dout, const float *inp,
+                                 const float *w, const float *mean, const float *rstd,
+                                 int64_t N, int64_t C);
+/* dw, db (C) over columns [c0, c1) (overwritten) = sums over the N rows of dout * xhat, dout. */
+void rg_layernorm_backward_params(float *dw, float *db, const float *dout, const float *inp,
+                                  const float *mean, const float *rstd, int64_t N, int64_t C,
+                                  int64_t c0, int64_t c1);
 
-/* out (N, OC) = inp (N, C) W^T + bias, W (OC, C), bias (OC) or NULL; accumulate: out += ... */
-void rg_matmul_forward(float *out, const float *inp, const float *W, const float *bias,
-                       int64_t N, int64_t C, int64_t OC, int accumulate);
-/* dinp (N, C) = dout W (or += if accumulate_dinp; dinp NULL: skipped); dW (OC, C) and
- * dbias (OC, NULL: skipped) overwritten. */
-void rg_matmul_backward(float *dinp, float *dW, float *dbias, const float *dout,
-                        const float *inp, const float *W, int64_t N, int64_t C, int64_t OC,
-                        int accumulate_dinp);
+/* Linear layers are GEMMs (cut into pieces for the pool in mlp.c); a bias gradient is a column
+ * sum: dbias[c0..c1) (overwritten) = sums over the N rows of g (N, OC), in row order. */
+void rg_colsum(float *dbias, const float *g, int64_t N, int64_t OC, int64_t c0, int64_t c1);
 
 /* Exact GELU x Φ(x), Φ(x) = (1 + erf(x/√2))/2 (to |ΔΦ| <= 2e-7, see mlp.c), of x = inp + bias:
  * out = gelu(x) and deriv = gelu'(x) saved for backward (deriv may alias inp).
@@ -106,12 +111,9 @@ void rg_gelu_forward(float *out, float *deriv, const float *inp, const float *bi
 /* dinp (n) = dout * deriv (overwritten; may alias dout). */
 void rg_gelu_backward(float *dinp, const float *deriv, const float *dout, int64_t n);
 
-/* out (N, C) = inp (N, C) + bias (C) broadcast (the residual branch is then accumulated into
- * out by rg_matmul_forward(..., accumulate=1)). */
+/* out (N, C) = inp (N, C) + bias (C) broadcast (the fc2 GEMM then accumulates the residual
+ * branch into out). */
 void rg_residual_forward(float *out, const float *inp, const float *bias, int64_t N, int64_t C);
-/* The residual path passes dout through unchanged (callers keep one running gradient buffer),
- * so only dbias (C) = column sums of dout (N, C) is computed (overwritten). */
-void rg_residual_backward(float *dbias, const float *dout, int64_t N, int64_t C);
 
 /* Masked softmax cross-entropy.  logits (N, V) are replaced by probabilities; returns the sum
  * of -log p[target] over rows with mask != 0 in *nll_sum and their number in *count.
@@ -130,16 +132,16 @@ void rg_crossentropy_backward(float *probs, const int32_t *targets, const uint8_
  * logits (B, L, V) raw logits; stream: z_k (B, L, d) written to stream + k * stream_stride for
  * k = 0..K (floats between layers, >= B*D).  If targets (B, L) and mask (B, L) are given, the
  * cross-entropy sums go to *nll_sum, *count and the workspace is ready for rg_mlp_backward. */
-int rg_mlp_forward(const rg_mlp_config *c, const float *params, void *ws, int64_t B,
-                   const int32_t *x, float *logits, float *stream, int64_t stream_stride,
+int rg_mlp_forward(rg_pool *pool, const rg_mlp_config *c, const float *params, void *ws,
+                   int64_t B, const int32_t *x, float *logits, float *stream, int64_t stream_stride,
                    const int32_t *targets, const uint8_t *mask, double *nll_sum,
                    int64_t *count);
 
 /* Gradient of the mean masked CE; needs the preceding rg_mlp_forward on the same ws, x (B, L),
  * targets (B, L), mask (B, L), and its count (> 0).  grads (n_params) is overwritten entirely
  * (each gradient tensor is written once: no zeroing pass over the arena). */
-int rg_mlp_backward(const rg_mlp_config *c, const float *params, float *grads, void *ws,
-                    int64_t B, const int32_t *x, const int32_t *targets, const uint8_t *mask,
+int rg_mlp_backward(rg_pool *pool, const rg_mlp_config *c, const float *params,
+                    float *grads, void *ws, int64_t B, const int32_t *x, const int32_t *targets, const uint8_t *mask,
                     int64_t count);
 
 /* Sum of squares of g (n), in double. */
@@ -165,19 +167,17 @@ typedef struct {
     double max_grad_norm;   /* <= 0: no clipping */
     double mask_rate;
     int64_t mask_span;
-    int n_threads;          /* threads for the optimizer update (results do not depend on it) */
 } rg_train_opts;
 
 /* k training steps s = step0 .. step0+k-1: batch (rg_mlp_train_batch with step s), forward,
- * backward, optional clipping, AdamW at t = s + 1 with learning rate lrs[i] (spread over
- * o->n_threads threads when the arena exceeds 2^20 floats).  losses (k).
+ * backward, optional clipping, AdamW at t = s + 1 with learning rate lrs[i].  losses (k).
  * *n_done counts completed updates.  RG_ERR_NOT_FINITE if the loss of step s is not finite
  * (*bad = 1, no update applied) or a parameter became non-finite (*bad = 2, update applied);
  * *n_done then locates the step (s = step0 + *n_done for bad = 1, s = step0 + *n_done - 1
  * for bad = 2). */
-int rg_mlp_train_steps(const rg_mlp_config *c, float *params, float *grads, float *adam_m,
-                       float *adam_v, void *ws, int64_t B, const uint64_t *thr, uint64_t seed,
-                       uint64_t step0, int64_t k, const double *lrs, const rg_train_opts *o,
+int rg_mlp_train_steps(rg_pool *pool, const rg_mlp_config *c, float *params, float *grads,
+                       float *adam_m, float *adam_v, void *ws, int64_t B, const uint64_t *thr,
+                       uint64_t seed, uint64_t step0, int64_t k, const double *lrs, const rg_train_opts *o,
                        double *losses, int64_t *n_done, int *bad);
 
 #endif

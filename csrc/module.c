@@ -23,6 +23,7 @@
 #include "cka.h"
 #include "rank.h"
 #include "mlp.h"
+#include "pool.h"
 #include "status.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -674,22 +675,27 @@ exit:
 /* ------------------------------------------------------------------------------------------ */
 /* Build information                                                                           */
 
+/* Threads of rgflow's pool for the model kernels (set from Python at import; results do not
+ * depend on it).  OpenBLAS itself always runs single-threaded (see pool.h). */
+static int compute_threads = 1;
+
 static PyObject *py_blas_info(PyObject *self, PyObject *noargs)
 {
-    return Py_BuildValue("ssi", RG_BLAS_PROVIDER, RG_BLAS(openblas_get_config)(),
-                         RG_BLAS(openblas_get_num_threads)());
+    return Py_BuildValue("sssi", RG_BLAS_PROVIDER, RG_BLAS(openblas_get_config)(),
+                         RG_BLAS(openblas_get_corename)(), compute_threads);
 }
 
-static PyObject *py_blas_set_num_threads(PyObject *self, PyObject *arg)
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred()) return NULL;
-    if (n < 1 || n > 1024) {
-        rg_error(PyExc_ValueError, "n_threads must lie in [1, 1024], got %ld", n);
+    if (n < 1 || n > RG_POOL_MAX) {
+        rg_error(PyExc_ValueError, "n_threads must lie in [1, %d], got %ld", RG_POOL_MAX, n);
         return NULL;
     }
-    RG_BLAS(openblas_set_num_threads)((int)n);
-    Py_RETURN_NONE;
+    int before = compute_threads;
+    compute_threads = (int)n;
+    return PyLong_FromLong(before);
 }
 
 static PyObject *py_philox(PyObject *self, PyObject *args)
@@ -933,15 +939,18 @@ static PyObject *py_mlp_forward(PyObject *self, PyObject *args)
     const uint8_t *mm = mk ? PyArray_DATA(mk) : NULL;
     float *lo = logits ? PyArray_DATA(logits) : NULL, *st = stream ? PyArray_DATA(stream) : NULL;
     Py_BEGIN_ALLOW_THREADS
+    rg_pool pool;
+    rg_pool_init(&pool, compute_threads);
     for (int64_t i0 = 0; i0 < n; i0 += batch) {
         int64_t B = n - i0 < batch ? n - i0 : batch, cnt = 0;
         double s = 0.0;
-        rg_mlp_forward(&c, p, ws, B, x + i0 * L, lo ? lo + i0 * L * c.V : NULL,
+        rg_mlp_forward(&pool, &c, p, ws, B, x + i0 * L, lo ? lo + i0 * L * c.V : NULL,
                        st ? st + i0 * D : NULL, n * D, tg ? tg + i0 * L : NULL,
                        mm ? mm + i0 * L : NULL, &s, &cnt);
         nll += s;
         count += cnt;
     }
+    rg_pool_destroy(&pool);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("OOdL", logits ? (PyObject *)logits : Py_None,
                            stream ? (PyObject *)stream : Py_None, nll, (long long)count);
@@ -982,9 +991,12 @@ static PyObject *py_mlp_gradients(PyObject *self, PyObject *args)
         goto exit;
     }
     Py_BEGIN_ALLOW_THREADS
-    rg_mlp_forward(&c, p, ws, n, PyArray_DATA(tok), NULL, NULL, 0, PyArray_DATA(tgt), mm, &nll,
-                   &count);
-    rg_mlp_backward(&c, p, g, ws, n, PyArray_DATA(tok), PyArray_DATA(tgt), mm, count);
+    rg_pool pool;
+    rg_pool_init(&pool, compute_threads);
+    rg_mlp_forward(&pool, &c, p, ws, n, PyArray_DATA(tok), NULL, NULL, 0, PyArray_DATA(tgt),
+                   mm, &nll, &count);
+    rg_mlp_backward(&pool, &c, p, g, ws, n, PyArray_DATA(tok), PyArray_DATA(tgt), mm, count);
+    rg_pool_destroy(&pool);
     Py_END_ALLOW_THREADS
     result = PyFloat_FromDouble(nll / (double)count);
 exit:
@@ -1128,13 +1140,15 @@ static PyObject *py_mlp_train_steps(PyObject *self, PyObject *args)
     if (!(thr = mlp_chain_thresholds(T_obj, pi_obj, c.V, &V_chain))) goto exit;
     npy_intp dims[1] = {k};
     if (!(losses = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0))) goto exit;
-    rg_train_opts o = {0.9, 0.999, 1e-8, wd, max_norm, rate, span,
-                       RG_BLAS(openblas_get_num_threads)()};
+    rg_train_opts o = {0.9, 0.999, 1e-8, wd, max_norm, rate, span};
     int64_t done = 0;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    rg_mlp_train_steps(&c, p, g, am, av, ws, B, thr, seed, (uint64_t)step0, k, lr, &o,
+    rg_pool pool;
+    rg_pool_init(&pool, compute_threads);
+    rg_mlp_train_steps(&pool, &c, p, g, am, av, ws, B, thr, seed, (uint64_t)step0, k, lr, &o,
                        PyArray_DATA(losses), &done, &bad);
+    rg_pool_destroy(&pool);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("OLi", losses, (long long)done, bad);
 exit:
@@ -1450,8 +1464,8 @@ static PyMethodDef methods[] = {
      "chain_bayes_nll(transition, stationary, tokens, mask) -> (sum of -log p, count)."},
     {"blas_info", py_blas_info, METH_NOARGS,
      "blas_info() -> (provider, OpenBLAS config string, OpenBLAS thread count)."},
-    {"blas_set_num_threads", py_blas_set_num_threads, METH_O,
-     "blas_set_num_threads(n): set OpenBLAS's thread count."},
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads(n) -> previous: threads of the model kernels' pool."},
     {"philox4x32_10", py_philox, METH_VARARGS,
      "philox4x32_10((c0, c1, c2, c3), (k0, k1)) -> 4 words; for known-answer tests."},
     /* MLP */
@@ -1499,6 +1513,7 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__core(void)
 {
     import_array();
+    rg_blas_serial(); /* rgflow's pool owns the parallelism (pool.h) */
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     MemoryLimitError = PyErr_NewExceptionWithDoc(

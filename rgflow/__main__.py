@@ -73,6 +73,10 @@ def sweep(args):
                   r["bayes_floor"], r["learned"], r["ratio_position"]))
         else:
             print("%6g %5d %s" % (r["xi"], r["seed"], r["error"]))
+    from .report import computed_on_lines
+    if any(r["status"] == "ok" for r in rows):
+        print("computed on: " + "; ".join(computed_on_lines(
+            [r["computed_on"] for r in rows if r["status"] == "ok"])))
     (store / "table.json").write_text(json.dumps(rows, indent=1))
     import matplotlib
     matplotlib.use("Agg")

@@ -16,6 +16,7 @@ Edge cases (the same everywhere):
   debiased estimator when a self-HSIC estimate is <= 0; the debiased estimator needs n >= 4
   (ValueError otherwise); representations with different sample counts raise ValueError.
 """
+import re
 from concurrent.futures import ThreadPoolExecutor
 import numbers
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ def _rank(X, measure, center, squared, tol, n_threads):
     """_core.rank over the stack, split along its first axis over n_threads threads (views, no
     copies; every matrix is computed by the same code, so the result is independent of
     n_threads)."""
+    if n_threads is None:
+        from .runtime import get_num_threads
+        n_threads = get_num_threads()
     n_threads = as_count(n_threads, "n_threads")
     args = (measure, bool(center), bool(squared), _tol(tol))
     if n_threads > 1:
@@ -66,13 +70,20 @@ def _rank(X, measure, center, squared, tol, n_threads):
     if n_threads == 1 or X.ndim < 3 or X.shape[0] < 2:
         return _core.rank(X, *args)[0]
     bounds = np.linspace(0, X.shape[0], min(n_threads, X.shape[0]) + 1).astype(np.int64)
+    per_row = int(np.prod(X.shape[1:-2], dtype=np.int64))  # matrices per index of axis 0
+
+    def part(k):
+        try:
+            return _core.rank(X[bounds[k]:bounds[k + 1]], *args)[0]
+        except ValueError as exc:  # name the matrix by its index in the whole stack
+            shift = lambda m: "matrix %d" % (int(m.group(1)) + bounds[k] * per_row)  # noqa
+            raise ValueError(re.sub(r"matrix (\d+)", shift, str(exc), count=1)) from None
+
     with ThreadPoolExecutor(len(bounds) - 1) as pool:
-        parts = pool.map(lambda k: _core.rank(X[bounds[k]:bounds[k + 1]], *args)[0],
-                         range(len(bounds) - 1))
-        return np.concatenate(list(parts), axis=0)
+        return np.concatenate(list(pool.map(part, range(len(bounds) - 1))), axis=0)
 
 
-def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_threads=1):
+def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_threads=None):
     """Effective rank (or a related measure) of X, or of every matrix of a stack.
 
     Parameters
@@ -92,10 +103,10 @@ def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_t
     tol : float or None
         For ``numerical`` only: absolute threshold in the units of X; None means
         ``max(s) * max(n_samples, n_features) * eps`` as in ``numpy.linalg.matrix_rank``.
-    n_threads : int
+    n_threads : int or None
         Split a stack along its first axis over this many threads (the C kernel releases the
-        GIL); the result does not depend on it.  Worth it for many small matrices; large ones
-        are already threaded inside OpenBLAS.
+        GIL; each matrix runs single-threaded OpenBLAS, so the result does not depend on it).
+        None: :func:`rgflow.get_num_threads`.
 
     Returns
     -------
@@ -172,7 +183,7 @@ def _positions(positions, length):
 
 
 def rank_profile(stream, level="position", positions=None, mask=None, detail=False,
-                 measure="erank", n_threads=1):
+                 measure="erank", n_threads=None):
     """Rank of the residual stream at every depth.
 
     Parameters
@@ -197,7 +208,7 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         Also return the per-position values, shape (depth+1, n_positions) (``position``).
     measure : str
         Any measure of :func:`effective_rank` (with its defaults).
-    n_threads : int
+    n_threads : int or None
         As in :func:`effective_rank` (split over layers); the result does not depend on it.
 
     Returns

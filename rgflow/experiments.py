@@ -19,6 +19,7 @@ from ._util import as_count, as_real
 from .analysis import cka_matrix, drift_profile, effective_rank, rank_profile
 from .chains import MarkovChain
 from .model import ResidualMLP
+from .runtime import where_computed
 from .train import _eval_batch, train
 
 __all__ = ["Config", "Result", "run"]
@@ -130,6 +131,7 @@ class Result:
     verdicts: dict
     wall_time: float = 0.0
     extra: dict = field(default_factory=dict)
+    computed_on: dict = field(default_factory=dict)  # rgflow.where_computed(); {} if older
 
     def to_json(self):
         d = asdict(self)
@@ -264,4 +266,4 @@ def run(config, progress=True):
     return Result(config=c, history=history, masked_ce=masked_ce, bayes_floor=floor,
                   unigram_entropy=unigram, learned=learned, profiles=profiles, drift=drift,
                   cka_matrix=cka, relevance=relevance, verdicts=verdicts,
-                  wall_time=time.perf_counter() - t0)
+                  wall_time=time.perf_counter() - t0, computed_on=where_computed())

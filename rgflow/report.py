@@ -79,6 +79,18 @@ def summarize(results):
     return out
 
 
+def computed_on_lines(places):
+    """One line per distinct place in ``places`` (``Result.computed_on`` dicts) that runs were
+    computed on (bits may differ between OpenBLAS CPU kernels, never between thread counts)."""
+    seen = []
+    for w in places:
+        text = ("rgflow %s, OpenBLAS %s kernel, %s threads, %s" % (
+            w["rgflow"], w["core"], w["threads"], w["cpu"]) if w else "not recorded (older run)")
+        if text not in seen:
+            seen.append(text)
+    return seen
+
+
 def _fmt(x, digits=3):
     return ("%." + str(digits) + "f") % x if isinstance(x, (int, float)) else str(x)
 
@@ -87,6 +99,8 @@ def _markdown(summary, results, config):
     lines = ["# rgflow findings report", "",
              "Configuration (ξ and seed vary): `%s`" % json.dumps(
                  {k: v for k, v in config.to_dict().items() if k not in ("xi", "seed")}), ""]
+    lines += ["Computed on: " + "; ".join(computed_on_lines(r.computed_on for r in results)),
+              ""]
     lines += ["## Training", "", "| ξ | seed | masked CE | Bayes floor | learned share |",
               "| --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (r.config.xi, r.config.seed)):

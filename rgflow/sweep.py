@@ -81,13 +81,12 @@ def load_record(path, key=None):
 
 def _run_one(config_dict, blas_threads):
     """Worker side: run one config, never raise (errors become records)."""
-    from . import _core
+    from .runtime import get_num_threads, num_threads
 
     config = Config.from_dict(config_dict)
-    if blas_threads:
-        _core.blas_set_num_threads(blas_threads)
     try:
-        result = run(config, progress=False)
+        with num_threads(blas_threads or get_num_threads()):  # the caller's count is restored
+            result = run(config, progress=False)
         return {"key": config.key(), "status": "ok", "result": json.loads(result.to_json())}
     except Exception as exc:  # a failing run is a record, not the end of the sweep
         return {"key": config.key(), "status": "error", "config": config.to_dict(),
@@ -105,7 +104,7 @@ def _flat(payload):
     row = res.config.to_dict()
     row.update(key=payload["key"], status="ok", masked_ce=res.masked_ce,
                bayes_floor=res.bayes_floor, unigram_entropy=res.unigram_entropy,
-               learned=res.learned, drift=res.drift)
+               learned=res.learned, drift=res.drift, computed_on=res.computed_on)
     for level, profile in res.profiles.items():
         row["rank_" + level] = profile
         if len(profile) >= 3:
@@ -128,14 +127,16 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         hash of config + rgflow version). Existing valid records are reused; missing, truncated
         or corrupted ones are recomputed.
     retry_failed : recompute stored runs that ended in an error.
-    blas_threads : OpenBLAS threads per run; default 1 when an executor runs several runs at
-        once (so they do not oversubscribe cores), OpenBLAS's default in-process.
+    blas_threads : rgflow threads per run (:func:`rgflow.set_num_threads`; results do not
+        depend on it); default 1 when an executor runs several runs at once (so they do not
+        oversubscribe cores), the caller's count in-process.
 
     Returns
     -------
     list of dict (a pandas DataFrame if pandas is installed): config fields, ``key``,
     ``status`` ("ok"/"error"), ``masked_ce``, ``bayes_floor``, ``learned``, ``rank_<level>``
-    profiles, ``ratio_<level>`` (rank_K / rank_1), ``drift`` and ``verdict_<name>``.
+    profiles, ``ratio_<level>`` (rank_K / rank_1), ``drift``, ``verdict_<name>`` and
+    ``computed_on`` (:func:`rgflow.where_computed` of the run; empty for older records).
     """
     configs = list(configs)
     for c in configs:

@@ -70,3 +70,33 @@ def test_run_end_to_end_and_json_round_trip():
     # determinism: same config, same numbers
     again = run(TINY.replace(xi=7.0), progress=False)
     assert again.masked_ce == res.masked_ce and again.profiles == res.profiles
+
+
+def test_a_result_records_where_it_was_computed(tmp_path):
+    """rgflow version, OpenBLAS version and CPU kernel, threads and CPU model travel with every
+    run (bits may differ between OpenBLAS kernels); the JSON round trip keeps them, and a
+    record from before they were stored loads with an empty dict."""
+    with rg.num_threads(1):
+        res = run(TINY, progress=False)
+    where = res.computed_on
+    assert where == dict(rg.where_computed(), threads=1)
+    assert where["rgflow"] == rg.__version__ and where["core"] in where["openblas"]
+    assert Result.from_json(res.to_json()).computed_on == where
+    import json
+    old = json.loads(res.to_json())
+    del old["computed_on"]
+    assert Result.from_json(json.dumps(old)).computed_on == {}
+    from rgflow.report import computed_on_lines
+    assert computed_on_lines([where, where, {}]) == [
+        "rgflow %s, OpenBLAS %s kernel, 1 threads, %s" % (rg.__version__, where["core"],
+                                                          where["cpu"]),
+        "not recorded (older run)"]
+
+
+def test_sweep_threads_do_not_leak_into_the_caller(tmp_path):
+    before = rg.set_num_threads(2)
+    try:
+        rg.sweep([TINY.replace(steps=2)], store=tmp_path, progress=False, blas_threads=1)
+        assert rg.get_num_threads() == 2
+    finally:
+        rg.set_num_threads(before)

@@ -1,0 +1,68 @@
+/* A small thread pool that runs lists of independent work items.
+ *
+ * Reproducibility rests on one rule: the caller decides how work is cut into items, from the
+ * shapes alone, never from the thread count; every item writes its own outputs and computes
+ * them in a fixed order.  Which thread runs which item then cannot change a single bit, so a
+ * kernel gives the same result on 1 or 64 threads.  OpenBLAS runs single-threaded inside an
+ * item (rg_blas_serial), because its own partition of a GEMM depends on its thread count and,
+ * on some kernels (Haswell), changes the rounding.
+ *
+ * Items are claimed dynamically (an atomic counter), so uneven items balance.  Workers spin
+ * briefly after each job, then sleep on a condition variable: the per-layer jobs of a training
+ * step follow each other within microseconds. */
+#ifndef RG_POOL_H
+#define RG_POOL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#define RG_POOL_MAX 64
+
+/* Item i of a task: fn(arg, i) for i in [0, n). */
+typedef void (*rg_item_fn)(const void *arg, int64_t i);
+typedef struct {
+    rg_item_fn fn;
+    const void *arg;
+    int64_t n;
+} rg_task;
+
+typedef struct rg_pool rg_pool;
+typedef struct {
+    rg_pool *pool;
+    int tid;
+} rg_pool_arg;
+
+struct rg_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t wake, idle;
+    unsigned gen;          /* atomic: incremented to publish a job */
+    int busy;              /* atomic: workers still inside the current job */
+    int stop;              /* atomic */
+    int nt;                /* threads including the caller */
+    const rg_task *tasks;  /* the current job */
+    int n_tasks;
+    int64_t n_items;       /* total over tasks */
+    int64_t next;          /* atomic: next unclaimed item */
+    pthread_t th[RG_POOL_MAX];
+    rg_pool_arg args[RG_POOL_MAX];
+};
+
+/* Starts n_threads - 1 workers (capped at RG_POOL_MAX); if the system refuses a thread the
+ * pool runs with fewer, which changes speed, never results.  p lives in the caller's memory. */
+void rg_pool_init(rg_pool *p, int n_threads);
+void rg_pool_destroy(rg_pool *p);
+
+/* Runs every item of tasks[0..n_tasks) and returns when all are done.  p NULL: in order, on
+ * the calling thread. */
+void rg_pool_run(rg_pool *p, const rg_task *tasks, int n_tasks);
+
+/* Number of chunks of [0, n) with at least min_size elements each, at most max_chunks (>= 1):
+ * a function of the sizes only.  Chunk j of k covers rg_chunk_begin(n, k, j) ..
+ * rg_chunk_begin(n, k, j + 1), boundaries rounded to multiples of align. */
+int64_t rg_chunk_count(int64_t n, int64_t min_size, int64_t max_chunks);
+int64_t rg_chunk_begin(int64_t n, int64_t k, int64_t j, int64_t align);
+
+/* Makes the linked OpenBLAS single-threaded if anything (threadpoolctl, say) changed it. */
+void rg_blas_serial(void);
+
+#endif
