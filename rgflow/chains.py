@@ -289,6 +289,60 @@ class MarkovChain:
             raise ValueError("mask hides no token: the loss over masked positions is undefined")
         return total / count
 
+    def adjacent_loss(self, tokens, mask):
+        """Mean cross-entropy (nats) at masked positions of the adjacent-token lookup rule:
+        the exact prediction from the two neighbouring tokens alone, each used when visible,
+        ``p(j) ∝ T[left, j] T[j, right]`` (``pi_j`` for a hidden left neighbour, 1 for a
+        hidden right one). A trained network must beat it: the rule is Bayes-optimal wherever
+        both neighbours are visible, and only hidden neighbours leave it room.
+
+        Parameters
+        ----------
+        tokens : (n, length) integer array of true tokens in [0, V).
+        mask : (n, length) bool array, True where hidden; at least one True.
+
+        >>> chain = MarkovChain.lazy(8, xi=1.0)
+        >>> tokens = chain.sample(256, 32, seed=0)
+        >>> _, mask = mask_tokens(tokens, rate=0.15, seed=1, mask_id=8)
+        >>> chain.bayes_loss(tokens, mask) <= chain.adjacent_loss(tokens, mask)
+        True
+        """
+        tokens, mask = _tokens_and_mask(tokens, mask, self.n_states)
+        rows, pos = np.nonzero(mask)
+        if rows.size == 0:
+            raise ValueError("mask hides no token: the loss over masked positions is undefined")
+        n, length = tokens.shape
+        T, pi = self._T, self._pi
+        has_left = pos > 0
+        has_left[has_left] = ~mask[rows[has_left], pos[has_left] - 1]
+        has_right = pos < length - 1
+        has_right[has_right] = ~mask[rows[has_right], pos[has_right] + 1]
+        left = np.where(has_left, tokens[rows, np.maximum(pos - 1, 0)], 0)
+        right = np.where(has_right, tokens[rows, np.minimum(pos + 1, length - 1)], 0)
+        score = np.where(has_left[:, None], T[left], pi[None, :])
+        score = score * np.where(has_right[:, None], T[:, right].T, 1.0)
+        truth = score[np.arange(rows.size), tokens[rows, pos]] / score.sum(axis=1)
+        return float(-np.mean(np.log(truth)))
+
+
+def _tokens_and_mask(tokens, mask, n_states):
+    """(n, length) int64 tokens in [0, n_states) and a bool mask of the same shape, or
+    TypeError/ValueError naming the argument."""
+    t = np.asarray(tokens)
+    if t.dtype.kind not in "iu":
+        raise TypeError("tokens must be an integer array, got dtype %s" % t.dtype)
+    if t.ndim != 2:
+        raise ValueError("tokens must have shape (n, length), got %s" % (t.shape,))
+    if t.size and (t.min() < 0 or t.max() >= n_states):
+        raise ValueError("tokens must lie in [0, %d), got values in [%d, %d]"
+                         % (n_states, t.min(), t.max()))
+    m = np.asarray(mask)
+    if m.shape != t.shape:
+        raise ValueError("mask must have the shape of tokens %s, got %s" % (t.shape, m.shape))
+    if m.dtype != bool and not (m.dtype.kind in "iu" and np.isin(m, (0, 1)).all()):
+        raise TypeError("mask must be a boolean (or 0/1) array, got dtype %s" % m.dtype)
+    return t.astype(np.int64), m.astype(bool)
+
 
 def mask_tokens(tokens, rate=0.15, seed=0, mask_id=None, span=1):
     """Hide tokens for the masked-token task.

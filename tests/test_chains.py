@@ -439,3 +439,52 @@ def test_bad_posterior_arguments():
         chain.bayes_loss(tok, np.zeros_like(mask))
     np.testing.assert_array_equal(chain.posterior(np.asfortranarray(masked), mask[:, ::-1][:, ::-1]),
                                   chain.posterior(masked, mask))
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+def test_adjacent_loss_matches_brute_force_enumeration(rng, reversible):
+    """The adjacent-token rule against conditionals of the joint law of every sequence of
+    length 5 over V = 3 (started from pi): P(x_t | the visible ones of x_{t-1}, x_{t+1})."""
+    V, L = 3, 5
+    if reversible:
+        chain = rg.MarkovChain.random(V, 2.0, seed=4)
+    else:
+        chain = rg.MarkovChain(random_stochastic(rng, V))
+    T, pi = chain.transition, chain.stationary
+    seqs = np.array(list(itertools.product(range(V), repeat=L)))
+    prob = pi[seqs[:, 0]] * np.prod(T[seqs[:, :-1], seqs[:, 1:]], axis=1)
+    tokens = chain.sample(6, L, seed=2)
+    mask = np.zeros((6, L), dtype=bool)
+    mask[0, 0] = mask[1, 4] = mask[2, [1, 2]] = mask[3, [2, 3, 4]] = True
+    mask[4, 2] = mask[5, [0, 1, 3]] = True
+    nll = []
+    for n, t in zip(*np.nonzero(mask)):
+        keep = np.ones(len(seqs), dtype=bool)
+        for q in (t - 1, t + 1):
+            if 0 <= q < L and not mask[n, q]:
+                keep &= seqs[:, q] == tokens[n, q]
+        cond = np.bincount(seqs[keep, t], weights=prob[keep], minlength=V)
+        nll.append(-np.log(cond[tokens[n, t]] / cond.sum()))
+    assert chain.adjacent_loss(tokens, mask) == pytest.approx(np.mean(nll), rel=1e-12)
+    # the rule is the exact posterior when every masked token has visible neighbours
+    lone = np.zeros((6, L), dtype=bool)
+    lone[:, 2] = True
+    assert chain.adjacent_loss(tokens, lone) == pytest.approx(chain.bayes_loss(tokens, lone),
+                                                              rel=1e-12)
+
+
+def test_adjacent_loss_rejects_bad_input():
+    chain = rg.MarkovChain.lazy(4, 2.0)
+    tokens = chain.sample(3, 6, seed=0)
+    mask = np.zeros((3, 6), dtype=bool)
+    mask[:, 2] = True
+    for bad_t, bad_m, exc, match in [
+            (tokens.astype(float), mask, TypeError, "tokens must be an integer"),
+            (tokens[0], mask, ValueError, "tokens must have shape"),
+            (tokens + 4, mask, ValueError, r"tokens must lie in \[0, 4\)"),
+            (tokens, mask[:2], ValueError, "mask must have the shape"),
+            (tokens, mask * 2, TypeError, "mask must be a boolean"),
+            (tokens, np.zeros_like(mask), ValueError, "mask hides no token")]:
+        with pytest.raises(exc, match=match):
+            chain.adjacent_loss(bad_t, bad_m)
+    assert chain.adjacent_loss(tokens, mask.astype(np.uint8)) == chain.adjacent_loss(tokens, mask)
