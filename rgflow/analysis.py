@@ -183,7 +183,7 @@ def _positions(positions, length):
 
 
 def rank_profile(stream, level="position", positions=None, mask=None, detail=False,
-                 measure="erank", n_threads=None):
+                 measure="erank", n_threads=None, center=True):
     """Rank of the residual stream at every depth.
 
     Parameters
@@ -210,6 +210,8 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         Any measure of :func:`effective_rank` (with its defaults).
     n_threads : int or None
         As in :func:`effective_rank` (split over layers); the result does not depend on it.
+    center : bool
+        Centre every matrix's columns first (default), as in :func:`effective_rank`.
 
     Returns
     -------
@@ -229,18 +231,19 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         raise ValueError("level must be one of %s, got %r" % (", ".join(LEVELS), level))
     if level != "position" and (positions is not None or mask is not None or detail):
         raise ValueError("positions, mask and detail apply to level='position' only")
+    def measure_of(X):
+        return effective_rank(X, measure, center=center, n_threads=n_threads)
+
     if level == "pooled":
         check_memory(8.0 * s.shape[0] * s.shape[1] * s.shape[3],
                      "stream pooled over positions (float64)")
-        return effective_rank(s.mean(axis=2, dtype=np.float64), measure, n_threads=n_threads)
+        return measure_of(s.mean(axis=2, dtype=np.float64))
     if level == "stream":
         depth1, n, length, width = s.shape
-        return effective_rank(s.reshape(depth1, n, length * width), measure,
-                              n_threads=n_threads)
+        return measure_of(s.reshape(depth1, n, length * width))
     sel = _positions(positions, s.shape[2])
     if mask is None:
-        per = effective_rank(s[:, :, sel, :].transpose(0, 2, 1, 3), measure,
-                             n_threads=n_threads)
+        per = measure_of(s[:, :, sel, :].transpose(0, 2, 1, 3))
         per = np.asarray(per, dtype=np.float64)
         prof = per.mean(axis=1)
         return (prof, per) if detail else prof
@@ -254,7 +257,7 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         # rows differ per position, so each position is one batched call over the layers
         for g, rows in enumerate((m[:, p], ~m[:, p])):
             if rows.sum() >= 2:
-                out[g, :, k] = effective_rank(s[:, rows, p, :], measure, n_threads=n_threads)
+                out[g, :, k] = measure_of(s[:, rows, p, :])
     curves = [np.nanmean(o, axis=1) if np.any(~np.isnan(o)) else np.full(s.shape[0], np.nan)
               for o in out]
     return MaskedRankProfile(curves[0], curves[1], out[0] if detail else None,

@@ -117,6 +117,10 @@ class Result:
     ``cka_matrix`` (K+1, K+1); ``relevance["relevant_share"]`` and
     ``relevance["irrelevant_rank"]`` (K+1,). ``verdicts`` maps "collapse_all",
     "collapse_masked", "collapse_visible", "plateau" to :class:`findings.Verdict` dicts.
+    ``adjacent_ce`` is the adjacent-token rule's masked CE on the same batch; ``measures`` and
+    ``init`` are :func:`measure_stream` of the trained and the untrained network on it;
+    ``grad_norms`` has ``blocks`` (K,) and ``other`` (embeddings and head) gradient norms of
+    the held-out loss at the end of training.
     """
     config: Config
     history: dict
@@ -132,6 +136,10 @@ class Result:
     wall_time: float = 0.0
     extra: dict = field(default_factory=dict)
     computed_on: dict = field(default_factory=dict)  # rgflow.where_computed(); {} if older
+    adjacent_ce: float = None  # masked CE of the adjacent-token rule on the held-out batch
+    measures: dict = field(default_factory=dict)  # see measure_stream(); {} if older
+    init: dict = field(default_factory=dict)      # measure_stream() of the untrained network
+    grad_norms: dict = field(default_factory=dict)  # per-block gradient norm at the end
 
     def to_json(self):
         d = asdict(self)
@@ -173,7 +181,9 @@ def relevance_decomposition(stream, log_posterior, mask):
 
     Returns
     -------
-    dict of (depth+1,) lists: ``relevant_share``, the variance explained by the
+    dict of (depth+1,) lists: ``relevant_variance`` and ``irrelevant_variance``, the
+    variance per masked token (summed over width) explained by the log-posterior and left in
+    the residual, in absolute units; ``relevant_share``, the variance explained by the
     log-posterior summed over positions over the total variance (0 where there is none, as
     at layer 0, where every masked token has the same embedding); ``irrelevant_rank``, the
     effective rank of the regression residual (degrees of freedom the task does not need; 0
@@ -185,11 +195,12 @@ def relevance_decomposition(stream, log_posterior, mask):
     logp = np.asarray(log_posterior, dtype=np.float64)
     n_layers, V = s.shape[0], logp.shape[2]
     explained, total = np.zeros(n_layers), np.zeros(n_layers)
-    irrelevant, full = [], []
+    irrelevant, full, n_rows = [], [], 0
     for p in range(s.shape[2]):
         rows = np.flatnonzero(m[:, p])
         if rows.size < V + 2:
             continue
+        n_rows += rows.size
         P = logp[rows, p, :]
         P = P - P.mean(axis=0)
         X = s[:, rows, p, :].astype(np.float64)                  # (depth+1, n_p, width)
@@ -210,7 +221,63 @@ def relevance_decomposition(stream, log_posterior, mask):
     share = np.divide(explained, total, out=np.zeros(n_layers), where=total > 0)
     return {"relevant_share": share.tolist(),
             "irrelevant_rank": np.mean(irrelevant, axis=0).tolist(),
-            "total_rank": np.mean(full, axis=0).tolist()}
+            "total_rank": np.mean(full, axis=0).tolist(),
+            "relevant_variance": (explained / n_rows).tolist(),
+            "irrelevant_variance": ((total - explained) / n_rows).tolist()}
+
+
+# Every rank measure a run stores: name -> (effective_rank measure, centred)
+RANK_MEASURES = {"erank": ("erank", True), "erank_uncentered": ("erank", False),
+                 "participation": ("participation", True), "stable": ("stable", True),
+                 "numerical": ("numerical", True)}
+
+
+def measure_stream(stream, mask):
+    """Every measure of a residual stream on a masked batch.
+
+    Parameters
+    ----------
+    stream : (depth+1, n, length, width) residual stream. mask : (n, length) bool.
+
+    Returns
+    -------
+    dict: ``rank[measure][level]`` (depth+1,) lists for every measure of
+    :data:`RANK_MEASURES` and level in position (all positions), masked, visible, pooled,
+    stream; ``drift`` (depth,) stream-level and ``drift_masked`` (depth,) over the
+    representations of masked tokens; ``update`` (depth,) the relative size of each block's
+    update ``||z_{k+1} - z_k|| / ||z_k||`` (stream level, centred over sequences).
+    """
+    s = np.asarray(stream)
+    rank = {}
+    for name, (measure, center) in RANK_MEASURES.items():
+        split = rank_profile(s, "position", mask=mask, measure=measure, center=center)
+        rank[name] = {
+            "position": rank_profile(s, "position", measure=measure, center=center).tolist(),
+            "masked": split.masked.tolist(), "visible": split.visible.tolist(),
+            "pooled": rank_profile(s, "pooled", measure=measure, center=center).tolist(),
+            "stream": rank_profile(s, "stream", measure=measure, center=center).tolist()}
+    flat = s.reshape(s.shape[0], s.shape[1], -1).astype(np.float64)
+    flat -= flat.mean(axis=1, keepdims=True)
+    norms = np.sqrt((flat ** 2).sum(axis=(1, 2)))
+    steps = np.sqrt((np.diff(flat, axis=0) ** 2).sum(axis=(1, 2)))
+    update = np.divide(steps, norms[:-1], out=np.full(len(steps), np.nan), where=norms[:-1] > 0)
+    return {"rank": rank, "drift": drift_profile(s).tolist(),
+            "drift_masked": drift_profile(s[:, np.asarray(mask, dtype=bool)]).tolist(),
+            "update": update.tolist()}
+
+
+def _grad_norms(model, masked, tokens, mask):
+    """Gradient norm of the held-out loss per block (and of everything else)."""
+    _, grads = model.gradients(masked, tokens, mask)
+    blocks = np.zeros(model.depth)
+    other = 0.0
+    for name, g in grads.items():
+        sq = float(np.sum(g.astype(np.float64) ** 2))
+        if name.startswith("blocks."):
+            blocks[int(name.split(".")[1])] += sq
+        else:
+            other += sq
+    return {"blocks": np.sqrt(blocks).tolist(), "other": float(np.sqrt(other))}
 
 
 def run(config, progress=True):
@@ -252,6 +319,12 @@ def run(config, progress=True):
     cka = cka_matrix(stream).tolist()
     log_post = np.maximum(np.log(np.maximum(chain.posterior(masked, mask), 1e-300)), LOG_FLOOR)
     relevance = relevance_decomposition(stream, log_post, mask)
+    measures = measure_stream(stream, mask)
+    grad_norms = _grad_norms(model, masked, tokens, mask)
+    untrained = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
+                            block_ln=c.block_ln)
+    init = measure_stream(untrained.residual_stream(masked), mask)
+    del stream, untrained
 
     verdicts = {}
     if c.depth >= 2:
@@ -266,4 +339,6 @@ def run(config, progress=True):
     return Result(config=c, history=history, masked_ce=masked_ce, bayes_floor=floor,
                   unigram_entropy=unigram, learned=learned, profiles=profiles, drift=drift,
                   cka_matrix=cka, relevance=relevance, verdicts=verdicts,
-                  wall_time=time.perf_counter() - t0, computed_on=where_computed())
+                  wall_time=time.perf_counter() - t0, computed_on=where_computed(),
+                  adjacent_ce=float(chain.adjacent_loss(tokens, mask)), measures=measures,
+                  init=init, grad_norms=grad_norms)

@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = [
     "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
-    "collapse_crossover",
+    "collapse_crossover", "gate", "interval", "compare", "GATE_EXCESS",
     "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
     "LEARNED_MIN",
 ]
@@ -38,6 +38,8 @@ SPEARMAN_MAX = -0.9        # depth and rank strongly anti-correlated
 PLATEAU_TOP2_SHARE = 0.60  # two transitions carry at least 60% of the drift
 PLATEAU_REST_MAX = 0.10    # every other transition at most 10% of the largest
 LEARNED_MIN = 0.80         # runs must close 80% of the unigram-to-Bayes gap
+GATE_EXCESS = 0.02         # nats above the Bayes floor a run may stay (see gate())
+CONFIDENCE = 0.95          # intervals: t-based for a mean, Welch for a difference
 
 HOLDS, FAILS, UNDERTRAINED = "holds", "fails", "undertrained"
 
@@ -251,3 +253,82 @@ def collapse_crossover(xis, ratios, threshold=None):
             t = (threshold - r[i]) / (r[i + 1] - r[i])
             return float(np.exp(x[i] + t * (x[i + 1] - x[i])))
     return None
+
+
+def gate(masked_ce, bayes_floor, adjacent_ce, excess_max=None):
+    """The training gate in nats: is a run good enough to count as evidence?
+
+    A run passes when its held-out masked CE is within ``excess_max`` (default
+    :data:`GATE_EXCESS`) nats of the exact Bayes floor *and* below the CE of the adjacent-token
+    lookup rule (:meth:`MarkovChain.adjacent_loss`) on the same batch: a network that does not
+    beat two-token lookup has not learned the task the claims are about.
+
+    Returns a dict: ``excess`` (CE - floor), ``adjacent_margin`` (adjacent CE - CE, > 0 when
+    the network beats the rule), ``passed``.
+
+    >>> gate(1.58, 1.57, 1.584)
+    {'excess': 0.01, 'adjacent_margin': 0.004, 'passed': True}
+    >>> gate(1.60, 1.57, 1.584)["passed"]
+    False
+    """
+    excess_max = GATE_EXCESS if excess_max is None else float(excess_max)
+    excess = round(float(masked_ce) - float(bayes_floor), 12)
+    margin = round(float(adjacent_ce) - float(masked_ce), 12)
+    return {"excess": excess, "adjacent_margin": margin,
+            "passed": bool(excess <= excess_max and margin > 0)}
+
+
+def _t_quantile(df, confidence):
+    from scipy import stats
+    return float(stats.t.ppf(0.5 + confidence / 2, df))
+
+
+def interval(values, confidence=None):
+    """Mean of ``values`` with its t-based confidence interval.
+
+    Returns a dict ``n``, ``mean``, ``sd`` (sample SD), ``lo``, ``hi`` (``lo = hi = mean`` for
+    one value: no interval can be given, and ``sd`` is NaN).
+
+    >>> r = interval([1.0, 2.0, 3.0]); r["mean"], round(r["lo"], 4), round(r["hi"], 4)
+    (2.0, -0.4841, 4.4841)
+    """
+    confidence = CONFIDENCE if confidence is None else confidence
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError("values must be a non-empty 1-D sequence of finite numbers")
+    mean = float(v.mean())
+    if v.size == 1:
+        return {"n": 1, "mean": mean, "sd": float("nan"), "lo": mean, "hi": mean}
+    sd = float(v.std(ddof=1))
+    half = _t_quantile(v.size - 1, confidence) * sd / float(np.sqrt(v.size))
+    return {"n": int(v.size), "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+
+
+def compare(a, b, confidence=None):
+    """Difference of means ``mean(b) - mean(a)`` with a Welch confidence interval and Hedges'
+    g (the standardised difference with its small-sample correction).
+
+    Returns a dict ``diff``, ``lo``, ``hi``, ``df`` (Welch-Satterthwaite), ``hedges_g``,
+    ``n_a``, ``n_b``. Needs at least 2 values on each side.
+
+    >>> r = compare([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]); r["diff"], round(r["hedges_g"], 4)
+    (1.0, 0.8)
+    """
+    confidence = CONFIDENCE if confidence is None else confidence
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2 or \
+            not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("compare needs two 1-D sequences of >= 2 finite values each")
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    diff = float(y.mean() - x.mean())
+    se = float(np.sqrt(va + vb))
+    df = float((va + vb) ** 2 / (va ** 2 / (x.size - 1) + vb ** 2 / (y.size - 1))) \
+        if se > 0 else float("inf")
+    half = _t_quantile(df, confidence) * se if se > 0 else 0.0
+    pooled = float(np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1))
+                     / (x.size + y.size - 2)))
+    n = x.size + y.size
+    correction = 1.0 - 3.0 / (4.0 * n - 9.0)
+    g = float(diff / pooled * correction) if pooled > 0 else float("nan")
+    return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": df, "hedges_g": g,
+            "n_a": int(x.size), "n_b": int(y.size)}

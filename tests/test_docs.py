@@ -5,7 +5,8 @@ import importlib
 import pytest
 
 MODULES = ["rgflow", "rgflow.chains", "rgflow.findings", "rgflow.model", "rgflow.train",
-           "rgflow.analysis", "rgflow.plot", "rgflow.experiments", "rgflow.sweep", "rgflow.torch_ref", "rgflow.report"]
+           "rgflow.analysis", "rgflow.plot", "rgflow.experiments", "rgflow.sweep", "rgflow.torch_ref", "rgflow.report",
+           "rgflow.runtime"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -100,3 +100,43 @@ def test_sweep_threads_do_not_leak_into_the_caller(tmp_path):
         assert rg.get_num_threads() == 2
     finally:
         rg.set_num_threads(before)
+
+
+def test_measure_stream_on_known_answers():
+    """Layers that are scaled copies: every block doubles the stream, so the relative update is
+    exactly 1, the drift 0 at both levels, and each rank measure is the same at every layer
+    (the scale-invariant ones) and equals rgflow's own rank_profile."""
+    from rgflow.experiments import RANK_MEASURES, measure_stream
+    rng = np.random.default_rng(0)
+    z0 = rng.standard_normal((200, 6, 5))
+    stream = np.stack([z0 * 2.0 ** k for k in range(4)])
+    mask = rng.random((200, 6)) < 0.3
+    out = measure_stream(stream, mask)
+    np.testing.assert_allclose(out["update"], 1.0, rtol=1e-12)
+    np.testing.assert_allclose(out["drift"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(out["drift_masked"], 0.0, atol=1e-12)
+    assert set(out["rank"]) == set(RANK_MEASURES)
+    for name in ("erank", "participation", "stable", "numerical"):
+        for level, prof in out["rank"][name].items():
+            np.testing.assert_allclose(prof, prof[0], rtol=1e-10)
+    assert out["rank"]["stable"]["stream"][0] == pytest.approx(
+        rg.rank_profile(stream, "stream", measure="stable")[0], rel=1e-12)
+    uncentred = rg.rank_profile(stream, "pooled", center=False)
+    assert out["rank"]["erank_uncentered"]["pooled"] == pytest.approx(uncentred.tolist())
+
+
+def test_relevance_variances_add_up():
+    rng = np.random.default_rng(1)
+    n, length, V, width = 400, 3, 4, 6
+    logp = np.log(rng.dirichlet(np.ones(V), size=(n, length)))
+    mask = rng.random((n, length)) < 0.5
+    stream = rng.standard_normal((2, n, length, width))
+    stream[1] += logp @ rng.standard_normal((V, width))   # layer 1 carries the posterior
+    out = relevance_decomposition(stream, logp, mask)
+    total = []
+    for layer in range(2):
+        parts = [stream[layer, mask[:, p], p] for p in range(length)]
+        total.append(sum(((x - x.mean(0)) ** 2).sum() for x in parts) / mask.sum())
+    np.testing.assert_allclose(np.add(out["relevant_variance"], out["irrelevant_variance"]),
+                               total, rtol=1e-12)
+    assert out["relevant_variance"][1] > 5 * out["relevant_variance"][0]

@@ -72,3 +72,29 @@ def test_plateau_cases():
 def test_profiles_are_validated(bad):
     with pytest.raises(ValueError):
         F.monotone_collapse(bad)
+
+
+def test_gate_interval_and_compare_against_scipy():
+    from scipy import stats
+    from rgflow.findings import compare, gate, interval
+    assert gate(1.60, 1.58, 1.61) == {"excess": 0.02, "adjacent_margin": 0.01, "passed": True}
+    assert not gate(1.6001, 1.58, 1.61)["passed"]            # above the floor by > 0.02
+    assert not gate(1.59, 1.58, 1.585)["passed"]             # worse than the adjacent rule
+    assert gate(1.59, 1.58, 1.585, excess_max=0.5)["adjacent_margin"] == -0.005
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.0, 1.0, 10), rng.normal(0.4, 2.0, 13)
+    r = interval(a)
+    lo, hi = stats.t.interval(0.95, 9, loc=a.mean(), scale=stats.sem(a))
+    assert (r["lo"], r["hi"]) == pytest.approx((lo, hi), rel=1e-12)
+    c = compare(a, b)
+    t = stats.ttest_ind(b, a, equal_var=False)
+    ci = t.confidence_interval(0.95)
+    assert (c["lo"], c["hi"], c["df"]) == pytest.approx((ci.low, ci.high, t.df), rel=1e-10)
+    sp = np.sqrt((9 * a.var(ddof=1) + 12 * b.var(ddof=1)) / 21)
+    assert c["hedges_g"] == pytest.approx((b.mean() - a.mean()) / sp * (1 - 3 / (4 * 23 - 9)))
+    assert interval([2.5])["lo"] == 2.5 and np.isnan(interval([2.5])["sd"])
+    for bad in ([], [np.nan, 1.0]):
+        with pytest.raises(ValueError):
+            interval(bad)
+    with pytest.raises(ValueError):
+        compare([1.0], [1.0, 2.0])
