@@ -15,6 +15,11 @@ __all__ = ["MarkovChain", "mask_tokens"]
 ROW_SUM_TOL = 1e-9
 # |lambda_2| within this of 1 (or of 0) is treated as exactly 1 (or 0) by correlation_length.
 SPECTRAL_TOL = 1e-12
+# Detailed balance is accepted when pi_i T_ij and pi_j T_ji agree to this relative tolerance on
+# every pair (|log of their ratio| <= REVERSIBLE_TOL): the symmetric eigensolver then returns
+# the spectrum of T to within REVERSIBLE_TOL / 2 (below SPECTRAL_TOL), while chains built
+# reversible in float64 (lazy, random, birth-death) balance to ~1e-15 and pass.
+REVERSIBLE_TOL = 1e-12
 
 
 def _lam_from_xi(xi):
@@ -169,23 +174,53 @@ class MarkovChain:
         return self._pi
 
     @property
-    def eigenvalues(self):
-        """(V,) complex128 eigenvalues of ``transition`` (LAPACK dgeev), by decreasing modulus.
+    def reversible(self):
+        """True if ``transition`` satisfies detailed balance within ``REVERSIBLE_TOL`` = 1e-12.
 
-        Ties in modulus are ordered by decreasing real part, then imaginary part."""
+        That is: ``T[i, j] > 0`` exactly when ``T[j, i] > 0``, and ``pi_i T[i, j]`` and
+        ``pi_j T[j, i]`` agree to relative 1e-12 for every pair. The check builds the weights
+        pi in log space along a spanning tree of the transition graph, so neither their spread
+        nor underflow matters and its own rounding stays ~1e-16 per pair; birth-death chains
+        (whose graph is a path) always pass, a chain with transient states never does.
+        Decides how ``eigenvalues`` are computed.
+        """
+        self._spectrum()
+        return self._reversible
+
+    @property
+    def eigenvalues(self):
+        """(V,) complex128 eigenvalues of ``transition``, by decreasing modulus.
+
+        Ties in modulus are ordered by decreasing real part, then imaginary part.
+
+        If the chain is ``reversible``, they are the eigenvalues of the symmetric matrix
+        ``D^1/2 T D^-1/2`` (D = diag(pi); formed as ``sqrt(T[i, j] T[j, i])`` off the diagonal,
+        with no division by a tiny pi) from LAPACK dsyevd: real (zero imaginary part), accurate
+        to ~1e-15 however widely pi is spread, and within ``REVERSIBLE_TOL / 2`` of the exact
+        spectrum of ``transition``. Otherwise LAPACK dgeev on ``transition``: backward stable,
+        but its error is rounding times each eigenvalue's condition number, which can be huge
+        for non-normal T. That is the limit for non-reversible chains: accurate when T is well
+        conditioned (e.g. close to normal), unreliable when it is as non-normal as a reversible
+        chain with a widely spread pi (dgeev gives a birth-death chain whose pi spans 100
+        orders of magnitude xi = 11.77 instead of 6.0756, and imaginary parts up to 0.34).
+        """
+        self._spectrum()
+        return self._eigenvalues
+
+    def _spectrum(self):
         if self._eigenvalues is None:
-            ev = _core.chain_eigenvalues(self._T)
+            ev, reversible = _core.chain_eigenvalues(self._T, REVERSIBLE_TOL)
             order = np.lexsort((-ev.imag, -ev.real, -np.abs(ev)))
             ev = ev[order]
             ev.setflags(write=False)
-            self._eigenvalues = ev
-        return self._eigenvalues
+            self._eigenvalues, self._reversible = ev, reversible
 
     @property
     def correlation_length(self):
         """xi = -1 / ln|lambda_2|: inf when |lambda_2| = 1, 0 when lambda_2 = 0.
 
-        |lambda_2| within 1e-12 of 1 or 0 counts as exactly 1 or 0 (rounding in dgeev)."""
+        |lambda_2| within 1e-12 of 1 or 0 counts as exactly 1 or 0 (rounding in the
+        eigensolver). lambda_2 is the second of ``eigenvalues``, so its accuracy is theirs."""
         mod = abs(self.eigenvalues[1])
         if mod >= 1.0 - SPECTRAL_TOL:
             return float("inf")
