@@ -20,17 +20,22 @@ SPECTRAL_TOL = 1e-12
 # the spectrum of T to within REVERSIBLE_TOL / 2 (below SPECTRAL_TOL), while chains built
 # reversible in float64 (lazy, random, birth-death) balance to ~1e-15 and pass.
 REVERSIBLE_TOL = 1e-12
+# Largest accepted xi: at xi ~ 1 / SPECTRAL_TOL, lambda_2 = exp(-1/xi) is within SPECTRAL_TOL of
+# 1 and correlation_length reads inf; a factor 10 below keeps the reported xi finite (and
+# accurate to ~xi * 1e-16 relative, the rounding of lambda_2).
+XI_MAX = 0.1 / SPECTRAL_TOL
 
 
 def _lam_from_xi(xi):
-    xi = as_real(xi, "xi", low=0.0)
-    if xi == float("inf"):
-        raise ValueError("xi must be finite: a chain with correlation length inf has no unique "
-                         "stationary law")
-    lam = 0.0 if xi == 0.0 else float(np.exp(-1.0 / xi))
-    if lam == 1.0:  # else the chain would be the identity, with V closed classes
-        raise ValueError("xi = %r is too large: exp(-1/xi) rounds to 1 in float64" % xi)
-    return lam
+    """lambda_2 = exp(-1/xi) for xi in [0, XI_MAX]; inf and every xi above XI_MAX are rejected
+    alike, since no float64 chain reports such a correlation length (inf itself would be the
+    identity, with V closed classes)."""
+    xi = as_real(xi, "xi", low=0.0)  # NaN, negative
+    if not xi <= XI_MAX:
+        raise ValueError("xi must be at most %.0e, got %r: a float64 chain cannot represent a "
+                         "longer correlation length (|lambda_2| within %.0e of 1 reads as "
+                         "xi = inf)" % (XI_MAX, xi, SPECTRAL_TOL))
+    return 0.0 if xi == 0.0 else float(np.exp(-1.0 / xi))
 
 
 def _n_states(n_states, copies):
@@ -108,7 +113,8 @@ class MarkovChain:
         """``lam * I + (1 - lam) * 1 pi^T`` with ``lam = exp(-1/xi)``.
 
         Every non-trivial eigenvalue equals ``lam``, so the correlation length is exactly
-        ``xi``. ``xi = 0`` gives i.i.d. tokens drawn from ``stationary`` (uniform by default).
+        ``xi``, in [0, ``XI_MAX`` = 1e11] (beyond, float64 cannot tell ``lam`` from 1).
+        ``xi = 0`` gives i.i.d. tokens drawn from ``stationary`` (uniform by default).
 
         >>> MarkovChain.lazy(n_states=8, xi=1.0).correlation_length
         1.0...
@@ -126,7 +132,8 @@ class MarkovChain:
         Built as ``T = a (b I + (1 - b) S) + (1 - a) 1 pi^T`` with ``S`` a random chain
         reversible w.r.t. ``pi`` (so its spectrum is real and, with probability one, simple),
         ``a, b`` in [0, 1] chosen so that every non-trivial eigenvalue is non-negative and the
-        largest is exactly ``exp(-1/xi)``. ``pi`` is drawn from Dirichlet(5, ..., 5) unless given.
+        largest is exactly ``exp(-1/xi)``, ``xi`` in [0, ``XI_MAX`` = 1e11]. ``pi`` is drawn from
+        Dirichlet(5, ..., 5) unless given.
 
         >>> chain = MarkovChain.random(n_states=8, xi=7.0, seed=3)
         >>> abs(chain.correlation_length - 7.0) < 1e-9

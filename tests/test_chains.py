@@ -213,6 +213,19 @@ def test_reversibility_decision():
     assert _core.chain_eigenvalues(base, float("nan"))[1] is False
 
 
+def test_xi_beyond_float64_is_rejected_like_inf():
+    # lam = exp(-1/xi) within SPECTRAL_TOL of 1 reads as xi = inf: 1e13 used to be accepted
+    # (and reported inf) while inf was rejected
+    for make in (rg.MarkovChain.lazy, rg.MarkovChain.random):
+        for xi in (float("inf"), 1e13, 2 * rg.chains.XI_MAX):
+            with pytest.raises(ValueError, match="xi must be at most 1e\\+11"):
+                make(4, xi)
+        chain = make(4, rg.chains.XI_MAX)
+        assert chain.correlation_length == pytest.approx(1e11, rel=1e-5)
+    with pytest.raises(ValueError, match="xi"):
+        rg.experiments.Config(xi=1e13)
+
+
 def test_entropy_rate_and_unigram_entropy():
     chain = rg.MarkovChain([[0.9, 0.1], [0.2, 0.8]])
     pi = np.array([2 / 3, 1 / 3])
