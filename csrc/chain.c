@@ -145,13 +145,92 @@ exit:
     return status;
 }
 
-int rg_chain_eigenvalues(const double *T, int64_t V, double *re, double *im, int64_t *info)
+/* a + b = *s + *e exactly (Knuth's TwoSum; no FMA involved, so contraction cannot break it). */
+static inline void two_sum(double a, double b, double *s, double *e)
 {
+    double x = a + b, z = x - a;
+    *s = x;
+    *e = (a - (x - z)) + (b - z);
+}
+
+/* log(a / b) for a, b > 0: within about an ulp of the result plus 1e-16 when a / b is a normal
+ * number; a difference of logs (less accurate) only when the quotient over- or underflows. */
+static double log_ratio(double a, double b)
+{
+    double r = a / b;
+    return isnormal(r) ? log(r) : log(a) - log(b);
+}
+
+int rg_chain_reversible(const double *T, int64_t V, double tol, int *reversible)
+{
+    /* h = log w as an unevaluated sum hi + lo: |log w| reaches ~700 when pi spans 300 orders
+     * of magnitude, and plain sums along a path of V states would then round to ~V * 1e-13,
+     * more than tol; the double-double keeps the check's rounding at ~1e-16 per pair. */
+    double *hi = malloc(sizeof(double) * (size_t)(2 * V));
+    int64_t *queue = malloc(sizeof(int64_t) * (size_t)V);
+    uint8_t *seen = calloc((size_t)V, 1);
+    if (!hi || !queue || !seen) {
+        free(hi); free(queue); free(seen);
+        return RG_ERR_NOMEM;
+    }
+    double *lo = hi + V;
+    int ok = 1;
+    for (int64_t root = 0; root < V && ok; root++) {
+        if (seen[root]) continue;
+        int64_t head = 0, tail = 0;
+        seen[root] = 1; hi[root] = lo[root] = 0.0;
+        queue[tail++] = root;
+        while (head < tail && ok) {
+            int64_t i = queue[head++];
+            for (int64_t j = 0; j < V; j++) {
+                double a = T[i * V + j], b = T[j * V + i];
+                if (j == i || (a == 0.0 && b == 0.0)) continue;
+                if (a == 0.0 || b == 0.0) { ok = 0; break; } /* a one-way transition */
+                /* w_i T_ij = w_j T_ji  <=>  h_j = h_i + log(T_ij / T_ji) */
+                double s, e;
+                two_sum(hi[i], log_ratio(a, b), &s, &e);
+                e += lo[i];
+                if (!seen[j]) { /* tree edge: defines h_j */
+                    seen[j] = 1;
+                    hi[j] = s + e;
+                    lo[j] = e - (hi[j] - s);
+                    queue[tail++] = j;
+                } else if (!(fabs((s - hi[j]) + (e - lo[j])) <= tol)) {
+                    ok = 0; /* (s - hi[j] is exact when the pair balances: Sterbenz) */
+                    break;
+                }
+            }
+        }
+    }
+    free(hi); free(queue); free(seen);
+    *reversible = ok;
+    return RG_OK;
+}
+
+int rg_chain_eigenvalues(const double *T, int64_t V, double tol, double *re, double *im,
+                         int *symmetric, int64_t *info)
+{
+    *info = 0;
+    int status = rg_chain_reversible(T, V, tol, symmetric);
+    if (status != RG_OK) return status;
     double *A = malloc(sizeof(double) * (size_t)(V * V));
     if (!A) return RG_ERR_NOMEM;
-    memcpy(A, T, sizeof(double) * (size_t)(V * V));
-    lapack_int rc = RG_BLAS(LAPACKE_dgeev)(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)V, A,
-                                           (lapack_int)V, re, im, NULL, 1, NULL, 1);
+    lapack_int rc;
+    if (*symmetric) {
+        /* sqrt(T_ij) sqrt(T_ji), not sqrt(T_ij T_ji): the product of two tiny entries would
+         * underflow; and A is exactly symmetric since the two factors commute */
+        for (int64_t i = 0; i < V; i++)
+            for (int64_t j = 0; j < V; j++)
+                A[i * V + j] = i == j ? T[i * V + i] : sqrt(T[i * V + j]) * sqrt(T[j * V + i]);
+        /* column-major: the same matrix (symmetric), and LAPACKE makes no transposed copy */
+        rc = RG_BLAS(LAPACKE_dsyevd)(LAPACK_COL_MAJOR, 'N', 'U', (lapack_int)V, A,
+                                     (lapack_int)V, re);
+        for (int64_t k = 0; k < V; k++) im[k] = 0.0;
+    } else {
+        memcpy(A, T, sizeof(double) * (size_t)(V * V));
+        rc = RG_BLAS(LAPACKE_dgeev)(LAPACK_ROW_MAJOR, 'N', 'N', (lapack_int)V, A, (lapack_int)V,
+                                    re, im, NULL, 1, NULL, 1);
+    }
     free(A);
     *info = rc;
     return rc == 0 ? RG_OK : RG_ERR_LAPACK;

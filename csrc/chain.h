@@ -23,8 +23,24 @@ int rg_chain_validate(const double *T, int64_t V, double tol,
 int rg_chain_stationary(const double *T, int64_t V, double *pi,
                         int64_t *n_closed, int64_t example[2]);
 
-/* Eigenvalues of T (LAPACK dgeev), unsorted.  *info gets LAPACK's info on failure. */
-int rg_chain_eigenvalues(const double *T, int64_t V, double *re, double *im, int64_t *info);
+/* Detailed balance within tol: *reversible = 1 iff T[i,j] > 0 <=> T[j,i] > 0 for all i != j and
+ * there are weights w > 0 with |log(w_i T[i,j] / (w_j T[j,i]))| <= tol on every such pair (the
+ * products agree to relative ~tol).  w is built in log space along a spanning tree of each
+ * connected component (Kolmogorov's criterion then reduces to the non-tree pairs), so no weight
+ * underflows however widely the stationary law is spread; a NaN tol accepts nothing. */
+int rg_chain_reversible(const double *T, int64_t V, double tol, int *reversible);
+
+/* Eigenvalues of T, unsorted.  If rg_chain_reversible(T, V, tol) holds (*symmetric = 1), they are
+ * those of the symmetric S[i,j] = sqrt(T[i,j] T[j,i]), S[i,i] = T[i,i] (= D^1/2 T D^-1/2 for an
+ * exactly reversible T, D = diag(w)), by LAPACK dsyevd: real (im = 0), accurate to ~1e-15
+ * absolute for any spread of the stationary law; and every eigenvalue of T lies within
+ * ~tol/2 of one of them (Bauer-Fike in the D^1/2 basis, where the deviation of T from the
+ * reversible matrix D^-1/2 S D^1/2 is entrywise at most ~tol/2 times S).  Otherwise
+ * (*symmetric = 0) LAPACK dgeev on T: backward stable, but the eigenvalue error is rounding
+ * times the eigenvalue's condition number, which for non-normal T can be huge (up to
+ * sqrt(max w / min w) for nearly reversible chains).  *info gets LAPACK's info on failure. */
+int rg_chain_eigenvalues(const double *T, int64_t V, double tol, double *re, double *im,
+                         int *symmetric, int64_t *info);
 
 /* Inverse-CDF tables for sampling: thr is (V+1) x V, rows 0..V-1 for T, row V for the initial
  * law.  thr[r*V + j] = round(2^32 * sum_{k<=j} p_k), the last column forced to 2^32: a 32-bit

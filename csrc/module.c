@@ -442,7 +442,8 @@ exit:
 static PyObject *py_chain_eigenvalues(PyObject *self, PyObject *args)
 {
     PyObject *T_obj, *result = NULL;
-    if (!PyArg_ParseTuple(args, "O:chain_eigenvalues", &T_obj)) return NULL;
+    double tol;
+    if (!PyArg_ParseTuple(args, "Od:chain_eigenvalues", &T_obj, &tol)) return NULL;
     PyArrayObject *T = transition_arg(T_obj, 1e-9), *ev = NULL;
     if (!T) return NULL;
     int64_t V = PyArray_DIM(T, 0), info = 0;
@@ -450,18 +451,19 @@ static PyObject *py_chain_eigenvalues(PyObject *self, PyObject *args)
     ev = (PyArrayObject *)PyArray_SimpleNew(1, dims, NPY_COMPLEX128);
     double *re = PyMem_Malloc(sizeof(double) * 2 * (size_t)V);
     if (!ev || !re) { if (!re) PyErr_NoMemory(); goto exit; }
-    int status;
+    int status, symmetric = 0;
     Py_BEGIN_ALLOW_THREADS
-    status = rg_chain_eigenvalues(PyArray_DATA(T), V, re, re + V, &info);
+    status = rg_chain_eigenvalues(PyArray_DATA(T), V, tol, re, re + V, &symmetric, &info);
     Py_END_ALLOW_THREADS
-    if (status != RG_OK) {
-        rg_error(PyExc_RuntimeError, "LAPACK dgeev failed (info = %lld)", (long long)info);
+    if (status == RG_ERR_LAPACK) {
+        rg_error(PyExc_RuntimeError, "LAPACK %s failed (info = %lld)",
+                 symmetric ? "dsyevd" : "dgeev", (long long)info);
         goto exit;
     }
+    if (status != RG_OK) { raise_status(status, "transition"); goto exit; }
     double *z = PyArray_DATA(ev);
     for (int64_t j = 0; j < V; j++) { z[2 * j] = re[j]; z[2 * j + 1] = re[V + j]; }
-    result = (PyObject *)ev;
-    ev = NULL;
+    result = Py_BuildValue("(OO)", (PyObject *)ev, symmetric ? Py_True : Py_False);
 exit:
     PyMem_Free(re);
     Py_DECREF(T);
@@ -1453,7 +1455,8 @@ static PyMethodDef methods[] = {
     {"chain_stationary", py_chain_stationary, METH_VARARGS,
      "chain_stationary(transition) -> (V,) float64 stationary law (GTH)."},
     {"chain_eigenvalues", py_chain_eigenvalues, METH_VARARGS,
-     "chain_eigenvalues(transition) -> (V,) complex128, unsorted (LAPACK dgeev)."},
+     "chain_eigenvalues(transition, tol) -> ((V,) complex128 unsorted, reversible): LAPACK "
+     "dsyevd if detailed balance holds within tol, else dgeev."},
     {"chain_sample", (PyCFunction)(void (*)(void))py_chain_sample, METH_VARARGS | METH_KEYWORDS,
      "chain_sample(transition, stationary, n, length, seed, first=0) -> (n, length) int32."},
     {"mask_tokens", (PyCFunction)(void (*)(void))py_mask_tokens, METH_VARARGS | METH_KEYWORDS,

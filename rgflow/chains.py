@@ -15,17 +15,27 @@ __all__ = ["MarkovChain", "mask_tokens"]
 ROW_SUM_TOL = 1e-9
 # |lambda_2| within this of 1 (or of 0) is treated as exactly 1 (or 0) by correlation_length.
 SPECTRAL_TOL = 1e-12
+# Detailed balance is accepted when pi_i T_ij and pi_j T_ji agree to this relative tolerance on
+# every pair (|log of their ratio| <= REVERSIBLE_TOL): the symmetric eigensolver then returns
+# the spectrum of T to within REVERSIBLE_TOL / 2 (below SPECTRAL_TOL), while chains built
+# reversible in float64 (lazy, random, birth-death) balance to ~1e-15 and pass.
+REVERSIBLE_TOL = 1e-12
+# Largest accepted xi: at xi ~ 1 / SPECTRAL_TOL, lambda_2 = exp(-1/xi) is within SPECTRAL_TOL of
+# 1 and correlation_length reads inf; a factor 10 below keeps the reported xi finite (and
+# accurate to ~xi * 1e-16 relative, the rounding of lambda_2).
+XI_MAX = 0.1 / SPECTRAL_TOL
 
 
 def _lam_from_xi(xi):
-    xi = as_real(xi, "xi", low=0.0)
-    if xi == float("inf"):
-        raise ValueError("xi must be finite: a chain with correlation length inf has no unique "
-                         "stationary law")
-    lam = 0.0 if xi == 0.0 else float(np.exp(-1.0 / xi))
-    if lam == 1.0:  # else the chain would be the identity, with V closed classes
-        raise ValueError("xi = %r is too large: exp(-1/xi) rounds to 1 in float64" % xi)
-    return lam
+    """lambda_2 = exp(-1/xi) for xi in [0, XI_MAX]; inf and every xi above XI_MAX are rejected
+    alike, since no float64 chain reports such a correlation length (inf itself would be the
+    identity, with V closed classes)."""
+    xi = as_real(xi, "xi", low=0.0)  # NaN, negative
+    if not xi <= XI_MAX:
+        raise ValueError("xi must be at most %.0e, got %r: a float64 chain cannot represent a "
+                         "longer correlation length (|lambda_2| within %.0e of 1 reads as "
+                         "xi = inf)" % (XI_MAX, xi, SPECTRAL_TOL))
+    return 0.0 if xi == 0.0 else float(np.exp(-1.0 / xi))
 
 
 def _n_states(n_states, copies):
@@ -103,7 +113,8 @@ class MarkovChain:
         """``lam * I + (1 - lam) * 1 pi^T`` with ``lam = exp(-1/xi)``.
 
         Every non-trivial eigenvalue equals ``lam``, so the correlation length is exactly
-        ``xi``. ``xi = 0`` gives i.i.d. tokens drawn from ``stationary`` (uniform by default).
+        ``xi``, in [0, ``XI_MAX`` = 1e11] (beyond, float64 cannot tell ``lam`` from 1).
+        ``xi = 0`` gives i.i.d. tokens drawn from ``stationary`` (uniform by default).
 
         >>> MarkovChain.lazy(n_states=8, xi=1.0).correlation_length
         1.0...
@@ -121,7 +132,8 @@ class MarkovChain:
         Built as ``T = a (b I + (1 - b) S) + (1 - a) 1 pi^T`` with ``S`` a random chain
         reversible w.r.t. ``pi`` (so its spectrum is real and, with probability one, simple),
         ``a, b`` in [0, 1] chosen so that every non-trivial eigenvalue is non-negative and the
-        largest is exactly ``exp(-1/xi)``. ``pi`` is drawn from Dirichlet(5, ..., 5) unless given.
+        largest is exactly ``exp(-1/xi)``, ``xi`` in [0, ``XI_MAX`` = 1e11]. ``pi`` is drawn from
+        Dirichlet(5, ..., 5) unless given.
 
         >>> chain = MarkovChain.random(n_states=8, xi=7.0, seed=3)
         >>> abs(chain.correlation_length - 7.0) < 1e-9
@@ -169,23 +181,53 @@ class MarkovChain:
         return self._pi
 
     @property
-    def eigenvalues(self):
-        """(V,) complex128 eigenvalues of ``transition`` (LAPACK dgeev), by decreasing modulus.
+    def reversible(self):
+        """True if ``transition`` satisfies detailed balance within ``REVERSIBLE_TOL`` = 1e-12.
 
-        Ties in modulus are ordered by decreasing real part, then imaginary part."""
+        That is: ``T[i, j] > 0`` exactly when ``T[j, i] > 0``, and ``pi_i T[i, j]`` and
+        ``pi_j T[j, i]`` agree to relative 1e-12 for every pair. The check builds the weights
+        pi in log space along a spanning tree of the transition graph, so neither their spread
+        nor underflow matters and its own rounding stays ~1e-16 per pair; birth-death chains
+        (whose graph is a path) always pass, a chain with transient states never does.
+        Decides how ``eigenvalues`` are computed.
+        """
+        self._spectrum()
+        return self._reversible
+
+    @property
+    def eigenvalues(self):
+        """(V,) complex128 eigenvalues of ``transition``, by decreasing modulus.
+
+        Ties in modulus are ordered by decreasing real part, then imaginary part.
+
+        If the chain is ``reversible``, they are the eigenvalues of the symmetric matrix
+        ``D^1/2 T D^-1/2`` (D = diag(pi); formed as ``sqrt(T[i, j] T[j, i])`` off the diagonal,
+        with no division by a tiny pi) from LAPACK dsyevd: real (zero imaginary part), accurate
+        to ~1e-15 however widely pi is spread, and within ``REVERSIBLE_TOL / 2`` of the exact
+        spectrum of ``transition``. Otherwise LAPACK dgeev on ``transition``: backward stable,
+        but its error is rounding times each eigenvalue's condition number, which can be huge
+        for non-normal T. That is the limit for non-reversible chains: accurate when T is well
+        conditioned (e.g. close to normal), unreliable when it is as non-normal as a reversible
+        chain with a widely spread pi (dgeev gives a birth-death chain whose pi spans 100
+        orders of magnitude xi = 11.77 instead of 6.0756, and imaginary parts up to 0.34).
+        """
+        self._spectrum()
+        return self._eigenvalues
+
+    def _spectrum(self):
         if self._eigenvalues is None:
-            ev = _core.chain_eigenvalues(self._T)
+            ev, reversible = _core.chain_eigenvalues(self._T, REVERSIBLE_TOL)
             order = np.lexsort((-ev.imag, -ev.real, -np.abs(ev)))
             ev = ev[order]
             ev.setflags(write=False)
-            self._eigenvalues = ev
-        return self._eigenvalues
+            self._eigenvalues, self._reversible = ev, reversible
 
     @property
     def correlation_length(self):
         """xi = -1 / ln|lambda_2|: inf when |lambda_2| = 1, 0 when lambda_2 = 0.
 
-        |lambda_2| within 1e-12 of 1 or 0 counts as exactly 1 or 0 (rounding in dgeev)."""
+        |lambda_2| within 1e-12 of 1 or 0 counts as exactly 1 or 0 (rounding in the
+        eigensolver). lambda_2 is the second of ``eigenvalues``, so its accuracy is theirs."""
         mod = abs(self.eigenvalues[1])
         if mod >= 1.0 - SPECTRAL_TOL:
             return float("inf")

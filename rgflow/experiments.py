@@ -17,7 +17,7 @@ import numpy as np
 from . import findings
 from ._util import as_count, as_real
 from .analysis import cka_matrix, drift_profile, effective_rank, rank_profile
-from .chains import MarkovChain
+from .chains import XI_MAX, MarkovChain
 from .model import ResidualMLP
 from .runtime import where_computed
 from .train import _eval_batch, train
@@ -77,7 +77,7 @@ class Config:
             as_count(getattr(self, name), name)
         for name in ("chain_seed", "seed", "warmup"):
             as_count(getattr(self, name), name, minimum=0)
-        as_real(self.xi, "xi", low=0.0, high=float("inf"), high_open=True)
+        as_real(self.xi, "xi", low=0.0, high=XI_MAX)  # as MarkovChain.lazy / random
         as_real(self.lr, "lr", low=0.0, low_open=True, high=float("inf"), high_open=True)
         as_real(self.weight_decay, "weight_decay", low=0.0)
         as_real(self.max_grad_norm, "max_grad_norm", low=0.0)

@@ -3,9 +3,11 @@ posterior, each against an independent reference (NumPy/SciPy, brute-force enume
 import itertools
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
+import scipy.linalg
 from scipy import stats
 
 import rgflow as rg
@@ -94,6 +96,134 @@ def test_correlation_length_limits():
     periodic = rg.MarkovChain(np.array([[0.0, 1.0], [1.0, 0.0]]))
     assert periodic.correlation_length == float("inf")
     np.testing.assert_allclose(periodic.stationary, [0.5, 0.5])
+
+
+def birth_death(V, up, down):
+    """Reflecting birth-death chain: i -> i+1 w.p. up, i -> i-1 w.p. down; the end states keep
+    the move they cannot make as a self-loop (T[0, 0] = 1 - up, T[V-1, V-1] = 1 - down)."""
+    T = np.diag(np.full(V - 1, up), 1) + np.diag(np.full(V - 1, down), -1)
+    T[np.diag_indices(V)] = 1.0 - T.sum(axis=1)
+    return T
+
+
+def birth_death_spectrum(V, up, down):
+    """1 and 1 - up - down + 2 sqrt(up down) cos(pi k / V), k = 1..V-1.  In the symmetrised
+    S = D^1/2 T D^-1/2 (off-diagonal b = sqrt(up down)) v_j = sin((j+1) t) - r sin(j t),
+    r = sqrt(down / up), solves the interior rows for mu = 1 - up - down + 2 b cos t and row 0
+    (which needs v_-1 = r v_0); row V-1 (v_V = v_{V-1} / r) then requires
+    sin(V t) (2 r cos t - 1 - r^2) = 0: t = pi k / V, or cos t = (1 + r^2) / (2 r), i.e. mu = 1."""
+    k = np.arange(1, V)
+    return np.concatenate([[1.0], 1 - up - down + 2 * np.sqrt(up * down) * np.cos(np.pi * k / V)])
+
+
+@pytest.mark.parametrize("up,down", [(0.2, 0.7), (0.6, 0.3)])
+@pytest.mark.parametrize("V", [60, 200, 500, 1000])
+def test_birth_death_spectrum_matches_closed_form(V, up, down):
+    # pi_k ~ (up/down)^k spans 30 to 270 orders of magnitude (V = 60..500; at V = 1000 its tail
+    # underflows to 0): T is far from normal, and dgeev gave xi = 11.77 for 6.0756 at V = 200
+    T = birth_death(V, up, down)
+    chain = rg.MarkovChain(T)
+    exact = birth_death_spectrum(V, up, down)
+    xi = -1 / np.log(np.sort(np.abs(exact))[-2])
+    assert chain.correlation_length == pytest.approx(xi, rel=1e-10)
+    ev = chain.eigenvalues
+    assert np.all(ev.imag == 0.0)
+    np.testing.assert_allclose(np.sort(ev.real), np.sort(exact), rtol=0, atol=1e-13)
+    assert chain.reversible
+    if V <= 500:  # GTH: pi to a few ulps against the exact law of the float64 entries
+        a, b = Fraction(T[0, 1]) / Fraction(T[1, 0]), 1  # up/down = a/b in lowest terms
+        a, b = a.numerator, a.denominator
+        weights = [a ** k * b ** (V - 1 - k) for k in range(V)]  # exact integers
+        total = sum(weights)
+        np.testing.assert_allclose(chain.stationary, [w / total for w in weights],  # int / int
+                                   rtol=1e-13, atol=0)                             # rounds once
+
+
+@pytest.mark.parametrize("V", [2, 8, 64])
+@pytest.mark.parametrize("xi", [0.25, 1.0, 7.0, 100.0])
+def test_lazy_and_random_spectra_unchanged_and_real(V, xi):
+    # these chains are reversible and well conditioned, so the general solver (numpy's dgeev,
+    # what the chains used before) is accurate: the symmetric one must agree, and be real
+    spread = 0.5 ** np.arange(V)
+    for chain in (rg.MarkovChain.lazy(V, xi), rg.MarkovChain.random(V, xi, seed=7),
+                  rg.MarkovChain.lazy(V, xi, stationary=spread / spread.sum()),
+                  rg.MarkovChain.random(V, xi, seed=1, stationary=spread / spread.sum())):
+        ev = chain.eigenvalues
+        ref = np.linalg.eigvals(chain.transition)
+        assert np.abs(ref.imag).max() < 1e-12
+        np.testing.assert_allclose(ev.real, np.sort(ref.real)[::-1], rtol=0, atol=1e-12)
+        assert chain.correlation_length == pytest.approx(xi, rel=1e-10)
+        assert np.all(ev.imag == 0.0)
+        assert chain.reversible
+
+
+def test_non_reversible_chain_keeps_the_general_solver():
+    # a biased walk on a ring: symmetric support and uniform pi, but 0.6^V != 0.3^V around the
+    # ring (Kolmogorov's criterion fails); circulant, hence normal, with eigenvalues
+    # 0.1 + 0.6 w^k + 0.3 w^-k, w = exp(2 pi i / V)
+    V = 12
+    T = 0.1 * np.eye(V) + 0.6 * np.roll(np.eye(V), 1, axis=1) + 0.3 * np.roll(np.eye(V), -1, axis=1)
+    chain = rg.MarkovChain(T)
+    w = np.exp(2j * np.pi * np.arange(V) / V)
+    exact = 0.1 + 0.6 * w + 0.3 / w
+    ev = chain.eigenvalues
+    assert np.abs(ev.imag).max() > 0.1
+    np.testing.assert_allclose(np.sort_complex(ev), np.sort_complex(exact), rtol=0, atol=1e-14)
+    assert chain.correlation_length == pytest.approx(-1 / np.log(np.abs(exact[1])), rel=1e-12)
+    assert not chain.reversible
+    # a dense random chain: against SciPy's general solver
+    T = random_stochastic(np.random.default_rng(3), 40)
+    chain = rg.MarkovChain(T)
+    np.testing.assert_allclose(np.sort_complex(chain.eigenvalues),
+                               np.sort_complex(scipy.linalg.eigvals(T)), rtol=0, atol=1e-13)
+    assert not chain.reversible
+
+
+def test_reversibility_decision():
+    """Detailed balance within REVERSIBLE_TOL = 1e-12 (relative) picks the symmetric solver;
+    the spectrum is then within REVERSIBLE_TOL / 2 of the exact one."""
+    assert rg.chains.REVERSIBLE_TOL == 1e-12
+    base = rg.MarkovChain.random(8, 3.0, seed=5).transition
+    for delta, reversible in [(5e-13, True), (2e-12, False), (1e-6, False)]:
+        T = base.copy()
+        T[0, 1] *= 1 + delta  # pi_0 T_01 vs pi_1 T_10 now off by delta (relative)
+        T[0, 0] -= T[0, 1] - base[0, 1]
+        chain = rg.MarkovChain(T)
+        assert chain.reversible is reversible, delta
+        ref = np.linalg.eigvals(T)  # well conditioned: accurate to ~1e-15
+        np.testing.assert_allclose(np.sort(chain.eigenvalues.real), np.sort(ref.real),
+                                   rtol=0, atol=0.5 * rg.chains.REVERSIBLE_TOL + 1e-14)
+    # a tree of transitions (here a star with arbitrary rates) always balances
+    rng = np.random.default_rng(0)
+    star = np.zeros((6, 6))
+    star[0, 1:], star[1:, 0] = rng.dirichlet(np.ones(5)) * 0.9, rng.random(5)
+    star[np.diag_indices(6)] = 1.0 - star.sum(axis=1)
+    assert rg.MarkovChain(star).reversible
+    # a one-way transition: transient state 0 never balances
+    transient = np.array([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8], [0.0, 0.6, 0.4]])
+    chain = rg.MarkovChain(transient)
+    assert not chain.reversible
+    np.testing.assert_allclose(chain.eigenvalues.real, [1.0, 0.5, -0.4], rtol=0, atol=1e-15)
+    # periodic: balanced, eigenvalues +-1
+    chain = rg.MarkovChain([[0.0, 1.0], [1.0, 0.0]])
+    assert chain.reversible
+    np.testing.assert_array_equal(chain.eigenvalues, [1.0, -1.0])
+    # the kernel's contract: a NaN tolerance accepts nothing
+    assert _core.chain_eigenvalues(base, 1e-12)[1] is True
+    assert _core.chain_eigenvalues(base, float("nan"))[1] is False
+
+
+def test_xi_beyond_float64_is_rejected_like_inf():
+    # lam = exp(-1/xi) within SPECTRAL_TOL of 1 reads as xi = inf: 1e13 used to be accepted
+    # (and reported inf) while inf was rejected
+    for make in (rg.MarkovChain.lazy, rg.MarkovChain.random):
+        for xi in (float("inf"), 1e13, 2 * rg.chains.XI_MAX):
+            with pytest.raises(ValueError, match="xi must be at most 1e\\+11"):
+                make(4, xi)
+        chain = make(4, rg.chains.XI_MAX)
+        assert chain.correlation_length == pytest.approx(1e11, rel=1e-5)
+    with pytest.raises(ValueError, match="xi"):
+        rg.experiments.Config(xi=1e13)
 
 
 def test_entropy_rate_and_unigram_entropy():

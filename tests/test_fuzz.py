@@ -494,7 +494,7 @@ def test_grid_sweep_run_types(value):
 
 # -- the raw _core functions ------------------------------------------------------------------
 
-CORE_ARITY = {"chain_check": 2, "chain_stationary": 1, "chain_eigenvalues": 1,
+CORE_ARITY = {"chain_check": 2, "chain_stationary": 1, "chain_eigenvalues": 2,
               "chain_sample": 5, "mask_tokens": 5, "chain_posterior": 4, "chain_bayes_nll": 4,
               "mlp_layout": 1, "mlp_workspace_bytes": 2, "mlp_init": 3, "mlp_forward": 7,
               "mlp_gradients": 7, "mlp_train_batch": 8, "mlp_train_steps": 16, "rank": 1,
