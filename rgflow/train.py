@@ -38,6 +38,7 @@ class History:
     eval_loss : (e,) float64, model masked CE on the held-out batch.
     eval_bayes : (e,) float64, Bayes-optimal CE on the same batch (constant: one batch).
     wall_time : float, seconds spent in ``train``.
+    stopped_early : bool, True when ``target_excess`` was reached before ``steps``.
     """
 
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -47,6 +48,7 @@ class History:
     eval_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
     eval_bayes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     wall_time: float = 0.0
+    stopped_early: bool = False
 
 
 def learning_rate(step, lr, schedule="constant", warmup=0, total_steps=None):
@@ -148,7 +150,8 @@ def _eval_batch(chain, model, seed, size, mask_rate, mask_span):
 
 def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_rate=0.15,
           mask_span=1, seed=0, schedule="constant", warmup=0, total_steps=None,
-          max_grad_norm=None, eval_every=None, eval_size=512, progress=True):
+          max_grad_norm=None, eval_every=None, eval_size=512, progress=True,
+          target_excess=None):
     """Train ``model`` in place for ``steps`` AdamW steps on masked-token prediction.
 
     Parameters
@@ -168,6 +171,10 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     eval_every : evaluate every this many global steps (default steps // 10; 0: only at the
         end); the held-out batch (eval_size sequences) is fixed by ``seed``.
     progress : show a tqdm bar with the loss and the Bayes floor.
+    target_excess : stop early, at the first evaluation whose held-out masked CE is within
+        this many nats of the Bayes floor (None: train all ``steps``; ``steps`` is then the
+        budget). ``History.stopped_early`` says whether it did; ``len(History.losses)`` is the
+        number of steps taken.
 
     Returns
     -------
@@ -200,6 +207,10 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
         eval_every = max(1, steps // 10)
     eval_every = as_count(eval_every, "eval_every", minimum=0)
     eval_size = as_count(eval_size, "eval_size")
+    if target_excess is not None:
+        target_excess = as_real(target_excess, "target_excess", low=0.0)
+        if not eval_every:
+            raise ValueError("target_excess needs evaluations: eval_every must be >= 1")
 
     # the held-out batch (tokens, masked, mask, posterior work) before anything is allocated
     check_memory(eval_size * model.length * (9.0 + 16.0 * chain.n_states),
@@ -216,6 +227,10 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
         ev_steps.append(model.step)
         ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
         evaluate.last = model.step
+        if target_excess is not None and ev_loss[-1] - floor <= target_excess:
+            hist.stopped_early = model.step < start + steps
+            return True
+        return False
     evaluate.last = None
 
     bar = None
@@ -273,8 +288,8 @@ def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_r
                                      "loss %.6g)" % (step0 + n_done - 1,
                                                      chunk_lrs[n_done - 1],
                                                      out[n_done - 1]))
-        if eval_every and model.step % eval_every == 0:
-            evaluate()
+        if eval_every and model.step % eval_every == 0 and evaluate():
+            break
         if bar is not None:
             bar.update(n_done)
             post = dict(loss="%.4f" % losses[-1], floor="%.4f" % floor)

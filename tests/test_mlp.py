@@ -609,3 +609,23 @@ def test_cross_entropy_is_finite_far_below_the_maximum():
     hist = rg.train(model, rg.MarkovChain.lazy(2, 3.0), 2, batch_size=16, lr=1e-4,
                     progress=False, eval_every=0, eval_size=8)
     assert np.isfinite(hist.losses).all() and 20.0 < hist.losses[0] < 100.0
+
+
+def test_training_stops_at_the_target_excess():
+    """target_excess stops at the first evaluation within that many nats of the floor; the
+    steps are a budget.  A target every evaluation meets stops at the first one; one none meets
+    runs the whole budget."""
+    chain = rg.MarkovChain.lazy(8, 7.0)
+    model = rg.ResidualMLP(8, 16, 8, 64, 2, seed=0)
+    hist = rg.train(model, chain, 100, batch_size=32, eval_every=20, eval_size=64,
+                    progress=False, target_excess=10.0)
+    assert hist.stopped_early and model.step == 20 and len(hist.losses) == 20
+    assert hist.eval_steps.tolist() == [20]
+    assert hist.eval_loss[-1] - hist.eval_bayes[-1] <= 10.0
+    hist = rg.train(model, chain, 40, batch_size=32, eval_every=20, eval_size=64,
+                    progress=False, target_excess=0.0)
+    assert not hist.stopped_early and model.step == 60 and hist.eval_steps.tolist() == [40, 60]
+    with pytest.raises(ValueError, match="eval_every"):
+        rg.train(model, chain, 10, eval_every=0, progress=False, target_excess=0.1)
+    with pytest.raises(ValueError, match="target_excess"):
+        rg.train(model, chain, 10, progress=False, target_excess=-1.0)
