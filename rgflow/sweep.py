@@ -10,12 +10,11 @@ Dask cluster; results persist per config so an interrupted sweep resumes where i
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 import traceback
 from concurrent.futures import as_completed
 from pathlib import Path
 
+from ._util import atomic_write
 from .experiments import Config, Result, run
 
 __all__ = ["grid", "sweep", "load_record"]
@@ -50,19 +49,11 @@ def _checksum(payload):
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _write_atomic(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".%s." % path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_record(store, payload):
+    """Store one run's payload as ``store/<key>.json``, checksummed, all or nothing."""
+    record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
+    with atomic_write(Path(store) / (payload["key"] + ".json")) as f:
+        f.write(json.dumps(record))
 
 
 def load_record(path, key=None):
@@ -160,8 +151,7 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     def finish(payload):
         payloads[payload["key"]] = payload
         if store is not None:
-            record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
-            _write_atomic(store / (payload["key"] + ".json"), json.dumps(record))
+            _write_record(store, payload)
 
     bar = None
     if progress and todo:

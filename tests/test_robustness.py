@@ -277,7 +277,7 @@ def test_sweep_interrupt_during_write_leaves_no_partial_file(monkeypatch, tmp_pa
     def boom(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rsweep.os, "fsync", boom)
+    monkeypatch.setattr(os, "fsync", boom)  # inside the atomic write of the first record
     with pytest.raises(KeyboardInterrupt):
         rg.sweep(tiny_configs(1), store=tmp_path, progress=False)
     assert os.listdir(tmp_path) == []
