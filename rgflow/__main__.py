@@ -1,9 +1,12 @@
 """Command line: ``rgflow reproduce``, ``rgflow demo`` (``python -m rgflow ...`` works too,
 outside the source tree)."""
 import argparse
+import os
 import sys
 
 import numpy as np
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
 
 
 def demo(args):
@@ -45,26 +48,27 @@ def reproduce(args):
 
 def sweep(args):
     import json
-    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
     import rgflow as rg
     from .report import CONFIGS
+    from .sweep import process_pool
 
     base = CONFIGS["quick" if args.quick else "paper"]
     overrides = {k: getattr(args, k) for k in ("steps", "depth", "hidden", "width", "length")
                  if getattr(args, k) is not None}
     configs = rg.grid(base.replace(**overrides), xi=args.xi, seed=list(range(args.seeds)))
     store = Path(args.store)
+    progress = not args.no_progress
     if args.scheduler:
         from distributed import Client
         with Client(args.scheduler) as client:
-            table = rg.sweep(configs, executor=client, store=store)
+            table = rg.sweep(configs, executor=client, store=store, progress=progress)
     elif args.workers > 1:
-        with ProcessPoolExecutor(args.workers) as ex:
-            table = rg.sweep(configs, executor=ex, store=store)
+        with process_pool(args.workers) as ex:
+            table = rg.sweep(configs, executor=ex, store=store, progress=progress)
     else:
-        table = rg.sweep(configs, store=store)
+        table = rg.sweep(configs, store=store, progress=progress)
     rows = table.to_dict("records") if hasattr(table, "to_dict") else table
     print("%6s %5s %8s %8s %8s %8s  %s" % ("xi", "seed", "CE", "floor", "learned", "R", "error"))
     for r in rows:
@@ -81,6 +85,27 @@ def sweep(args):
         ax = plot_phase_diagram(rows)
         ax.figure.savefig(store / "phase_diagram.png", dpi=100)
         print("table.json and phase_diagram.png written to %s" % store)
+
+
+def _store_of(args):
+    if args.command == "reproduce":
+        return os.path.join(args.out, "runs")
+    return getattr(args, "store", None)
+
+
+def interrupted_line(args, exc):
+    """The one line printed on Ctrl-C: what was kept and how to resume."""
+    from .sweep import SweepInterrupted
+
+    store = _store_of(args)
+    if store is None:
+        return "rgflow %s: interrupted" % args.command
+    if isinstance(exc, SweepInterrupted):
+        return ("rgflow %s: interrupted; %d of %d runs finished and are kept in %s; run the "
+                "same command again to compute only the other %d"
+                % (args.command, exc.done, exc.total, store, exc.total - exc.done))
+    return ("rgflow %s: interrupted; every finished run is kept in %s; run the same command "
+            "again to resume" % (args.command, store))
 
 
 def main(argv=None):
@@ -104,6 +129,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="start from the quick configuration")
     for name in ("steps", "depth", "hidden", "width", "length"):
         p.add_argument("--" + name, type=int)
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=sweep)
     p = sub.add_parser("demo", help="build chains, sample them, print spectrum and Bayes floor")
     p.add_argument("--xi", type=float, nargs="+", default=[1.0, 7.0])
@@ -114,7 +140,11 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=demo)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: SweepInterrupted, TrainingInterrupted, ...
+        print(interrupted_line(args, exc), file=sys.stderr, flush=True)
+        return INTERRUPTED
     return 0
 
 

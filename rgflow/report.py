@@ -4,14 +4,13 @@ by :mod:`rgflow.findings`, written as report.json, report.md and PNG figures.
 ``python -m rgflow reproduce`` (or the ``rgflow reproduce`` command) calls :func:`reproduce`.
 """
 import json
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from . import findings
 from .experiments import Config, Result
-from .sweep import grid, load_record, sweep
+from .sweep import grid, load_record, process_pool, sweep
 
 __all__ = ["CONFIGS", "summarize", "write_report", "reproduce"]
 
@@ -233,7 +232,7 @@ def reproduce(out="rgflow-report", quick=False, seeds=3, workers=2, progress=Tru
     out = Path(out)
     store = out / "runs"
     if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
+        with process_pool(workers) as ex:
             sweep(configs, executor=ex, store=store, progress=progress)
     else:
         sweep(configs, store=store, progress=progress)
