@@ -342,7 +342,8 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         else:
             if hasattr(executor, "get_executor"):  # a dask.distributed.Client
                 client, executor = executor, executor.get_executor()
-                client.run(_dask_hold_sigint, socket.gethostname(), os.getpgrp())
+                with contextlib.suppress(Exception):  # a nicety: the sweep runs without it
+                    client.run(_dask_hold_sigint, socket.gethostname(), os.getpgrp())
             threads = 1 if blas_threads is None else blas_threads
             futures = [executor.submit(_run_one, config.to_dict(), threads, stop)
                        for _, config in todo]
