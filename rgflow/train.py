@@ -190,7 +190,8 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     History. Raises FloatingPointError naming the step if the loss or a parameter becomes
     NaN/Inf (``model.step`` then counts the updates that were applied). Ctrl-C is held until
     the current chunk (<= 25 steps) finishes, then raises :class:`TrainingInterrupted` (a
-    KeyboardInterrupt) with ``model.step`` equal to the updates applied.
+    KeyboardInterrupt) with ``model.step`` equal to the updates applied; a run inside
+    :func:`rgflow.sweep` stops the same way when the sweep is interrupted.
 
     >>> chain = MarkovChain.lazy(8, 7.0)
     >>> model = ResidualMLP(8, 16, 8, 64, 2, seed=0)
