@@ -22,12 +22,12 @@ SIZES = {"small": dict(length=16, width=16, hidden=256, depth=8),
 # name -> (lr, schedule, warmup, steps)
 RECIPES = {
     "small": {"const-1e-3": (1e-3, "constant", 0, 20000),
-              "const-3e-3": (3e-3, "constant", 0, 20000),
-              "const-3e-4": (3e-4, "constant", 0, 20000),
-              "cos-1e-3-5k": (1e-3, "cosine", 500, 5000),
               "cos-1e-3-10k": (1e-3, "cosine", 500, 10000),
+              "cos-3e-3-10k": (3e-3, "cosine", 500, 10000),
               "cos-1e-3-20k": (1e-3, "cosine", 500, 20000),
-              "cos-3e-3-10k": (3e-3, "cosine", 500, 10000)},
+              "cos-1e-3-5k": (1e-3, "cosine", 500, 5000),
+              "const-3e-3": (3e-3, "constant", 0, 20000),
+              "const-3e-4": (3e-4, "constant", 0, 20000)},
     "paper": {"const-1e-3": (1e-3, "constant", 0, 30000),
               "cos-1e-3-10k": (1e-3, "cosine", 500, 10000),
               "cos-1e-3-30k": (1e-3, "cosine", 500, 30000)},
@@ -69,8 +69,8 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     STORE.mkdir(parents=True, exist_ok=True)
-    jobs = [(size, xi, name) for size in args.sizes for xi in (1.0, 7.0)
-            for name in RECIPES[size]]
+    jobs = [(size, xi, name) for size in args.sizes for name in RECIPES[size]
+            for xi in (1.0, 7.0)]
     with ProcessPoolExecutor(args.workers) as ex:
         for out in ex.map(run_one, *zip(*jobs)):
             print(out, flush=True)

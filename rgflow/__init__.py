@@ -20,9 +20,10 @@ from .chains import MarkovChain, mask_tokens
 from .model import ResidualMLP
 from .train import History, TrainingInterrupted, train
 from . import experiments, findings, plot  # noqa: E402  (modules: rg.experiments.Config, ...)
-from .sweep import grid, sweep  # noqa: E402  (rg.sweep is the function, as in DESIGN.md)
+from .sweep import SweepInterrupted, grid, sweep  # noqa: E402  (rg.sweep is the function)
 
-__all__ = ["MarkovChain", "mask_tokens", "MemoryLimitError", "TrainingInterrupted", "ResidualMLP",
-           "train", "History", "show_config", "where_computed", "set_num_threads",
-           "get_num_threads", "num_threads", "__version__", "effective_rank", "singular_values",
-           "rank_profile", "linear_cka", "drift_profile", "cka_matrix", "experiments", "findings", "plot", "grid", "sweep"]
+__all__ = ["MarkovChain", "mask_tokens", "MemoryLimitError", "TrainingInterrupted",
+           "SweepInterrupted", "ResidualMLP", "train", "History", "show_config",
+           "where_computed", "set_num_threads", "get_num_threads", "num_threads",
+           "__version__", "effective_rank", "singular_values", "rank_profile", "linear_cka",
+           "drift_profile", "cka_matrix", "experiments", "findings", "plot", "grid", "sweep"]

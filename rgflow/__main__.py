@@ -1,9 +1,17 @@
-"""Command line: ``rgflow reproduce``, ``rgflow demo`` (``python -m rgflow ...`` works too,
-outside the source tree)."""
+"""Command line: ``rgflow reproduce``, ``rgflow sweep``, ``rgflow demo`` (``rgflow --help``).
+
+Bad option values are usage errors (one line, exit code 2). Ctrl-C stops every run at its next
+training chunk, keeps every finished run, prints one line saying what was kept and how to
+resume, and exits with code 130.
+"""
 import argparse
+import math
+import os
 import sys
 
 import numpy as np
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
 
 
 def demo(args):
@@ -43,36 +51,53 @@ def reproduce(args):
           % (summary["selectivity"]["status"], summary["selectivity_masked"]["status"]))
 
 
+def sweep_table(rows):
+    """The lines ``rgflow sweep`` prints for table rows (see :func:`rgflow.sweep`)."""
+    from .findings import DELTA, LEARNED_MIN
+
+    lines = ["%6s %5s %8s %8s %8s %10s %8s  %s" % ("xi", "seed", "CE", "floor", "learned",
+                                                   "R(masked)", "R(all)", "note")]
+    for r in rows:
+        if r["status"] == "ok":
+            note = "undertrained" if r["learned"] < LEARNED_MIN else ""
+            lines.append("%6g %5d %8.4f %8.4f %8.2f %10.3f %8.3f  %s" % (
+                r["xi"], r["seed"], r["masked_ce"], r["bayes_floor"], r["learned"],
+                r.get("ratio_masked", math.nan), r.get("ratio_position", math.nan), note))
+        else:
+            lines.append("%6g %5d  error: %s" % (r["xi"], r["seed"], r["error"]))
+    lines += ["R = rank[K]/rank[1], the position-level effective rank after the last block over "
+              "that after the first, at masked positions and at all positions; R <= %g is a "
+              "collapse." % (1 - DELTA),
+              "undertrained: the run closed less than %d%% of the gap from the unigram entropy "
+              "to the Bayes floor; its R is no evidence either way." % round(100 * LEARNED_MIN)]
+    return lines
+
+
 def sweep(args):
     import json
-    from concurrent.futures import ProcessPoolExecutor
     from pathlib import Path
 
     import rgflow as rg
     from .report import CONFIGS
+    from .sweep import process_pool
 
     base = CONFIGS["quick" if args.quick else "paper"]
     overrides = {k: getattr(args, k) for k in ("steps", "depth", "hidden", "width", "length")
                  if getattr(args, k) is not None}
     configs = rg.grid(base.replace(**overrides), xi=args.xi, seed=list(range(args.seeds)))
     store = Path(args.store)
+    progress = not args.no_progress
     if args.scheduler:
         from distributed import Client
         with Client(args.scheduler) as client:
-            table = rg.sweep(configs, executor=client, store=store)
+            table = rg.sweep(configs, executor=client, store=store, progress=progress)
     elif args.workers > 1:
-        with ProcessPoolExecutor(args.workers) as ex:
-            table = rg.sweep(configs, executor=ex, store=store)
+        with process_pool(args.workers) as ex:
+            table = rg.sweep(configs, executor=ex, store=store, progress=progress)
     else:
-        table = rg.sweep(configs, store=store)
+        table = rg.sweep(configs, store=store, progress=progress)
     rows = table.to_dict("records") if hasattr(table, "to_dict") else table
-    print("%6s %5s %8s %8s %8s %8s  %s" % ("xi", "seed", "CE", "floor", "learned", "R", "error"))
-    for r in rows:
-        if r["status"] == "ok":
-            print("%6g %5d %8.4f %8.4f %8.2f %8.3f" % (r["xi"], r["seed"], r["masked_ce"],
-                  r["bayes_floor"], r["learned"], r["ratio_position"]))
-        else:
-            print("%6g %5d %s" % (r["xi"], r["seed"], r["error"]))
+    print("\n".join(sweep_table(rows)))
     from .report import computed_on_lines
     if any(r["status"] == "ok" for r in rows):
         print("computed on: " + "; ".join(computed_on_lines(
@@ -87,38 +112,193 @@ def sweep(args):
         print("table.json and phase_diagram.png written to %s" % store)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="rgflow", description="rgflow command line")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("reproduce", help="train xi = 1 and 7 over seeds, judge the three "
-                       "claims, write report.md/report.json and figures")
-    p.add_argument("--quick", action="store_true", help="the small configuration (minutes)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--out", default="rgflow-report")
-    p.add_argument("--workers", type=int, default=2, help="runs in parallel (1 BLAS thread each)")
-    p.add_argument("--no-progress", action="store_true")
+# -- option values: argparse turns ArgumentTypeError into a one-line usage error, exit code 2 --
+
+def _integer(minimum, maximum=None):
+    def convert(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not an integer" % text) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(
+                "must be an integer >= %d%s, got %s"
+                % (minimum, "" if maximum is None else " and <= %d" % maximum, text))
+        return value
+    return convert
+
+
+def _real(low, low_open, high=math.inf, high_open=True):
+    def convert(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a number" % text) from None
+        if not (value > low if low_open else value >= low) or \
+                not (value < high if high_open else value <= high):
+            raise argparse.ArgumentTypeError("must lie in %s%g, %g%s, got %s" % (
+                "(" if low_open else "[", low, high, ")" if high_open else "]", text))
+        return value
+    return convert
+
+
+def _xi(low_open):
+    """Correlation lengths: finite, > 0 (>= 0 for demo, where 0 is an i.i.d. chain), short
+    enough that exp(-1/xi) < 1 (the chain's own check)."""
+    in_range = _real(0.0, low_open)
+
+    def convert(text):
+        value = in_range(text)
+        from .chains import _lam_from_xi
+        try:
+            _lam_from_xi(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return convert
+
+
+def _directory(text):
+    """A directory that exists or can be made: not a file, not under a file, writable."""
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError("%s exists and is not a directory" % text)
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError("%s cannot be created: %s is a file" % (text, parent))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError("%s: no permission to write in %s" % (text, parent))
+    return text
+
+
+def _version():
+    from . import __version__
+    return "rgflow %s" % __version__
+
+
+def make_parser():
+    from .report import CONFIGS
+
+    paper, quick = CONFIGS["paper"], CONFIGS["quick"]
+    parser = argparse.ArgumentParser(
+        prog="rgflow", description="Train residual MLPs on Markov-chain masked-token tasks and "
+        "measure how the residual stream's effective rank and kernel drift change with depth.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "reproduce", help="train xi = 1 and 7 over seeds, judge the paper's three claims, write "
+        "report.md, report.json and figures",
+        description="Train xi = 1 and xi = 7 for each seed, judge the paper's three claims and "
+        "write OUT/report.md, OUT/report.json and PNG figures. Finished runs are stored in "
+        "OUT/runs: an interrupted run resumes where it stopped.")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick configuration (L %d, m %d, K %d, %d steps; about 1.5 minutes "
+                   "with 2 workers) instead of the paper size (L %d, m %d, K %d, %d steps; about "
+                   "20 minutes) (default: paper size)" % (
+                       quick.length, quick.hidden, quick.depth, quick.steps, paper.length,
+                       paper.hidden, paper.depth, paper.steps))
+    p.add_argument("--seeds", type=_integer(1), default=3, metavar="N",
+                   help="train seeds 0..N-1 at each xi (default: %(default)s)")
+    p.add_argument("--out", type=_directory, default="rgflow-report", metavar="DIR",
+                   help="report directory, created if missing (default: %(default)s)")
+    p.add_argument("--workers", type=_integer(1), default=2, metavar="N",
+                   help="runs in parallel, each in its own process with 1 BLAS thread; 1 runs "
+                   "them in this process (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: show one)")
     p.set_defaults(func=reproduce)
-    p = sub.add_parser("sweep", help="run a grid of xi x seeds (resumable), print the table, "
-                       "write table.json and phase_diagram.png into the store")
-    p.add_argument("--xi", type=float, nargs="+", default=[1.0, 7.0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--store", required=True)
-    p.add_argument("--scheduler", help="address of a Dask scheduler (runs on that cluster)")
-    p.add_argument("--quick", action="store_true", help="start from the quick configuration")
-    for name in ("steps", "depth", "hidden", "width", "length"):
-        p.add_argument("--" + name, type=int)
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of xi x seeds (resumable), print the table, write "
+        "table.json and phase_diagram.png into the store",
+        description="Run every (xi, seed) of a grid, store each finished run in STORE (a "
+        "re-run computes only what is missing), print the table and write STORE/table.json "
+        "and STORE/phase_diagram.png. Without --quick every run is paper size (about 6.5 "
+        "minutes per run on one core).")
+    p.add_argument("--xi", type=_xi(low_open=True), nargs="+", default=[1.0, 7.0],
+                   metavar="XI", help="correlation lengths, > 0 (default: 1 7)")
+    p.add_argument("--seeds", type=_integer(1), default=3, metavar="N",
+                   help="train seeds 0..N-1 at each xi (default: %(default)s)")
+    p.add_argument("--workers", type=_integer(1), default=1, metavar="N",
+                   help="runs in parallel, each in its own process with 1 BLAS thread; 1 runs "
+                   "them in this process (default: %(default)s)")
+    p.add_argument("--store", type=_directory, required=True, metavar="DIR",
+                   help="directory of stored runs, created if missing (required)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler instead of local processes "
+                   "(default: none)")
+    p.add_argument("--quick", action="store_true",
+                   help="start from the quick configuration (L %d, m %d, K %d, %d steps) "
+                   "(default: the paper size, L %d, m %d, K %d, %d steps)" % (
+                       quick.length, quick.hidden, quick.depth, quick.steps, paper.length,
+                       paper.hidden, paper.depth, paper.steps))
+    for name, what in (("steps", "training steps"), ("depth", "residual blocks K"),
+                       ("hidden", "MLP hidden width m"), ("width", "per-position width d"),
+                       ("length", "sequence length L")):
+        p.add_argument("--" + name, type=_integer(1), metavar="N",
+                       help="%s (default: %d, or %d with --quick)" % (
+                           what, getattr(paper, name), getattr(quick, name)))
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: show one)")
     p.set_defaults(func=sweep)
-    p = sub.add_parser("demo", help="build chains, sample them, print spectrum and Bayes floor")
-    p.add_argument("--xi", type=float, nargs="+", default=[1.0, 7.0])
-    p.add_argument("--states", type=int, default=8)
-    p.add_argument("--n", type=int, default=2048)
-    p.add_argument("--length", type=int, default=32)
-    p.add_argument("--mask-rate", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("demo", help="build chains, sample them, print spectrum and Bayes floor",
+                       description="Build lazy chains, sample and mask them, and print each "
+                       "chain's spectrum, entropy rate and Bayes floor.")
+    p.add_argument("--xi", type=_xi(low_open=False), nargs="+", default=[1.0, 7.0],
+                   metavar="XI", help="correlation lengths, >= 0 (0: i.i.d. tokens) "
+                   "(default: 1 7)")
+    p.add_argument("--states", type=_integer(2, 65535), default=8, metavar="V",
+                   help="number of states V (default: %(default)s)")
+    p.add_argument("--n", type=_integer(1), default=2048,
+                   help="sequences to sample (default: %(default)s)")
+    p.add_argument("--length", type=_integer(1), default=32, metavar="L",
+                   help="sequence length (default: %(default)s)")
+    p.add_argument("--mask-rate", type=_real(0.0, True, 1.0, False), default=0.15,
+                   metavar="RATE", help="share of tokens masked, in (0, 1] "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=_integer(0), default=0,
+                   help="sampling seed; masking uses seed + 1 (default: %(default)s)")
     p.set_defaults(func=demo)
+    return parser
+
+
+def _store_of(args):
+    if args.command == "reproduce":
+        return os.path.join(args.out, "runs")
+    return getattr(args, "store", None)
+
+
+def interrupted_line(args, exc):
+    """The one line printed on Ctrl-C: what was kept and how to resume."""
+    from .sweep import SweepInterrupted
+
+    store = _store_of(args)
+    if store is None:
+        return "rgflow %s: interrupted" % args.command
+    if isinstance(exc, SweepInterrupted):
+        return ("rgflow %s: interrupted; %d of %d runs finished and are kept in %s; run the "
+                "same command again to compute only the other %d"
+                % (args.command, exc.done, exc.total, store, exc.total - exc.done))
+    return ("rgflow %s: interrupted; every finished run is kept in %s; run the same command "
+            "again to resume" % (args.command, store))
+
+
+def main(argv=None):
+    """Entry point of the ``rgflow`` command; returns the exit code."""
+    parser = make_parser()
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C: SweepInterrupted, TrainingInterrupted, ...
+        print(interrupted_line(args, exc), file=sys.stderr, flush=True)
+        return INTERRUPTED
+    except MemoryError as exc:  # rgflow.MemoryLimitError: a size too large for this machine
+        print("rgflow %s: %s" % (args.command, exc), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,5 +1,7 @@
-"""Small helpers shared by the Python layer: seeds and argument checks."""
+"""Small helpers shared by the Python layer: seeds, argument checks and atomic file writes."""
+import contextlib
 import numbers
+import os
 
 import numpy as np
 
@@ -72,3 +74,45 @@ def as_real(value, name, low=None, high=None, low_open=False, high_open=False):
                          % (name, lo, low if low is not None else "-inf",
                             high if high is not None else "inf", hi, value))
     return value
+
+
+@contextlib.contextmanager
+def atomic_write(path, binary=False):
+    """Write ``path`` all or nothing: yields a file open for writing (text, UTF-8, or binary)
+    on a temporary file in the same directory, which is fsynced and renamed over ``path`` when
+    the block ends; the directory is then fsynced so the rename survives a crash. On any
+    exception (Ctrl-C included) the temporary file is removed and ``path`` is left as it was.
+
+    The file is created with mode 0666 minus the umask, as ``open`` would (``mkstemp`` makes
+    0600 files that other users of a shared results folder cannot read).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, ".%s.%s.tmp" % (os.path.basename(path),
+                                                    os.urandom(6).hex()))
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError("no free temporary name next to %s" % path)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else
+                                                       {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # not every file system can fsync a directory
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

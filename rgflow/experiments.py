@@ -9,6 +9,7 @@ verdicts.
 """
 import hashlib
 import json
+import numbers
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -33,6 +34,33 @@ RESIDUAL_ZERO = 1e-10
 LOG_FLOOR = np.log(1e-300)
 
 
+def _as_field_type(value, name, kind):
+    """``value`` as exactly the Python type ``kind`` (int, float, bool or str) of Config field
+    ``name``: 2000.0 -> 2000 and 1 -> 1.0, but TypeError for what does not convert exactly
+    (1.5 for an int field, 2**53 + 1 for a float field, 1 for a bool, a bool for a number)."""
+    if kind is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+    elif kind is str:
+        if isinstance(value, str):
+            return str(value)
+    elif isinstance(value, (bool, np.bool_)):
+        pass  # True is an int to Python, never a count or a rate here
+    elif kind is int:
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) and float(value).is_integer():
+            return int(float(value))
+    elif kind is float:
+        if isinstance(value, numbers.Real):
+            as_float = float(value)
+            if as_float == value or as_float != as_float:  # exact (NaN: left to as_real)
+                return as_float
+    raise TypeError("Config field %s must be %s %s, got %r (%s)"
+                    % (name, "an" if kind is int else "a", kind.__name__, value,
+                       type(value).__name__))
+
+
 @dataclass(frozen=True)
 class Config:
     """Every knob of one experiment: chain, task, model, training and evaluation.
@@ -43,6 +71,12 @@ class Config:
     uniform stationary law. ``schedule="cosine"`` decays the learning rate to 0 over ``steps``
     after a linear ``warmup``.
 
+    Every field is stored as its declared type (``xi=1`` becomes 1.0, ``steps=2000.0`` becomes
+    2000), so equal configs have equal keys; a value that does not convert exactly (``steps=1.5``,
+    ``block_ln=1``) raises TypeError naming the field.
+
+    >>> Config(xi=7).key() == Config(xi=7.0).key()
+    True
     >>> Config(xi=7.0).key() == Config(xi=7.0).key() != Config(xi=1.0).key()
     True
     """
@@ -68,6 +102,11 @@ class Config:
     eval_size: int = 2048
 
     def __post_init__(self):
+        # Equal configs must have equal keys: Config(xi=1) == Config(xi=1.0), so every field
+        # is stored as its declared type (the key hashes the JSON of the values).
+        for f in fields(self):
+            object.__setattr__(self, f.name, _as_field_type(getattr(self, f.name), f.name,
+                                                            f.type))
         if self.chain not in CHAIN_FAMILIES:
             raise ValueError("chain must be one of %s, got %r" % (CHAIN_FAMILIES, self.chain))
         if self.schedule not in SCHEDULES:
@@ -86,6 +125,7 @@ class Config:
             raise TypeError("block_ln must be a bool")
 
     def to_dict(self):
+        """The fields as a dict of JSON-ready Python values (str, int, float, bool)."""
         return asdict(self)
 
     @classmethod

@@ -187,7 +187,8 @@ def selectivity(short_ranks, long_ranks, short_learned=None, long_learned=None,
         claim="selective collapse",
         status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
         criterion=("R = rank[K]/rank[1] at the position level: every short-xi run R <= %g, "
-                   "every long-xi run R >= %g, ranges disjoint" % (1 - DELTA, 1 - DELTA / 3)),
+                   "every long-xi run R >= %.3g (= 1 - %g/3), ranges disjoint"
+                   % (1 - DELTA, 1 - DELTA / 3, DELTA)),
         figures=figures,
         learned=learned_list,
     )

@@ -11,12 +11,11 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``nn.Linear``), LayerNorm weight 1 and bias 
 """
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_seed, check_memory, shape2
+from ._util import as_count, as_seed, atomic_write, check_memory, shape2
 
 __all__ = ["ResidualMLP"]
 
@@ -256,33 +255,11 @@ class ResidualMLP:
         >>> ResidualMLP(8, 4, 2, 8, 1).save(p); ResidualMLP.load(p).step
         0
         """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
         meta = dict(version=CHECKPOINT_VERSION, config=self.config, step=self.step,
                     train_seed=self.train_seed, init_seed=self.init_seed)
-        fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), suffix=".tmp",
-                                   dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), params=self.params,
-                         adam_m=self._adam_m, adam_v=self._adam_v)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:  # make the rename durable
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        with atomic_write(path, binary=True) as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), params=self.params,
+                     adam_m=self._adam_m, adam_v=self._adam_v)
 
     @classmethod
     def load(cls, path):

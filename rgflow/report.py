@@ -4,14 +4,14 @@ by :mod:`rgflow.findings`, written as report.json, report.md and PNG figures.
 ``python -m rgflow reproduce`` (or the ``rgflow reproduce`` command) calls :func:`reproduce`.
 """
 import json
-from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import findings
 from .experiments import Config, Result
-from .sweep import grid, load_record, sweep
+from .sweep import grid, load_record, process_pool, sweep
 
 __all__ = ["CONFIGS", "summarize", "write_report", "reproduce"]
 
@@ -95,8 +95,14 @@ def _fmt(x, digits=3):
     return ("%." + str(digits) + "f") % x if isinstance(x, (int, float)) else str(x)
 
 
-def _markdown(summary, results, config):
+def _transitions(indices):
+    """Drift transitions by the layers they join: index l is z_l -> z_{l+1} (z_0 = embedding)."""
+    return ", ".join("%d→%d" % (l, l + 1) for l in indices)
+
+
+def _markdown(summary, results, config, header):
     lines = ["# rgflow findings report", "",
+             "rgflow %s, written %s." % (header["rgflow_version"], header["created_utc"]), "",
              "Configuration (ξ and seed vary): `%s`" % json.dumps(
                  {k: v for k, v in config.to_dict().items() if k not in ("xi", "seed")}), ""]
     lines += ["Computed on: " + "; ".join(computed_on_lines(r.computed_on for r in results)),
@@ -111,7 +117,10 @@ def _markdown(summary, results, config):
     lines += ["## (i) Monotone collapse of the position-level effective rank", "",
               "Criterion: " + next(iter(summary["per_xi"].values()))["collapse_all"]["runs"][0]
               ["criterion"] + ". Layer 0 (the embedding) is reported, not judged.", "",
-              "| ξ | positions | seed | rank[0] | rank[1] | rank[K] | ratio | max rise | "
+              "Largest step: the largest change rank[l+1] − rank[l] between consecutive layers "
+              "1..K; negative means the rank fell at every step. The criterion allows a rise of "
+              "up to %g × rank[1]." % findings.MONOTONE_TOL, "",
+              "| ξ | positions | seed | rank[0] | rank[1] | rank[K] | ratio | largest step | "
               "Spearman | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for xi, entry in summary["per_xi"].items():
         for key, level in COLLAPSE_SETS:
@@ -139,13 +148,15 @@ def _markdown(summary, results, config):
     lines += ["## (iii) Fixed-point plateau of the kernel drift", "",
               "Criterion: " + next(iter(summary["per_xi"].values()))["plateau"]["runs"][0]
               ["criterion"] + ".", "",
+              "Transition l→l+1 is the drift 1 − CKA(z_l, z_{l+1}) between layers l and l+1; "
+              "layers count from 0, the embedding, to K = %d." % config.depth, "",
               "| ξ | seed | top-2 share | top-2 transitions | rest max / largest | verdict |",
               "| --- | --- | --- | --- | --- | --- |"]
     for xi, entry in summary["per_xi"].items():
         for seed, v in zip(entry["seeds"], entry["plateau"]["runs"]):
             f = v["figures"]
             lines.append("| %s | %d | %s | %s | %s | %s |" % (
-                xi, seed, _fmt(f["top2_share"], 2), f["top2_transitions"],
+                xi, seed, _fmt(f["top2_share"], 2), _transitions(f["top2_transitions"]),
                 _fmt(f["rest_max_over_largest"], 3), v["status"]))
         lines.append("| %s | all seeds | | | | **%s** |" % (xi, entry["plateau"]["status"]))
     lines += ["", "## Relevance decomposition (masked positions)", "",
@@ -220,15 +231,21 @@ def _figures(results, out):
 def write_report(results, out, config=None, figures=True):
     """Write report.json, report.md and (with ``figures``) PNGs for ``results`` into ``out``.
 
-    Returns the summary dict (see :func:`summarize`).
+    report.json holds ``rgflow_version``, ``created_utc`` (ISO 8601, e.g.
+    "2026-01-31T12:00:00Z"), ``summary`` and ``runs``, in that order. Returns the summary dict
+    (see :func:`summarize`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     config = config or results[0].config
+    from . import __version__
+    header = {"rgflow_version": __version__,
+              "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     (out / "report.json").write_text(json.dumps(
-        {"summary": summary, "runs": [json.loads(r.to_json()) for r in results]}, indent=1))
-    (out / "report.md").write_text(_markdown(summary, results, config))
+        dict(header, summary=summary, runs=[json.loads(r.to_json()) for r in results]),
+        indent=1))
+    (out / "report.md").write_text(_markdown(summary, results, config, header))
     if figures:
         _figures(results, out)
     return summary
@@ -247,7 +264,7 @@ def reproduce(out="rgflow-report", quick=False, seeds=3, workers=2, progress=Tru
     out = Path(out)
     store = out / "runs"
     if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
+        with process_pool(workers) as ex:
             sweep(configs, executor=ex, store=store, progress=progress)
     else:
         sweep(configs, store=store, progress=progress)

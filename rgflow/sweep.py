@@ -7,20 +7,52 @@ Dask cluster; results persist per config so an interrupted sweep resumes where i
 >>> len(configs), configs[3].xi, configs[3].seed
 (4, 7.0, 1)
 """
+import contextlib
 import hashlib
 import itertools
 import json
 import os
+import signal
+import socket
 import tempfile
+import threading
 import traceback
-from concurrent.futures import as_completed
+from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 
+from ._util import atomic_write
 from .experiments import Config, Result, run
+from .train import TrainingInterrupted, _stop_when
 
-__all__ = ["grid", "sweep", "load_record"]
+__all__ = ["grid", "sweep", "load_record", "process_pool", "SweepInterrupted"]
 
 RECORD_FORMAT = 1
+# After Ctrl-C, how long a sweep waits for its running runs to reach a chunk boundary (or to
+# finish, if they were past training) before giving up on them.
+STOP_TIMEOUT = 10.0
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`sweep`. Every run that finished is in the store; running the same
+    sweep again with the same store computes only the missing runs.
+
+    Attributes
+    ----------
+    done : int, configs of this sweep with a stored result now (found or just computed).
+    total : int, distinct configs in the sweep.
+    store : Path or None (None: nothing was kept).
+    """
+
+    def __init__(self, done, total, store):
+        self.done, self.total, self.store = done, total, store
+        if store is None:
+            msg = ("sweep interrupted after %d of %d runs; without a store nothing was kept"
+                   % (done, total))
+        else:
+            msg = ("sweep interrupted: %d of %d runs are stored in %s; run the same sweep "
+                   "with this store again to compute only the other %d"
+                   % (done, total, store, total - done))
+        super().__init__(msg)
 
 
 def grid(base=None, **axes):
@@ -50,19 +82,11 @@ def _checksum(payload):
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _write_atomic(path, text):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".%s." % path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def _write_record(store, payload):
+    """Store one run's payload as ``store/<key>.json``, checksummed, all or nothing."""
+    record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
+    with atomic_write(Path(store) / (payload["key"] + ".json")) as f:
+        f.write(json.dumps(record))
 
 
 def load_record(path, key=None):
@@ -79,19 +103,153 @@ def load_record(path, key=None):
         return None
 
 
-def _run_one(config_dict, blas_threads):
-    """Worker side: run one config, never raise (errors become records)."""
+# -- stopping runs wherever they run ----------------------------------------------------------
+# Tokens of the sweeps this process was told to stop, and the token of the run this (worker)
+# process is running or ran last.
+_STOPPED = set()
+_current_token = [None]
+
+
+class _Stop:
+    """How one sweep tells its runs to stop at their next chunk boundary, wherever they run:
+    threads of this process read ``_STOPPED``; process-pool workers on this machine also see a
+    flag file (a Ctrl-C meant for the parent alone, e.g. a notebook's interrupt, never reaches
+    them); Dask workers, on any machine, get ``_STOPPED`` set through ``Client.run``. Sent to
+    every run with its config (picklable)."""
+
+    def __init__(self):
+        self.token = os.urandom(8).hex()
+        self.parent = os.getpid()
+        self.path = os.path.join(tempfile.gettempdir(), "rgflow-stop-%s" % self.token)
+
+    def requested(self):
+        return self.token in _STOPPED or os.path.exists(self.path)
+
+    def request(self, client=None):
+        _mark_stopped(self.token)
+        with contextlib.suppress(OSError):
+            open(self.path, "x").close()
+        if client is not None:
+            with contextlib.suppress(Exception):  # a worker gone already has nothing to stop
+                client.run(_mark_stopped, self.token)
+
+    def release(self):
+        _STOPPED.discard(self.token)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def _mark_stopped(token):
+    _STOPPED.add(token)
+
+
+def _on_worker_sigint(signum, frame):
+    # Ctrl-C in a terminal reaches every worker of the process group: stop the current run at
+    # its next chunk boundary and refuse the rest of its sweep; never raise (an idle worker
+    # would die with a traceback and break the pool).
+    if _current_token[0] is not None:
+        _STOPPED.add(_current_token[0])
+
+
+def _worker_init():
+    """Process-pool initializer: Ctrl-C in a worker stops its sweep's runs, never raises."""
+    signal.signal(signal.SIGINT, _on_worker_sigint)
+
+
+_saved_sigint = []
+
+
+def _dask_hold_sigint(host, pgrp):
+    """Run on every Dask worker (``Client.run`` calls it in the worker's event loop, the main
+    thread of a worker process) when a sweep starts. A worker process in the sweep's own
+    terminal job (same host, same process group, e.g. a LocalCluster's) receives the Ctrl-C
+    meant for the sweep, and Dask would shut it down with tracebacks: during the sweep, Ctrl-C
+    there stops the runs instead. Other workers are left alone."""
+    if socket.gethostname() != host or os.getpgrp() != pgrp or _saved_sigint or \
+            threading.current_thread() is not threading.main_thread():
+        return False
+    _saved_sigint.append(signal.signal(signal.SIGINT, _on_worker_sigint))
+    return True
+
+
+def _dask_release_sigint():
+    """Undo :func:`_dask_hold_sigint` when the sweep ends."""
+    if _saved_sigint and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _saved_sigint.pop())
+
+
+@contextlib.contextmanager
+def process_pool(workers):
+    """A ``ProcessPoolExecutor`` of ``workers`` processes for :func:`sweep` (what ``rgflow
+    sweep --workers`` and ``rgflow reproduce`` use): Ctrl-C in a worker stops its run instead of
+    raising, and after an exception (Ctrl-C included) the pool is shut down without waiting for
+    queued runs; a worker still alive ``STOP_TIMEOUT`` seconds later is terminated."""
+    ex = ProcessPoolExecutor(workers, initializer=_worker_init)
+    try:
+        yield ex
+    except BaseException:
+        procs = list((getattr(ex, "_processes", None) or {}).values())  # private: no public handle
+        ex.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.join(STOP_TIMEOUT)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        raise
+    ex.shutdown(wait=True)
+
+
+def _run_one(config_dict, blas_threads, stop=None):
+    """Worker side: run one config, never raise (errors become records). With ``stop`` (a
+    sweep on an executor), returns None for a run the sweep stopped before it finished."""
     from .runtime import get_num_threads, num_threads
 
     config = Config.from_dict(config_dict)
+    if stop is not None:
+        if stop.requested():
+            return None
+        _current_token[0] = stop.token
+        if os.getpid() != stop.parent and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is not _on_worker_sigint:
+            _worker_init()  # a pool made without process_pool()
     try:
-        with num_threads(blas_threads or get_num_threads()):  # the caller's count is restored
+        # the caller's thread count is restored afterwards
+        with num_threads(blas_threads or get_num_threads()), \
+                _stop_when(stop.requested if stop is not None else None):
             result = run(config, progress=False)
         return {"key": config.key(), "status": "ok", "result": json.loads(result.to_json())}
+    except TrainingInterrupted:
+        if stop is not None and stop.requested():
+            return None
+        raise
     except Exception as exc:  # a failing run is a record, not the end of the sweep
         return {"key": config.key(), "status": "error", "config": config.to_dict(),
                 "error": "%s: %s" % (type(exc).__name__, exc),
                 "traceback": traceback.format_exc()}
+
+
+def _wind_down(futures, stop, client, finish):
+    """After the first Ctrl-C: tell every run to stop at its next chunk boundary, drop the runs
+    not started, wait (at most STOP_TIMEOUT) and store the runs that finished meanwhile. A
+    further Ctrl-C is ignored for that bounded wait, so it cannot break the clean-up."""
+    held = None
+    if threading.current_thread() is threading.main_thread():
+        held = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        stop.request(client)
+        if client is None:  # a Dask future cancelled while running would lose its result
+            for fut in futures:
+                fut.cancel()
+        wait(futures, timeout=STOP_TIMEOUT)
+        for fut in futures:
+            if fut.done() and not fut.cancelled() and fut.exception() is None \
+                    and fut.result() is not None:
+                finish(fut.result())
+            else:
+                fut.cancel()
+    finally:
+        if held is not None:
+            signal.signal(signal.SIGINT, held)
 
 
 def _flat(payload):
@@ -131,6 +289,13 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         depend on it); default 1 when an executor runs several runs at once (so they do not
         oversubscribe cores), the caller's count in-process.
 
+    Ctrl-C (SIGINT to this process, or to the whole terminal job) stops every run at its next
+    training chunk (at most 25 steps) wherever it runs: in this process, on threads, on a
+    process pool (:func:`process_pool` makes one whose workers are ready for it; a plain
+    ``ProcessPoolExecutor`` works too) or on Dask workers. Runs not started are dropped, runs
+    that finish meanwhile are stored, and :class:`SweepInterrupted` (a KeyboardInterrupt)
+    says how many runs are stored; calling ``sweep`` again with the same store resumes.
+
     Returns
     -------
     list of dict (a pandas DataFrame if pandas is installed): config fields, ``key``,
@@ -159,32 +324,45 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
             todo.append((key, config))
 
     def finish(payload):
-        payloads[payload["key"]] = payload
+        if payload["key"] in payloads:
+            return
         if store is not None:
-            record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
-            _write_atomic(store / (payload["key"] + ".json"), json.dumps(record))
+            _write_record(store, payload)
+        payloads[payload["key"]] = payload  # after the write: an interrupted write did not keep it
+        if bar:
+            bar.update()
 
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="sweep", unit="run")
+    futures, stop, client = [], _Stop(), None
     try:
         if executor is None:
             for key, config in todo:
                 finish(_run_one(config.to_dict(), blas_threads))
-                if bar:
-                    bar.update()
         else:
             if hasattr(executor, "get_executor"):  # a dask.distributed.Client
-                executor = executor.get_executor()
+                client, executor = executor, executor.get_executor()
+                with contextlib.suppress(Exception):  # a nicety: the sweep runs without it
+                    client.run(_dask_hold_sigint, socket.gethostname(), os.getpgrp())
             threads = 1 if blas_threads is None else blas_threads
-            futures = [executor.submit(_run_one, config.to_dict(), threads)
+            futures = [executor.submit(_run_one, config.to_dict(), threads, stop)
                        for _, config in todo]
             for fut in as_completed(futures):
-                finish(fut.result())
-                if bar:
-                    bar.update()
+                payload = fut.result()
+                if payload is None:  # a worker got Ctrl-C (the terminal's, or its own)
+                    raise KeyboardInterrupt
+                finish(payload)
+    except KeyboardInterrupt:
+        if futures:
+            _wind_down(futures, stop, client, finish)
+        raise SweepInterrupted(len(payloads), len(queued), store) from None
     finally:
+        stop.release()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.run(_dask_release_sigint)
         if bar:
             bar.close()
 

@@ -117,6 +117,22 @@ def _deferred_sigint():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+_stop_check = threading.local()
+
+
+@contextlib.contextmanager
+def _stop_when(check):
+    """Within the block, :func:`train` calls in this thread raise TrainingInterrupted at their
+    next chunk boundary once ``check()`` returns True: how a sweep stops runs in worker
+    processes and threads, where Ctrl-C does not reach ``train`` (``check=None``: never)."""
+    previous = getattr(_stop_check, "check", None)
+    _stop_check.check = check
+    try:
+        yield
+    finally:
+        _stop_check.check = previous
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`train`, raised between chunks: ``model.step`` counts exactly the
     updates applied to the parameters, so the model can be trained further or saved."""
@@ -181,7 +197,8 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     History. Raises FloatingPointError naming the step if the loss or a parameter becomes
     NaN/Inf (``model.step`` then counts the updates that were applied). Ctrl-C is held until
     the current chunk (<= 25 steps) finishes, then raises :class:`TrainingInterrupted` (a
-    KeyboardInterrupt) with ``model.step`` equal to the updates applied.
+    KeyboardInterrupt) with ``model.step`` equal to the updates applied; a run inside
+    :func:`rgflow.sweep` stops the same way when the sweep is interrupted.
 
     >>> chain = MarkovChain.lazy(8, 7.0)
     >>> model = ResidualMLP(8, 16, 8, 64, 2, seed=0)
@@ -237,11 +254,15 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc="train", unit="step")
+    external = getattr(_stop_check, "check", None)
     try:
         with _deferred_sigint() as sigint:
+            def stop():
+                return sigint[0] or (external is not None and external())
+
             _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate,
                         mask_span, seed, schedule, warmup, total, clip, eval_every, workspace,
-                        losses, lrs, ev_loss, evaluate, bar, floor, sigint)
+                        losses, lrs, ev_loss, evaluate, bar, floor, stop)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
@@ -261,9 +282,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
 
 def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate, mask_span,
                 seed, schedule, warmup, total, clip, eval_every, workspace, losses, lrs, ev_loss,
-                evaluate, bar, floor, sigint):
-    """The chunked loop of ``train``; checks for a held SIGINT after every chunk, when the
-    model's step counter matches its parameters."""
+                evaluate, bar, floor, stop):
+    """The chunked loop of ``train``; after every chunk, when the model's step counter matches
+    its parameters, ``stop()`` (a held SIGINT or a sweep's stop request) ends it."""
     while model.step < start + steps:
         end = min(start + steps, model.step + CHUNK_STEPS)
         if eval_every:
@@ -296,7 +317,7 @@ def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_r
             if ev_loss:
                 post["eval"] = "%.4f" % ev_loss[-1]
             bar.set_postfix(post, refresh=False)
-        if sigint[0]:
+        if stop():
             raise _interrupted(model, start, steps)
     if not ev_loss or evaluate.last != model.step:
         evaluate()

@@ -1,7 +1,9 @@
 """Experiments: Config validation and stable keys, Result JSON round trip, the relevance
 decomposition on synthetic data with known answers, and run() end to end on a tiny model."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +23,39 @@ def test_config_validation():
             Config(**bad)
     with pytest.raises(ValueError, match="unknown"):
         Config.from_dict({"xi": 1.0, "bogus": 1})
+
+
+def test_equal_configs_have_equal_keys():
+    """Fields are normalised to their declared types, so equal configs name the same record
+    (before, Config(xi=1) == Config(xi=1.0) but their keys were 61b3... and 01a0...)."""
+    assert Config(xi=1).key() == Config(xi=1.0).key() == "01a00b84e6517079"
+    same = Config(xi=np.float32(7.0), seed=np.int64(2), steps=3000.0, block_ln=np.bool_(True),
+                  chain=np.str_("lazy"))
+    assert same == Config(xi=7.0, seed=2) and same.key() == Config(xi=7.0, seed=2).key()
+    assert type(same.xi) is float and type(same.seed) is int and type(same.steps) is int
+    assert type(same.block_ln) is bool and type(same.chain) is str
+    assert [c.key() for c in rg.grid(Config(), xi=[1, 7])] == \
+        [c.key() for c in rg.grid(Config(), xi=[1.0, 7.0])]
+    # what does not convert exactly is refused, naming the field
+    for bad, name in [(dict(steps=1.5), "steps"), (dict(seed=float("inf")), "seed"),
+                      (dict(xi=2**53 + 1), "xi"), (dict(xi=True), "xi"),
+                      (dict(lr="0.1"), "lr"), (dict(block_ln=1), "block_ln"),
+                      (dict(chain=None), "chain")]:
+        with pytest.raises(TypeError, match="Config field %s must be" % name):
+            Config(**bad)
+
+
+def test_stored_records_keep_their_keys():
+    """Every sweep record stored under notebooks/results is found under its file name by the
+    current Config (normalising the field types did not move any of them)."""
+    results = Path(__file__).resolve().parent.parent / "notebooks" / "results"
+    paths = sorted(p for store in ("regime", "phase-small")
+                   for p in (results / store).glob("*.json"))
+    assert len(paths) >= 50
+    for path in paths:
+        payload = json.loads(path.read_text())["payload"]
+        config = payload["result"]["config"] if payload["status"] == "ok" else payload["config"]
+        assert Config.from_dict(config).key() == payload["key"] == path.stem, path
 
 
 def test_config_key_is_stable_across_processes(tmp_path):

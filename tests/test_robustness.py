@@ -260,8 +260,9 @@ def test_sweep_interrupt_keeps_complete_records_and_resumes(monkeypatch, tmp_pat
 
     monkeypatch.setattr(rsweep, "run", flaky)
     configs = tiny_configs(3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(rg.SweepInterrupted) as info:  # a KeyboardInterrupt
         rg.sweep(configs, store=tmp_path, progress=False)
+    assert (info.value.done, info.value.total) == (1, 3)
     files = sorted(os.listdir(tmp_path))
     assert files == [configs[0].key() + ".json"]  # one complete record, no temporary file
     assert rsweep.load_record(tmp_path / files[0], configs[0].key())["status"] == "ok"
@@ -277,9 +278,10 @@ def test_sweep_interrupt_during_write_leaves_no_partial_file(monkeypatch, tmp_pa
     def boom(fd):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rsweep.os, "fsync", boom)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(os, "fsync", boom)  # inside the atomic write of the first record
+    with pytest.raises(rg.SweepInterrupted) as info:
         rg.sweep(tiny_configs(1), store=tmp_path, progress=False)
+    assert info.value.done == 0  # the run finished, but its record was not kept
     assert os.listdir(tmp_path) == []
 
 

@@ -2,7 +2,9 @@
 resume without recomputing finished runs; damaged records are recomputed."""
 import importlib
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -132,6 +134,22 @@ def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, counted):
     table = records(rg.sweep(cfgs, store=store, progress=False))
     assert len(counted) == 6 - done
     assert all(r["status"] == "ok" for r in table)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_store_and_checkpoint_files_follow_the_umask(tmp_path, umask):
+    """Records and checkpoints are written atomically through a temporary file; they get the
+    mode a plain open() would give (0644 under umask 022), not mkstemp's 0600."""
+    old = os.umask(umask)
+    try:
+        rg.sweep([TINY.replace(steps=2)], store=tmp_path / "runs", progress=False)
+        rg.ResidualMLP(8, 4, 2, 8, 1).save(tmp_path / "m.npz")
+    finally:
+        os.umask(old)
+    files = list((tmp_path / "runs").glob("*.json")) + [tmp_path / "m.npz"]
+    assert len(files) == 2
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 def test_phase_diagram_from_a_table(tmp_path):

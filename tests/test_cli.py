@@ -1,0 +1,145 @@
+"""The `rgflow` command line: help texts with defaults, --version, bad values as one-line usage
+errors (exit code 2, no traceback), the sweep table's columns and its undertrained flag."""
+import argparse
+import json
+
+import pytest
+
+import rgflow as rg
+from rgflow.__main__ import main, make_parser, sweep_table
+
+
+def run(argv, capsys):
+    """(exit code, stdout, stderr) of ``rgflow argv`` run in this process."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def subparsers():
+    action = next(a for a in make_parser()._actions
+                  if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_option_says_its_default():
+    commands = subparsers()
+    assert sorted(commands) == ["demo", "reproduce", "sweep"]
+    for name, parser in commands.items():
+        options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+        assert options
+        for action in options:
+            text = (action.help or "") % vars(action)  # as --help shows it
+            assert "(default: " in text or "(required)" in text, (name, action.dest, text)
+    for name in ("reproduce", "sweep"):
+        seeds = next(a for a in commands[name]._actions if a.dest == "seeds")
+        assert seeds.help % vars(seeds) == "train seeds 0..N-1 at each xi (default: 3)"
+    assert "Without --quick every run is paper size" in commands["sweep"].description
+
+
+def test_help_and_version(capsys):
+    code, out, err = run(["--version"], capsys)
+    assert (code, out, err) == (0, "rgflow %s\n" % rg.__version__, "")
+    code, out, _ = run(["sweep", "--help"], capsys)
+    assert code == 0
+    assert "--seeds N            train seeds 0..N-1 at each xi (default: 3)" in out
+    assert "--steps N            training steps (default: 3000, or 2000 with --quick)" in out
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("not a directory")
+    return path
+
+
+BAD = [
+    (["sweep", "--xi", "-1"], "argument --xi: must lie in (0, inf), got -1"),
+    (["sweep", "--xi", "1", "nan"], "argument --xi: must lie in (0, inf), got nan"),
+    (["sweep", "--xi", "0"], "argument --xi: must lie in (0, inf), got 0"),
+    (["sweep", "--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+    (["sweep", "--depth", "2.5"], "argument --depth: '2.5' is not an integer"),
+    (["sweep", "--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
+    (["sweep", "--workers", "0"], "argument --workers: must be an integer >= 1, got 0"),
+    (["reproduce", "--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
+    (["reproduce", "--workers", "-2"], "argument --workers: must be an integer >= 1, got -2"),
+    (["demo", "--xi", "-1"], "argument --xi: must lie in [0, inf), got -1"),
+    (["demo", "--xi", "1e300"], "argument --xi: xi must be at most 1e+11, got 1e+300: a "
+                                "float64 chain cannot represent a longer correlation length "
+                                "(|lambda_2| within 1e-12 of 1 reads as xi = inf)"),
+    (["demo", "--states", "1"], "argument --states: must be an integer >= 2 and <= 65535, "
+                                "got 1"),
+    (["demo", "--mask-rate", "1.5"], "argument --mask-rate: must lie in (0, 1], got 1.5"),
+    (["demo", "--n", "ten"], "argument --n: 'ten' is not an integer"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_values_are_usage_errors(argv, message, tmp_path, capsys):
+    store = tmp_path / "store"
+    if argv[0] == "sweep":
+        argv = argv + ["--store", str(store)]
+    code, out, err = run(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("usage: rgflow %s " % argv[0]) and "Traceback" not in err
+    assert err.splitlines()[-1] == "rgflow %s: error: %s" % (argv[0], message)
+    assert not store.exists()  # nothing ran
+
+
+def test_store_and_out_must_be_directories(a_file, capsys):
+    for argv, option in ((["sweep", "--store", str(a_file)], "--store"),
+                         (["reproduce", "--out", str(a_file)], "--out")):
+        code, _, err = run(argv, capsys)
+        assert code == 2
+        assert err.splitlines()[-1] == "rgflow %s: error: argument %s: %s exists and is not a " \
+            "directory" % (argv[0], option, a_file)
+    code, _, err = run(["sweep", "--store", str(a_file / "runs")], capsys)
+    assert code == 2
+    assert err.splitlines()[-1] == ("rgflow sweep: error: argument --store: %s cannot be "
+                                    "created: %s is a file" % (a_file / "runs", a_file))
+
+
+def test_sweep_table_names_its_level_and_flags_undertrained_runs():
+    rows = [dict(status="ok", xi=1.0, seed=0, masked_ce=1.65, bayes_floor=1.6, learned=0.85,
+                 ratio_masked=0.8876, ratio_position=1.2012),
+            dict(status="ok", xi=0.5, seed=1, masked_ce=2.0, bayes_floor=1.9, learned=0.55,
+                 ratio_masked=0.95, ratio_position=1.13),
+            dict(status="error", xi=1e9, seed=2, error="FloatingPointError: loss is nan")]
+    lines = sweep_table(rows)
+    assert lines[0].split() == ["xi", "seed", "CE", "floor", "learned", "R(masked)", "R(all)",
+                                "note"]
+    assert lines[1].split() == ["1", "0", "1.6500", "1.6000", "0.85", "0.888", "1.201"]
+    assert lines[2].split() == ["0.5", "1", "2.0000", "1.9000", "0.55", "0.950", "1.130",
+                                "undertrained"]
+    assert lines[3].split() == ["1e+09", "2", "error:", "FloatingPointError:", "loss", "is",
+                                "nan"]
+    assert lines[4].startswith("R = rank[K]/rank[1], the position-level effective rank")
+    assert "R <= 0.95 is a collapse" in lines[4]
+    assert lines[5].startswith("undertrained: the run closed less than 80% of the gap")
+
+
+def test_sweep_command_end_to_end(tmp_path, capsys):
+    store = tmp_path / "runs"
+    code, out, err = run(["sweep", "--quick", "--steps", "30", "--depth", "2", "--hidden", "16",
+                          "--width", "4", "--length", "8", "--xi", "1", "--seeds", "2",
+                          "--store", str(store), "--no-progress"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[5:7] == ["R(masked)", "R(all)"]
+    rows = json.loads((store / "table.json").read_text())
+    assert [(r["xi"], r["seed"]) for r in rows] == [(1.0, 0), (1.0, 1)]
+    for line, row in zip(lines[1:3], rows):
+        assert row["learned"] < 0.8  # 30 steps: far from trained
+        assert line.split()[5:] == ["%.3f" % row["ratio_masked"], "%.3f" % row["ratio_position"],
+                                    "undertrained"]
+
+
+def test_too_large_for_this_machine_is_one_line(capsys):
+    code, _, err = run(["demo", "--xi", "1", "--n", str(10**12), "--length", str(10**6)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert err.splitlines() == [
+        err.strip()] and err.startswith("rgflow demo: sample: n * length = 1000000000000 x "
+                                        "1000000 int32 tokens needs 4e+09 GB but only ")

@@ -1,0 +1,69 @@
+"""The report's details (issue 16): report.json starts with the rgflow version and a UTC
+timestamp, the tables say what their columns mean, thresholds are printed readably and drift
+transitions are named by the layers they join."""
+import json
+import re
+from datetime import datetime, timezone
+
+import pytest
+
+import rgflow as rg
+from rgflow.experiments import Config, run
+from rgflow.report import write_report
+
+TINY = Config(steps=20, hidden=32, depth=3, width=8, length=8, eval_size=128, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    results = [run(TINY.replace(xi=xi, seed=seed), progress=False)
+               for xi in (1.0, 7.0) for seed in (0, 1)]
+    out = tmp_path_factory.mktemp("report")
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    summary = write_report(results, out, figures=False)
+    after = datetime.now(timezone.utc)
+    return dict(out=out, summary=summary, before=before, after=after,
+                doc=json.loads((out / "report.json").read_text()),
+                md=(out / "report.md").read_text())
+
+
+def test_report_json_starts_with_version_and_utc_time(report):
+    doc = report["doc"]
+    assert list(doc) == ["rgflow_version", "created_utc", "summary", "runs"]
+    assert doc["rgflow_version"] == rg.__version__
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["created_utc"])
+    created = datetime.strptime(doc["created_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=timezone.utc)
+    assert report["before"] <= created <= report["after"]
+    assert doc["summary"] == json.loads(json.dumps(report["summary"]))
+    assert report["md"].splitlines()[2] == "rgflow %s, written %s." % (rg.__version__,
+                                                                       doc["created_utc"])
+
+
+def test_largest_step_column_is_explained(report):
+    md = report["md"]
+    assert "max rise" not in md
+    assert "| ratio | largest step | Spearman |" in md
+    assert ("Largest step: the largest change rank[l+1] − rank[l] between consecutive layers "
+            "1..K; negative means the rank fell at every step. The criterion allows a rise of "
+            "up to 0.01 × rank[1].") in md
+
+
+def test_thresholds_are_printed_readably(report):
+    crit = report["summary"]["selectivity"]["criterion"]
+    assert crit == ("R = rank[K]/rank[1] at the position level: every short-xi run R <= 0.95, "
+                    "every long-xi run R >= 0.983 (= 1 - 0.05/3), ranges disjoint")
+    assert "0.983333" not in report["md"] and "Criterion: %s." % crit in report["md"]
+
+
+def test_transitions_are_named_by_the_layers_they_join(report):
+    md = report["md"]
+    assert ("Transition l→l+1 is the drift 1 − CKA(z_l, z_{l+1}) between layers l and l+1; "
+            "layers count from 0, the embedding, to K = 3.") in md
+    per_xi = report["summary"]["per_xi"]
+    for xi, entry in per_xi.items():
+        for seed, verdict in zip(entry["seeds"], entry["plateau"]["runs"]):
+            a, b = verdict["figures"]["top2_transitions"]
+            row = next(line for line in md.splitlines()
+                       if line.startswith("| %s | %d | " % (xi, seed)) and "→" in line)
+            assert row.split(" | ")[3] == "%d→%d, %d→%d" % (a, a + 1, b, b + 1)
