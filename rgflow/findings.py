@@ -27,7 +27,8 @@ import numpy as np
 
 __all__ = [
     "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
-    "collapse_crossover", "gate", "interval", "compare", "GATE_EXCESS",
+    "collapse_crossover", "gate", "interval", "compare", "summarize", "GATE_EXCESS",
+    "SHORT_XI", "LONG_XI",
     "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
     "LEARNED_MIN",
 ]
@@ -42,6 +43,8 @@ GATE_EXCESS = 0.02         # nats above the Bayes floor a run may stay (see gate
 CONFIDENCE = 0.95          # intervals: t-based for a mean, Welch for a difference
 
 HOLDS, FAILS, UNDERTRAINED = "holds", "fails", "undertrained"
+
+SHORT_XI, LONG_XI = 1.0, 7.0  # the correlation lengths the claims compare
 
 
 @dataclass
@@ -227,6 +230,61 @@ def plateau(drift, learned=1.0):
                  "total": total},
         learned=learned_list,
     )
+
+
+# (claim key in summarize(), rank level) for claim (i)
+COLLAPSE_SETS = (("collapse_masked", "masked"), ("collapse_visible", "visible"),
+                 ("collapse_all", "position"))
+
+
+def _all_hold(statuses):
+    """Aggregate per-seed statuses: undertrained if any run is, else holds iff all hold."""
+    if any(s == UNDERTRAINED for s in statuses):
+        return UNDERTRAINED
+    return HOLDS if all(s == HOLDS for s in statuses) else FAILS
+
+
+def summarize(results):
+    """Verdicts of the three claims over a set of runs at short and long ξ.
+
+    Parameters
+    ----------
+    results : list of Result (any number of seeds at xi = 1 and xi = 7; other runs ignored).
+
+    Returns
+    -------
+    dict with, for each xi ("1", "7"): per claim-(i) subset and for the plateau, the list of
+    per-seed Verdict dicts and the aggregate status (holds iff every seed holds); the
+    selectivity Verdict dict at the position level (all positions) and at masked positions;
+    and the learned shares.
+    """
+    by_xi = {SHORT_XI: [], LONG_XI: []}
+    for r in results:
+        if r.config.xi in by_xi:
+            by_xi[r.config.xi].append(r)
+    for xi, runs in by_xi.items():
+        if not runs:
+            raise ValueError("summarize needs runs at xi = %g" % xi)
+        runs.sort(key=lambda r: r.config.seed)
+    out = {"per_xi": {}}
+    for xi, runs in by_xi.items():
+        entry = {"seeds": [r.config.seed for r in runs],
+                 "learned": [r.learned for r in runs],
+                 "masked_ce": [r.masked_ce for r in runs],
+                 "bayes_floor": [r.bayes_floor for r in runs]}
+        for key, _ in COLLAPSE_SETS + (("plateau", None),):
+            verdicts = [r.verdicts[key] for r in runs]
+            entry[key] = {"status": _all_hold([v["status"] for v in verdicts]),
+                          "runs": verdicts}
+        out["per_xi"]["%g" % xi] = entry
+    short, long_ = by_xi[SHORT_XI], by_xi[LONG_XI]
+    for name, level in (("selectivity", "position"), ("selectivity_masked", "masked")):
+        out[name] = selectivity(
+            [r.profiles[level] for r in short], [r.profiles[level] for r in long_],
+            [r.learned for r in short], [r.learned for r in long_],
+            [r.profiles["pooled"] for r in short], [r.profiles["pooled"] for r in long_],
+        ).to_dict()
+    return out
 
 
 def collapse_crossover(xis, ratios, threshold=None):

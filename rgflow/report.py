@@ -1,7 +1,8 @@
 """The findings report: ξ ∈ {1, 7} × seeds at a documented configuration, every claim judged
 by :mod:`rgflow.findings`, written as report.json, report.md and PNG figures.
 
-``python -m rgflow reproduce`` (or the ``rgflow reproduce`` command) calls :func:`reproduce`.
+The ``rgflow reproduce`` command calls :func:`reproduce`. The verdicts come from
+:func:`rgflow.findings.summarize`; this module only formats them.
 """
 import json
 from datetime import datetime, timezone
@@ -11,11 +12,10 @@ import numpy as np
 
 from . import findings
 from .experiments import Config, Result
+from .findings import COLLAPSE_SETS, LONG_XI, SHORT_XI, summarize
 from .sweep import grid, load_record, process_pool, sweep
 
-__all__ = ["CONFIGS", "summarize", "write_report", "reproduce"]
-
-SHORT_XI, LONG_XI = 1.0, 7.0
+__all__ = ["CONFIGS", "write_report", "reproduce"]
 
 # The documented configurations (README, "Findings"). "paper" is the abstract's setting at
 # the pilot's default size; "quick" is the small setting the test suite and --quick use.
@@ -23,61 +23,6 @@ CONFIGS = {
     "paper": Config(),
     "quick": Config(length=16, width=16, hidden=256, depth=8, steps=2000),
 }
-
-# (claim key in summarize(), rank level) for claim (i)
-COLLAPSE_SETS = (("collapse_masked", "masked"), ("collapse_visible", "visible"),
-                 ("collapse_all", "position"))
-
-
-def _all_hold(statuses):
-    """Aggregate per-seed statuses: undertrained if any run is, else holds iff all hold."""
-    if any(s == findings.UNDERTRAINED for s in statuses):
-        return findings.UNDERTRAINED
-    return findings.HOLDS if all(s == findings.HOLDS for s in statuses) else findings.FAILS
-
-
-def summarize(results):
-    """Verdicts of the three claims over a set of runs at short and long ξ.
-
-    Parameters
-    ----------
-    results : list of Result (any number of seeds at xi = 1 and xi = 7; other runs ignored).
-
-    Returns
-    -------
-    dict with, for each xi ("1", "7"): per claim-(i) subset and for the plateau, the list of
-    per-seed Verdict dicts and the aggregate status (holds iff every seed holds); the
-    selectivity Verdict dict at the position level (all positions) and at masked positions;
-    and the learned shares.
-    """
-    by_xi = {SHORT_XI: [], LONG_XI: []}
-    for r in results:
-        if r.config.xi in by_xi:
-            by_xi[r.config.xi].append(r)
-    for xi, runs in by_xi.items():
-        if not runs:
-            raise ValueError("summarize needs runs at xi = %g" % xi)
-        runs.sort(key=lambda r: r.config.seed)
-    out = {"per_xi": {}}
-    for xi, runs in by_xi.items():
-        entry = {"seeds": [r.config.seed for r in runs],
-                 "learned": [r.learned for r in runs],
-                 "masked_ce": [r.masked_ce for r in runs],
-                 "bayes_floor": [r.bayes_floor for r in runs]}
-        for key, _ in COLLAPSE_SETS + (("plateau", None),):
-            verdicts = [r.verdicts[key] for r in runs]
-            entry[key] = {"status": _all_hold([v["status"] for v in verdicts]),
-                          "runs": verdicts}
-        out["per_xi"]["%g" % xi] = entry
-    short, long_ = by_xi[SHORT_XI], by_xi[LONG_XI]
-    for name, level in (("selectivity", "position"), ("selectivity_masked", "masked")):
-        out[name] = findings.selectivity(
-            [r.profiles[level] for r in short], [r.profiles[level] for r in long_],
-            [r.learned for r in short], [r.learned for r in long_],
-            [r.profiles["pooled"] for r in short], [r.profiles["pooled"] for r in long_],
-        ).to_dict()
-    return out
-
 
 def computed_on_lines(places):
     """One line per distinct place in ``places`` (``Result.computed_on`` dicts) that runs were

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ._util import atomic_write
 from .experiments import Config, Result, run
+from .findings import collapse_ratio
 from .train import TrainingInterrupted, _stop_when
 
 __all__ = ["grid", "sweep", "load_record", "process_pool", "SweepInterrupted"]
@@ -266,7 +267,7 @@ def _flat(payload):
     for level, profile in res.profiles.items():
         row["rank_" + level] = profile
         if len(profile) >= 3:
-            row["ratio_" + level] = profile[-1] / profile[1] if profile[1] else float("nan")
+            row["ratio_" + level] = collapse_ratio(profile) if profile[1] else float("nan")
     for name, verdict in res.verdicts.items():
         row["verdict_" + name] = verdict["status"]
     return row
