@@ -19,11 +19,14 @@ STORE = Path(__file__).resolve().parent / "results" / "recipe"
 EVAL_EVERY = 500
 SIZES = {"small": dict(length=16, width=16, hidden=256, depth=8),
          "paper": dict(length=32, width=16, hidden=512, depth=12)}
-# name -> (lr, schedule, warmup, steps)
+# name -> (lr, schedule, warmup, steps[, batch size (default 128)])
 RECIPES = {
     "small": {"const-1e-3": (1e-3, "constant", 0, 20000),
               "cos-1e-3-10k": (1e-3, "cosine", 500, 10000),
               "cos-3e-3-10k": (3e-3, "cosine", 500, 10000),
+              "cos-3e-3-30k": (3e-3, "cosine", 500, 30000),
+              "cos-3e-3-10k-b512": (3e-3, "cosine", 500, 10000, 512),
+              "cos-1e-2-10k": (1e-2, "cosine", 500, 10000),
               "cos-1e-3-20k": (1e-3, "cosine", 500, 20000),
               "cos-1e-3-5k": (1e-3, "cosine", 500, 5000),
               "const-3e-3": (3e-3, "constant", 0, 20000),
@@ -41,17 +44,19 @@ def run_one(size, xi, name):
     if path.exists():
         return str(path)
     rg.set_num_threads(1)
-    lr, schedule, warmup, steps = RECIPES[size][name]
+    lr, schedule, warmup, steps, *batch = RECIPES[size][name]
+    batch_size = batch[0] if batch else 128
     s = SIZES[size]
     chain = rg.MarkovChain.lazy(8, xi)
     model = rg.ResidualMLP(8, s["length"], s["width"], s["hidden"], s["depth"], seed=0)
-    hist = rg.train(model, chain, steps, batch_size=128, lr=lr, schedule=schedule,
+    hist = rg.train(model, chain, steps, batch_size=batch_size, lr=lr, schedule=schedule,
                     warmup=warmup, eval_every=EVAL_EVERY, eval_size=2048, seed=0,
                     progress=False)
     tokens, _, mask = _eval_batch(chain, model, 0, 2048, 0.15, 1)
     floor = chain.bayes_loss(tokens, mask)
     record = {"size": size, "xi": xi, "recipe": name, "lr": lr, "schedule": schedule,
-              "warmup": warmup, "steps": steps, "bayes_floor": floor,
+              "warmup": warmup, "steps": steps, "batch_size": batch_size,
+              "bayes_floor": floor,
               "adjacent_excess": chain.adjacent_loss(tokens, mask) - floor,
               "unigram_entropy": chain.unigram_entropy,
               "eval_steps": hist.eval_steps.tolist(),
