@@ -117,19 +117,23 @@ def _profile(values, name, min_len):
     return p
 
 
-def monotone_collapse(rank, learned=1.0):
+def monotone_collapse(rank, learned=1.0, *, delta=None, tol=None, spearman_max=None):
     """Claim (i) for one run: rank falls monotonically with depth after the embedding.
 
     Parameters
     ----------
     rank : (depth+1,) position-level effective rank, layer 0 = embedding (needs depth >= 2).
     learned : share of the unigram-to-Bayes gap the run closed (see :func:`learned_share`).
+    delta, tol, spearman_max : thresholds (default DELTA, MONOTONE_TOL, SPEARMAN_MAX).
 
     >>> monotone_collapse([5.0, 14.0, 13.0, 12.5, 12.0]).status
     'holds'
     >>> monotone_collapse([5.0, 14.0, 14.5, 13.0, 12.0]).status
     'fails'
     """
+    delta = DELTA if delta is None else delta
+    tol = MONOTONE_TOL if tol is None else tol
+    spearman_max = SPEARMAN_MAX if spearman_max is None else spearman_max
     r = _profile(rank, "rank", 3)
     body = r[1:]
     depth = np.arange(1, len(r))
@@ -137,16 +141,16 @@ def monotone_collapse(rank, learned=1.0):
     max_rise = float(rises.max())
     rho = _spearman(depth, body)
     ratio = float(body[-1] / body[0]) if body[0] > 0 else float("nan")
-    ok = (max_rise <= MONOTONE_TOL * body[0]) and rho <= SPEARMAN_MAX and ratio <= 1 - DELTA
+    ok = (max_rise <= tol * body[0]) and rho <= spearman_max and ratio <= 1 - delta
     learned_list, under = _gate([learned])
     return Verdict(
         claim="monotone collapse",
         status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
         criterion=("over layers 1..K: every rise <= %g x rank[1], Spearman rho <= %g, "
-                   "rank[K]/rank[1] <= %g" % (MONOTONE_TOL, SPEARMAN_MAX, 1 - DELTA)),
+                   "rank[K]/rank[1] <= %g" % (tol, spearman_max, 1 - delta)),
         figures={"embedding_rank": float(r[0]), "rank_1": float(body[0]),
                  "rank_K": float(body[-1]), "max_rise": max_rise,
-                 "max_rise_allowed": float(MONOTONE_TOL * body[0]), "spearman": rho,
+                 "max_rise_allowed": float(tol * body[0]), "spearman": rho,
                  "ratio": ratio},
         learned=learned_list,
     )
@@ -197,18 +201,21 @@ def selectivity(short_ranks, long_ranks, short_learned=None, long_learned=None,
     )
 
 
-def plateau(drift, learned=1.0):
+def plateau(drift, learned=1.0, *, top2_share=None, rest_max=None):
     """Claim (iii) for one run: drift concentrated in one or two transitions.
 
     Parameters
     ----------
     drift : (depth,) drift per transition, 1 - CKA(z_l, z_{l+1}), l = 0..depth-1.
+    top2_share, rest_max : thresholds (default PLATEAU_TOP2_SHARE, PLATEAU_REST_MAX).
 
     >>> plateau([0.3, 0.01, 0.2, 0.005, 0.0]).status
     'holds'
     >>> plateau([0.1, 0.1, 0.1, 0.1]).status
     'fails'
     """
+    top2_share = PLATEAU_TOP2_SHARE if top2_share is None else top2_share
+    rest_max = PLATEAU_REST_MAX if rest_max is None else rest_max
     d = _profile(drift, "drift", 2)
     total = float(d.sum())
     order = np.argsort(d)[::-1]
@@ -216,17 +223,17 @@ def plateau(drift, learned=1.0):
     share = top2 / total if total > 0 else 0.0
     largest = float(d[order[0]])
     rest = d[order[2:]]
-    rest_max = float(rest.max()) if rest.size else 0.0
-    ok = total > 0 and share >= PLATEAU_TOP2_SHARE and rest_max <= PLATEAU_REST_MAX * largest
+    rest_max_found = float(rest.max()) if rest.size else 0.0
+    ok = total > 0 and share >= top2_share and rest_max_found <= rest_max * largest
     learned_list, under = _gate([learned])
     return Verdict(
         claim="fixed-point plateau",
         status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
         criterion=("top-2 transitions carry >= %g of the total drift and every other "
-                   "transition <= %g x the largest" % (PLATEAU_TOP2_SHARE, PLATEAU_REST_MAX)),
+                   "transition <= %g x the largest" % (top2_share, rest_max)),
         figures={"top2_share": share, "top2_transitions": [int(i) for i in order[:2]],
-                 "largest": largest, "rest_max": rest_max,
-                 "rest_max_over_largest": rest_max / largest if largest > 0 else 0.0,
+                 "largest": largest, "rest_max": rest_max_found,
+                 "rest_max_over_largest": rest_max_found / largest if largest > 0 else 0.0,
                  "total": total},
         learned=learned_list,
     )
@@ -391,3 +398,92 @@ def compare(a, b, confidence=None):
     g = float(diff / pooled * correction) if pooled > 0 else float("nan")
     return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": df, "hedges_g": g,
             "n_a": int(x.size), "n_b": int(y.size)}
+
+
+# -- verdicts over seeds (gated runs, intervals, every measure) ------------------------------
+
+MIN_SEEDS = 10             # a cell's verdict needs at least this many gated seeds
+
+
+def _rank_of(result, measure, level, init=False):
+    """(depth+1,) profile of one stored run: ``result.measures`` (or ``result.init``), else the
+    erank ``profiles`` of records from before every measure was stored."""
+    source = result.init if init else result.measures
+    if source:
+        return source["rank"][measure][level]
+    if measure == "erank" and not init:
+        return result.profiles[level]
+    raise ValueError("this record stores only the centred erank of the trained network "
+                     "(computed before every measure was stored)")
+
+
+def run_figures(result, measure="erank", level="masked", excess_max=None, delta=None,
+                tol=None, spearman_max=None, top2_share=None, rest_max=None):
+    """The figures and per-run verdicts of one run (a :class:`rgflow.experiments.Result`):
+    ``gate`` (:func:`gate`), ``R`` and ``R_init`` (collapse ratio trained and at
+    initialisation, ``measure`` at ``level``), ``collapse`` and ``plateau`` statuses ("holds"
+    or "fails", whatever the gate: the caller counts only gated runs), and the plateau's
+    ``top2_share``. Thresholds default to the module constants, but for Spearman's rho,
+    reported and not judged unless ``spearman_max`` is given: with every rise held within
+    ``tol``, the rank correlation only ranks the noise of a profile's flat tail."""
+    spearman_max = 1.0 if spearman_max is None else spearman_max
+    g = gate(result.masked_ce, result.bayes_floor, result.adjacent_ce, excess_max)
+    rank = _rank_of(result, measure, level)
+    out = {"seed": result.config.seed, "gate": g, "R": collapse_ratio(rank),
+           "collapse": monotone_collapse(rank, delta=delta, tol=tol,
+                                         spearman_max=spearman_max).status}
+    if result.init:
+        out["R_init"] = collapse_ratio(_rank_of(result, measure, level, init=True))
+    p = plateau(result.drift, top2_share=top2_share, rest_max=rest_max)
+    out["plateau"], out["top2_share"] = p.status, p.figures["top2_share"]
+    return out
+
+
+def _count(statuses):
+    return {"holds": sum(s == HOLDS for s in statuses), "of": len(statuses)}
+
+
+def cell_verdicts(results, **options):
+    """Claims (i) and (iii) over the seeds of one cell (one ξ, one configuration).
+
+    ``options`` are those of :func:`run_figures`. Returns a dict: ``n_runs``; ``n_gated``;
+    ``runs`` (every run's figures, gated or not); ``R`` and ``R_init`` (:func:`interval` over
+    the gated runs; None without any); ``collapse`` and ``plateau`` (``holds`` k ``of`` n
+    gated); ``enough`` (n_gated >= MIN_SEEDS)."""
+    runs = [run_figures(r, **options) for r in sorted(results, key=lambda r: r.config.seed)]
+    gated = [f for f in runs if f["gate"]["passed"]]
+    out = {"n_runs": len(runs), "n_gated": len(gated), "runs": runs,
+           "enough": len(gated) >= MIN_SEEDS,
+           "collapse": _count([f["collapse"] for f in gated]),
+           "plateau": _count([f["plateau"] for f in gated]),
+           "R": interval([f["R"] for f in gated]) if gated else None,
+           "R_init": (interval([f["R_init"] for f in gated])
+                      if gated and all("R_init" in f for f in gated) else None)}
+    return out
+
+
+def verdicts(results, measure="erank", level="masked", **options):
+    """The three claims over seeds at short and long ξ, for one measure and level.
+
+    Returns a dict: ``short`` and ``long`` (:func:`cell_verdicts`), and ``selectivity``:
+    ``delta_R`` (:func:`compare` of the gated collapse ratios, long minus short; None with fewer
+    than 2 gated runs on a side), ``short_collapses`` and ``long_flat`` (k of n gated runs with
+    R <= 1 - delta and R >= 1 - delta / 3), and ``holds`` (every gated short run collapses,
+    no gated long run does, the intervals of delta_R above 0, enough seeds on both sides).
+    """
+    delta = DELTA if options.get("delta") is None else options["delta"]
+    cells = {}
+    for name, xi in (("short", SHORT_XI), ("long", LONG_XI)):
+        runs = [r for r in results if r.config.xi == xi]
+        cells[name] = cell_verdicts(runs, measure=measure, level=level, **options)
+    rs = [f["R"] for f in cells["short"]["runs"] if f["gate"]["passed"]]
+    rl = [f["R"] for f in cells["long"]["runs"] if f["gate"]["passed"]]
+    diff = compare(rs, rl) if len(rs) >= 2 and len(rl) >= 2 else None
+    short_ok = sum(r <= 1 - delta for r in rs)
+    long_ok = sum(r >= 1 - delta / 3 for r in rl)
+    holds = bool(diff is not None and cells["short"]["enough"] and cells["long"]["enough"]
+                 and short_ok == len(rs) and long_ok == len(rl) and diff["lo"] > 0)
+    cells["selectivity"] = {"delta_R": diff, "short_collapses": {"holds": short_ok,
+                                                                 "of": len(rs)},
+                            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds}
+    return cells

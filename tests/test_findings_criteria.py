@@ -98,3 +98,48 @@ def test_gate_interval_and_compare_against_scipy():
             interval(bad)
     with pytest.raises(ValueError):
         compare([1.0], [1.0, 2.0])
+
+
+def fake_result(xi, seed, ratio, excess=0.005, margin=0.01, init_ratio=1.0, drift=None):
+    """A stored run whose masked erank profile falls linearly to ``ratio`` x rank[1]."""
+    from rgflow.experiments import Config, Result
+    prof = [3.0] + list(np.linspace(10.0, 10.0 * ratio, 5))
+    init = [3.0] + list(np.linspace(10.0, 10.0 * init_ratio, 5))
+    rank = {"erank": {"masked": prof}}
+    floor = 1.5
+    return Result(config=Config(xi=xi, seed=seed, depth=5), history={}, masked_ce=floor + excess,
+                  bayes_floor=floor, unigram_entropy=2.0, learned=0.9, profiles={},
+                  drift=drift or [0.5, 0.01, 0.01, 0.01, 0.3], cka_matrix=[], relevance={},
+                  verdicts={}, adjacent_ce=floor + excess + margin,
+                  measures={"rank": rank}, init={"rank": {"erank": {"masked": init}}})
+
+
+def test_verdicts_over_gated_seeds():
+    short = [fake_result(1.0, s, 0.85 + 0.002 * s) for s in range(10)]
+    long_ = [fake_result(7.0, s, 0.99 + 0.001 * s) for s in range(10)]
+    short.append(fake_result(1.0, 10, 1.2, excess=0.5))        # fails the gate: not counted
+    long_.append(fake_result(7.0, 10, 0.5, margin=-0.001))      # worse than the adjacent rule
+    v = F.verdicts(short + long_)
+    assert v["short"]["n_runs"] == 11 and v["short"]["n_gated"] == 10 and v["short"]["enough"]
+    assert v["short"]["collapse"] == {"holds": 10, "of": 10}
+    assert v["long"]["collapse"] == {"holds": 0, "of": 10}
+    assert v["short"]["R"]["mean"] == pytest.approx(0.859)
+    assert v["short"]["R_init"]["mean"] == pytest.approx(1.0)
+    assert v["short"]["plateau"] == {"holds": 10, "of": 10}
+    sel = v["selectivity"]
+    assert sel["holds"] and sel["delta_R"]["diff"] == pytest.approx(0.9945 - 0.859)
+    assert sel["short_collapses"] == {"holds": 10, "of": 10}
+    # nine gated seeds are not enough for a verdict
+    v9 = F.verdicts(short[1:] + long_)
+    assert not v9["short"]["enough"] and not v9["selectivity"]["holds"]
+    # a stricter gate removes every run; thresholds move the verdicts
+    assert F.verdicts(short + long_, excess_max=0.001)["short"]["n_gated"] == 0
+    assert F.verdicts(short + long_, delta=0.2)["short"]["collapse"]["holds"] == 0
+    assert F.verdicts(short + long_, top2_share=0.99)["short"]["plateau"]["holds"] == 0
+
+
+def test_spearman_is_reported_not_judged_unless_asked():
+    flat_tail = fake_result(1.0, 0, 0.9)
+    flat_tail.measures["rank"]["erank"]["masked"] = [3.0, 10.0, 9.0, 9.0, 9.0, 9.0]
+    assert F.run_figures(flat_tail)["collapse"] == "holds"
+    assert F.run_figures(flat_tail, spearman_max=-0.9)["collapse"] == "fails"
