@@ -487,3 +487,41 @@ def verdicts(results, measure="erank", level="masked", **options):
                                                                  "of": len(rs)},
                             "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds}
     return cells
+
+
+# Threshold values the sensitivity table tries, the module's own value among them.
+SENSITIVITY = {
+    "excess_max": (0.005, 0.01, GATE_EXCESS, 0.05, 0.1),
+    "delta": (0.02, DELTA, 0.1),
+    "tol": (0.005, MONOTONE_TOL, 0.02, 0.05),
+    "spearman_max": (None, SPEARMAN_MAX),
+    "top2_share": (0.5, PLATEAU_TOP2_SHARE, 0.7),
+    "rest_max": (0.05, PLATEAU_REST_MAX, 0.2),
+}
+
+
+def _statement(count):
+    return "%d/%d" % (count["holds"], count["of"])
+
+
+def sensitivity(results, measure="erank", level="masked"):
+    """How each verdict moves with each threshold, the others at their defaults.
+
+    Returns a list of rows ``(threshold, value, {verdict: statement})`` where the verdicts are
+    ``collapse ξ=1``, ``collapse ξ=7``, ``plateau ξ=1``, ``plateau ξ=7`` ("k/n" gated seeds)
+    and ``selective`` ("holds"/"fails", with ΔR's interval); ``value`` None for
+    ``spearman_max`` means "not judged".
+    """
+    rows = []
+    for name, values in SENSITIVITY.items():
+        for value in values:
+            v = verdicts(results, measure, level, **{name: value})
+            d = v["selectivity"]["delta_R"]
+            rows.append((name, value, {
+                "collapse ξ=1": _statement(v["short"]["collapse"]),
+                "collapse ξ=7": _statement(v["long"]["collapse"]),
+                "plateau ξ=1": _statement(v["short"]["plateau"]),
+                "plateau ξ=7": _statement(v["long"]["plateau"]),
+                "selective": ("holds" if v["selectivity"]["holds"] else "fails") + (
+                    " (ΔR %+.3f [%+.3f, %+.3f])" % (d["diff"], d["lo"], d["hi"]) if d else "")}))
+    return rows

@@ -143,3 +143,19 @@ def test_spearman_is_reported_not_judged_unless_asked():
     flat_tail.measures["rank"]["erank"]["masked"] = [3.0, 10.0, 9.0, 9.0, 9.0, 9.0]
     assert F.run_figures(flat_tail)["collapse"] == "holds"
     assert F.run_figures(flat_tail, spearman_max=-0.9)["collapse"] == "fails"
+
+
+def test_sensitivity_rows_move_with_thresholds():
+    short = [fake_result(1.0, s, 0.9 + 0.004 * s, excess=0.003 * s) for s in range(10)]
+    long_ = [fake_result(7.0, s, 0.99, excess=0.004) for s in range(10)]
+    rows = {(name, value): out for name, value, out in F.sensitivity(short + long_)}
+    assert set(F.SENSITIVITY) == {name for name, _ in rows}
+    # the default gate (0.02 nats) keeps seeds 0..6, R = 0.900 .. 0.924: every one collapses
+    # by delta = 0.05, only seed 0 (R = 0.9) by delta = 0.1
+    assert rows[("delta", F.DELTA)]["collapse ξ=1"] == "7/7"
+    assert rows[("delta", 0.1)]["collapse ξ=1"] == "1/7"
+    # excess 0.003 s: a 0.005 gate keeps seeds 0, 1; 0.01 keeps 0..3
+    assert rows[("excess_max", 0.005)]["collapse ξ=1"] == "2/2"
+    assert rows[("excess_max", 0.01)]["collapse ξ=1"] == "4/4"
+    assert rows[("excess_max", F.GATE_EXCESS)]["selective"].startswith("fails")  # 7 < 10 seeds
+    assert rows[("excess_max", 0.1)]["selective"].startswith("holds (ΔR +0.0")
