@@ -115,8 +115,70 @@ def _markdown(summary, results, config, header):
         for q in ("relevant_share", "irrelevant_rank"):
             mean = np.mean([r.relevance[q] for r in runs], axis=0)
             lines.append("| %g | %s | %s |" % (xi, q, " | ".join(_fmt(x, 2) for x in mean)))
+    if all(r.measures and r.adjacent_ce is not None for r in results):
+        lines += [""] + gated_markdown(results)
     lines += ["", "Figures: rank_*.png, drift.png, cka.png, loss.png, relevance.png.", ""]
     return "\n".join(lines)
+
+
+MEASURE_LEVELS = (("erank", "masked"), ("erank", "position"), ("erank", "visible"),
+                  ("erank_uncentered", "masked"), ("participation", "masked"),
+                  ("stable", "masked"), ("numerical", "masked"), ("erank", "stream"))
+
+
+def _ci(r, digits=3):
+    if r is None:
+        return "—"
+    if r["n"] < 2:
+        return _fmt(r["mean"], digits)
+    return "%s [%s, %s]" % (_fmt(r["mean"], digits), _fmt(r["lo"], digits), _fmt(r["hi"], digits))
+
+
+def gated_markdown(results):
+    """The verdicts over gated seeds (:func:`rgflow.findings.verdicts`) for every measure and
+    level of MEASURE_LEVELS, and the sensitivity table of the masked erank verdicts, as markdown
+    lines. Needs runs that store every measure (``Result.measures``)."""
+    gate_runs = [(r.config.xi, r.config.seed,
+                  findings.gate(r.masked_ce, r.bayes_floor, r.adjacent_ce)) for r in results]
+    lines = ["## The gate", "",
+             "A run is evidence when its held-out masked CE is within %g nats of the Bayes "
+             "floor and below the adjacent-token rule's CE. Runs that fail it are listed, "
+             "never counted." % findings.GATE_EXCESS, "",
+             "| ξ | seed | excess over floor (nats) | margin over adjacent rule (nats) | gated |",
+             "| --- | --- | --- | --- | --- |"]
+    for xi, seed, g in sorted(gate_runs, key=lambda t: t[:2]):
+        lines.append("| %g | %d | %.4f | %+.4f | %s |" % (xi, seed, g["excess"],
+                     g["adjacent_margin"], "yes" if g["passed"] else "**no**"))
+    lines += ["", "## Verdicts over gated seeds", "",
+              "R = rank[K]/rank[1] (mean [95 %% t-interval] over gated seeds), beside R at "
+              "initialisation on the same batch; (i) holds in k of n gated seeds; (ii) ΔR = "
+              "R(ξ=%g) − R(ξ=%g) with its Welch interval and Hedges' g; a verdict needs %d "
+              "gated seeds per ξ." % (findings.LONG_XI, findings.SHORT_XI, findings.MIN_SEEDS),
+              "",
+              "| measure | level | ξ | (i) collapse | R | R at init | (iii) plateau | "
+              "(ii) ΔR | g | (ii) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- "
+              "| --- |"]
+    for measure, level in MEASURE_LEVELS:
+        v = findings.verdicts(results, measure, level)
+        d = v["selectivity"]["delta_R"]
+        for name, xi in (("short", findings.SHORT_XI), ("long", findings.LONG_XI)):
+            c = v[name]
+            sel = ("%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), "%.2f" % d["hedges_g"],
+                   "holds" if v["selectivity"]["holds"] else "fails") \
+                if d and name == "short" else ("", "", "")
+            lines.append("| %s | %s | %g | %d/%d | %s | %s | %d/%d | %s | %s | %s |" % (
+                measure, level, xi, c["collapse"]["holds"], c["collapse"]["of"], _ci(c["R"]),
+                _ci(c["R_init"]), c["plateau"]["holds"], c["plateau"]["of"], *sel))
+    rows = findings.sensitivity(results)
+    keys = list(rows[0][2])
+    lines += ["", "## Sensitivity (masked positions, centred erank)", "",
+              "Each row moves one threshold, the others at their defaults.", "",
+              "| threshold | value | " + " | ".join(keys) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
+    for name, value, out in rows:
+        shown = "not judged" if value is None else "%g" % value
+        lines.append("| %s | %s | %s |" % (name, shown, " | ".join(out[k] for k in keys)))
+    return lines
 
 
 def _figures(results, out):

@@ -67,3 +67,19 @@ def test_transitions_are_named_by_the_layers_they_join(report):
             row = next(line for line in md.splitlines()
                        if line.startswith("| %s | %d | " % (xi, seed)) and "→" in line)
             assert row.split(" | ")[3] == "%d→%d, %d→%d" % (a, a + 1, b, b + 1)
+
+
+def test_gated_markdown_states_counts_intervals_and_sensitivity(monkeypatch):
+    from test_findings_criteria import fake_result
+
+    import rgflow.report as report
+    monkeypatch.setattr(report, "MEASURE_LEVELS", (("erank", "masked"),))
+    short = [fake_result(1.0, s, 0.85 + 0.002 * s) for s in range(10)]
+    long_ = [fake_result(7.0, s, 0.99 + 0.001 * s) for s in range(10)]
+    long_.append(fake_result(7.0, 10, 0.5, margin=-0.001))
+    text = "\n".join(report.gated_markdown(short + long_))
+    assert "| 7 | 10 | 0.0050 | -0.0010 | **no** |" in text
+    assert ("| erank | masked | 1 | 10/10 | 0.859 [0.855, 0.863] | 1.000 [1.000, 1.000] | "
+            "10/10 | +0.136 [+0.131, +0.140] | 27.11 | holds |") in text
+    assert "| erank | masked | 7 | 0/10 | 0.995 [0.992, 0.997] |" in text
+    assert "| spearman_max | not judged | 10/10 | 0/10 |" in text
