@@ -16,12 +16,12 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "blas.h"
 #include "chain.h"
 #include "cka.h"
 #include "rank.h"
+#include "memory.h"
 #include "mlp.h"
 #include "pool.h"
 #include "status.h"
@@ -46,52 +46,13 @@ static void rg_error(PyObject *type, const char *fmt, ...)
 /* rgflow.MemoryLimitError (a MemoryError): a request larger than the memory available now. */
 static PyObject *MemoryLimitError;
 
-/* Below this a request is not worth reading /proc for; malloc failure still raises. */
-#define RG_MEM_CHECK_MIN (64.0 * 1024 * 1024)
-
-static double read_number(const char *path, const char *key)
-{
-    FILE *f = fopen(path, "r");
-    if (!f) return -1.0;
-    char line[256];
-    double v = -1.0;
-    size_t klen = key ? strlen(key) : 0;
-    while (fgets(line, sizeof line, f)) {
-        if (key && strncmp(line, key, klen)) continue;
-        char *end;
-        double x = strtod(line + klen, &end);
-        if (end != line + klen) v = key ? x * 1024.0 : x;  /* meminfo is in kB */
-        break;
-    }
-    fclose(f);
-    return v;
-}
-
-/* Bytes that can still be allocated without swapping or the OOM killer: MemAvailable (Linux),
- * else free physical pages, capped by a cgroup v2 limit; negative when unknown. Overcommit
- * lets malloc succeed far beyond this, so checking up front is the only way to fail cleanly. */
-static double available_bytes(void)
-{
-    double avail = read_number("/proc/meminfo", "MemAvailable:");
-    if (avail < 0.0) {
-        long pages = sysconf(_SC_AVPHYS_PAGES), size = sysconf(_SC_PAGE_SIZE);
-        if (pages > 0 && size > 0) avail = (double)pages * (double)size;
-    }
-    double max = read_number("/sys/fs/cgroup/memory.max", NULL);  /* "max" reads as -1 */
-    double cur = read_number("/sys/fs/cgroup/memory.current", NULL);
-    if (max > 0.0 && cur >= 0.0 && (avail < 0.0 || max - cur < avail))
-        avail = max - cur > 0.0 ? max - cur : 0.0;
-    return avail;
-}
-
 /* 0 if `bytes` (a double, so products of sizes cannot overflow) fit in available memory;
  * else -1 with MemoryLimitError "<what> needs ... GB". The one check used before every large
  * allocation, in C and (through _core.check_memory) in Python. */
 static int check_memory(double bytes, const char *what)
 {
-    if (!(bytes >= RG_MEM_CHECK_MIN)) return 0;
-    double avail = available_bytes();
-    if (avail < 0.0 || bytes <= avail) return 0;
+    double avail;
+    if (rg_memory_fits(bytes, &avail)) return 0;
     char msg[400];
     snprintf(msg, sizeof msg, "%s needs %.3g GB but only %.3g GB of memory is available",
              what, bytes / 1e9, avail / 1e9);
@@ -1444,7 +1405,7 @@ static PyObject *py_check_memory(PyObject *self, PyObject *args)
 
 static PyObject *py_available_memory(PyObject *self, PyObject *noargs)
 {
-    return PyFloat_FromDouble(available_bytes());
+    return PyFloat_FromDouble(rg_available_bytes());
 }
 
 static PyMethodDef methods[] = {
