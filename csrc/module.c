@@ -24,6 +24,7 @@
 #include "memory.h"
 #include "mlp.h"
 #include "pool.h"
+#include "train.h"
 #include "status.h"
 
 /* ------------------------------------------------------------------------------------------ */
@@ -764,17 +765,25 @@ static void *mlp_workspace_arg(PyObject *obj, const rg_mlp_config *c, int64_t ba
 
 static PyObject *py_mlp_layout(PyObject *self, PyObject *args)
 {
-    PyObject *cfg_obj;
+    PyObject *cfg_obj, *tensors;
     rg_mlp_config c;
     int64_t n_params;
     if (!PyArg_ParseTuple(args, "O:mlp_layout", &cfg_obj)) return NULL;
     if (mlp_config_arg(cfg_obj, &c, &n_params) < 0) return NULL;
-    npy_intp nt = (npy_intp)rg_mlp_n_tensors(&c);
-    PyArrayObject *off = (PyArrayObject *)PyArray_SimpleNew(1, &nt, NPY_INT64);
-    PyArrayObject *size = (PyArrayObject *)PyArray_SimpleNew(1, &nt, NPY_INT64);
-    if (!off || !size) { Py_XDECREF(off); Py_XDECREF(size); return NULL; }
-    rg_mlp_layout(&c, PyArray_DATA(off), PyArray_DATA(size));
-    return Py_BuildValue("LNN", (long long)n_params, off, size);
+    int64_t nt = rg_mlp_n_tensors(&c);
+    if (!(tensors = PyTuple_New((Py_ssize_t)nt))) return NULL;
+    for (int64_t i = 0; i < nt; i++) {
+        rg_mlp_tensor t;
+        rg_mlp_tensor_at(&c, i, &t);
+        PyObject *shape = t.ndim == 1 ? Py_BuildValue("(L)", (long long)t.shape[0])
+                                      : Py_BuildValue("(LL)", (long long)t.shape[0],
+                                                      (long long)t.shape[1]);
+        PyObject *row = shape ? Py_BuildValue("sNLL", t.name, shape, (long long)t.offset,
+                                              (long long)t.size) : NULL;
+        if (!row) { Py_DECREF(tensors); return NULL; }
+        PyTuple_SET_ITEM(tensors, (Py_ssize_t)i, row);
+    }
+    return Py_BuildValue("LN", (long long)n_params, tensors);
 }
 
 static PyObject *py_mlp_workspace_bytes(PyObject *self, PyObject *args)
@@ -1029,8 +1038,8 @@ static PyObject *py_mlp_train_batch(PyObject *self, PyObject *args)
     PyArrayObject *mk = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_BOOL);
     if (tok && msk && mk) {
         Py_BEGIN_ALLOW_THREADS
-        rg_mlp_train_batch(thr, V, L, B, seed, (uint64_t)step, rate, span, PyArray_DATA(tok),
-                           PyArray_DATA(msk), PyArray_DATA(mk));
+        rg_train_batch(thr, V, L, B, seed, (uint64_t)step, rate, span, PyArray_DATA(tok),
+                       PyArray_DATA(msk), PyArray_DATA(mk));
         Py_END_ALLOW_THREADS
         result = Py_BuildValue("OOO", tok, msk, mk);
     }
@@ -1101,14 +1110,15 @@ static PyObject *py_mlp_train_steps(PyObject *self, PyObject *args)
     if (!(thr = mlp_chain_thresholds(T_obj, pi_obj, c.V, &V_chain))) goto exit;
     npy_intp dims[1] = {k};
     if (!(losses = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT64, 0))) goto exit;
-    rg_train_opts o = {0.9, 0.999, 1e-8, wd, max_norm, rate, span};
+    rg_train_opts o = {{0.9, 0.999, 1e-8, wd}, max_norm, rate, span};
+    rg_train_arenas ar = {p, g, am, av};
     int64_t done = 0;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     rg_pool pool;
     rg_pool_init(&pool, compute_threads);
-    rg_mlp_train_steps(&pool, &c, p, g, am, av, ws, B, thr, seed, (uint64_t)step0, k, lr, &o,
-                       PyArray_DATA(losses), &done, &bad);
+    rg_train_steps(&pool, &c, &ar, ws, B, thr, seed, (uint64_t)step0, k, lr, &o,
+                   PyArray_DATA(losses), &done, &bad);
     rg_pool_destroy(&pool);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("OLi", losses, (long long)done, bad);
