@@ -1,5 +1,6 @@
-/* Status codes shared by every kernel.  Kernels never print or exit: they return one of these and
- * fill caller-provided detail slots; the bindings (py_convert.c) turn them into Python exceptions. */
+/* Status codes shared by every kernel.  Kernels never print or exit: they return one of these
+ * and fill caller-provided detail slots; the bindings (rg_py_status in py_convert.c) turn them
+ * into Python exceptions. */
 #ifndef RG_STATUS_H
 #define RG_STATUS_H
 

@@ -486,18 +486,20 @@ def test_core_rejects_bad_arenas_and_workspaces():
         _core.mlp_layout((8, 8, 4))
     chain = rg.MarkovChain.lazy(8, 2.0)
     g = np.zeros_like(model.params)
-    args = [cfg, model.params, g, g.copy(), g.copy(), model._workspace(4), 4, chain.transition,
-            chain.stationary, 0, 0, np.full(2, 1e-3), 0.0, 0.0, 0.15, 1]
+    options = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=0.0,
+                   mask_rate=0.15, mask_span=1)
+    args = [cfg, (model.params, g, g.copy(), g.copy()), model._workspace(4), 4,
+            chain.transition, chain.stationary, 0, 0, np.full(2, 1e-3), options]
     bad = list(args)
-    bad[11] = np.array([1e-3, -1.0])
+    bad[8] = np.array([1e-3, -1.0])
     with pytest.raises(ValueError, match="lrs"):
         _core.mlp_train_steps(*bad)
     bad = list(args)
-    bad[3] = g
+    bad[1] = (model.params, g, g, g.copy())
     with pytest.raises(ValueError, match="distinct"):
         _core.mlp_train_steps(*bad)
     bad = list(args)
-    bad[6] = 5                                              # workspace holds 4 rows
+    bad[3] = 5                                              # workspace holds 4 rows
     with pytest.raises(ValueError, match="workspace"):
         _core.mlp_train_steps(*bad)
     losses, done, status = _core.mlp_train_steps(*args)
