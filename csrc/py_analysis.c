@@ -13,10 +13,10 @@
 #include "status.h"
 
 /* The last two axes of a (a stack of real matrices) as a strided matrix. */
-static rg_view matrix_of(PyArrayObject *a)
+static rg_strided_matrix matrix_of(PyArrayObject *a)
 {
     const int nd = PyArray_NDIM(a);
-    rg_view v;
+    rg_strided_matrix v;
     v.data = PyArray_BYTES(a);
     v.dtype = PyArray_TYPE(a) == NPY_FLOAT32 ? RG_FLOAT32 : RG_FLOAT64;
     v.rows = PyArray_DIM(a, nd - 2);
@@ -116,7 +116,7 @@ typedef struct {
     PyObject *names;        /* None or a tuple of one str per layer */
     Py_ssize_t n_layers;
     PyArrayObject **arr;    /* the converted layers (new references) */
-    rg_view *views;
+    rg_strided_matrix *views;
     int64_t n, W;           /* samples; total features */
 } layers_arg;
 

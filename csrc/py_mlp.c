@@ -320,8 +320,8 @@ static int forward_chunks(const model *M, int64_t batch, forward_out *o, double 
     const rg_mlp_config *c = &M->c;
     const int64_t n = PyArray_DIM(M->tokens.a, 0), L = c->L, D = c->L * c->d;
     const int32_t *x = PyArray_DATA(M->tokens.a);
-    const int32_t *tg = M->targets.a ? PyArray_DATA(M->targets.a) : NULL;
-    const uint8_t *mk = M->mask.a ? PyArray_DATA(M->mask.a) : NULL;
+    const int32_t *targets = M->targets.a ? PyArray_DATA(M->targets.a) : NULL;
+    const uint8_t *mask = M->mask.a ? PyArray_DATA(M->mask.a) : NULL;
     float *logits = o->logits ? PyArray_DATA(o->logits) : NULL;
     float *stream = o->stream ? PyArray_DATA(o->stream) : NULL;
     int status = RG_OK;
@@ -332,8 +332,9 @@ static int forward_chunks(const model *M, int64_t batch, forward_out *o, double 
         double s = 0.0;
         status = rg_mlp_forward(&pool, c, M->ar.params, M->ws, B, x + i0 * L,
                                 logits ? logits + i0 * L * c->V : NULL,
-                                stream ? stream + i0 * D : NULL, n * D, tg ? tg + i0 * L : NULL,
-                                mk ? mk + i0 * L : NULL, &s, &cnt);
+                                stream ? stream + i0 * D : NULL, n * D,
+                                targets ? targets + i0 * L : NULL, mask ? mask + i0 * L : NULL,
+                                &s, &cnt);
         *nll += s;
         *count += cnt;
     }
@@ -376,15 +377,15 @@ exit:
 /* Forward and backward over all n rows of M on a pool; without the GIL. */
 static int gradients(const model *M, int64_t n, double *nll, int64_t *count)
 {
-    const int32_t *x = PyArray_DATA(M->tokens.a), *tg = PyArray_DATA(M->targets.a);
-    const uint8_t *mk = PyArray_DATA(M->mask.a);
+    const int32_t *x = PyArray_DATA(M->tokens.a), *targets = PyArray_DATA(M->targets.a);
+    const uint8_t *mask = PyArray_DATA(M->mask.a);
     rg_pool pool;
     rg_pool_init(&pool, rg_py_threads());
-    int status = rg_mlp_forward(&pool, &M->c, M->ar.params, M->ws, n, x, NULL, NULL, 0, tg, mk,
-                                nll, count);
+    int status = rg_mlp_forward(&pool, &M->c, M->ar.params, M->ws, n, x, NULL, NULL, 0, targets,
+                                mask, nll, count);
     if (status == RG_OK)
-        status = rg_mlp_backward(&pool, &M->c, M->ar.params, M->ar.grads, M->ws, n, x, tg, mk,
-                                 *count);
+        status = rg_mlp_backward(&pool, &M->c, M->ar.params, M->ar.grads, M->ws, n, x, targets,
+                                 mask, *count);
     rg_pool_destroy(&pool);
     return status;
 }
@@ -392,9 +393,9 @@ static int gradients(const model *M, int64_t n, double *nll, int64_t *count)
 /* The number of masked positions of M's mask. */
 static int64_t n_masked(const model *M)
 {
-    const uint8_t *mk = PyArray_DATA(M->mask.a);
+    const uint8_t *mask = PyArray_DATA(M->mask.a);
     int64_t count = 0;
-    for (npy_intp i = 0; i < PyArray_SIZE(M->mask.a); i++) count += mk[i] != 0;
+    for (npy_intp i = 0; i < PyArray_SIZE(M->mask.a); i++) count += mask[i] != 0;
     return count;
 }
 
