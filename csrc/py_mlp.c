@@ -197,6 +197,23 @@ static int mask_conv(PyObject *obj, void *arg) /* (n, L), n the tokens' rows */
     return 0;
 }
 
+/* 0 if every key of dict is in kwlist; else -1 with TypeError naming the first other one. */
+static int known_keys(PyObject *dict, char **kwlist)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(dict, &pos, &key, &value)) {
+        int known = 0;
+        for (char **k = kwlist; *k && !known; k++)
+            known = PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, *k) == 0;
+        if (!known) {
+            PyErr_Format(PyExc_TypeError, "options has an unknown key %R", key);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* AdamW and data options: a dict with exactly the keys betas, eps, weight_decay,
  * max_grad_norm, mask_rate and mask_span, into an rg_train_opts. */
 static int options_conv(PyObject *obj, void *out)
@@ -213,6 +230,7 @@ static int options_conv(PyObject *obj, void *out)
         rg_py_error(PyExc_TypeError, "options must be a dict, got %s", Py_TYPE(obj)->tp_name);
         return 0;
     }
+    if (known_keys(obj, kwlist) < 0) return 0;
     PyObject *none = PyTuple_New(0);
     int ok = none && PyArg_ParseTupleAndKeywords(
                          none, obj, "(O&O&)O&O&O&O&O&:options", kwlist, rg_real_conv, &b1,
