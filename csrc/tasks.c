@@ -10,7 +10,8 @@ rg_cut rg_rows_of(int64_t N, int64_t C)
     return (rg_cut){N, rg_chunk_count(N, (RG_ROW_MIN_ELEMS + C - 1) / C, RG_ROW_MAX_CHUNKS)};
 }
 
-rg_cut rg_cols_of(int64_t N, int64_t C)
+/* The columns of a pass over an (N, C) array (parameter-gradient sums). */
+static rg_cut cols_of(int64_t N, int64_t C)
 {
     rg_cut r = {C, rg_chunk_count(C, (RG_ROW_MIN_ELEMS + N - 1) / N, RG_ROW_MAX_CHUNKS)};
     r.chunks = rg_chunk_count(C, 64, r.chunks); /* whole cache lines of columns */
@@ -103,7 +104,7 @@ int rg_ln_bwd_tasks(rg_task *t, rg_ln_bwd_job *j, float *dinp, int zero_dinp, fl
                     const float *mean, const float *rstd, int64_t N, int64_t C)
 {
     *j = (rg_ln_bwd_job){dinp, dw, db, dout, inp, w, mean, rstd, N, C, zero_dinp,
-                         rg_rows_of(N, C), rg_cols_of(N, C)};
+                         rg_rows_of(N, C), cols_of(N, C)};
     t[0].fn = ln_bwd_rows_item; t[0].arg = j; t[0].n = j->rows.chunks;
     t[1].fn = ln_bwd_cols_item; t[1].arg = j; t[1].n = j->cols.chunks;
     return 2;
@@ -141,7 +142,7 @@ static void gelu_bwd_item(const void *arg, int64_t i)
 
 rg_task rg_colsum_task(rg_colsum_job *j, float *dbias, const float *g, int64_t N, int64_t C)
 {
-    *j = (rg_colsum_job){dbias, g, N, C, rg_cols_of(N, C)};
+    *j = (rg_colsum_job){dbias, g, N, C, cols_of(N, C)};
     return (rg_task){colsum_item, j, j->cols.chunks};
 }
 

@@ -35,7 +35,6 @@ typedef struct {
 } rg_range;
 
 rg_cut rg_rows_of(int64_t N, int64_t C); /* the rows of a pass over an (N, C) array */
-rg_cut rg_cols_of(int64_t N, int64_t C); /* its columns */
 rg_range rg_range_of(rg_cut cut, int64_t i);
 
 /* C (M, N) = op(A) (M, K) op(B) (K, N) + beta C, row-major. */
