@@ -17,6 +17,22 @@ from conftest import new_small, rel_err, torch_loss, torch_module
 
 # -- AdamW ------------------------------------------------------------------------------------
 
+def torch_adamw_losses(torch, net, opt, chain, model, steps, clip=None):
+    """Losses of `steps` torch optimizer steps on the batches train(..., batch_size=16,
+    seed=11) takes, with clip_grad_norm_(clip) if given."""
+    ref = []
+    for s in range(steps):
+        t, x, mask = train_batch(chain, model, s, batch_size=16, seed=11)
+        opt.zero_grad()
+        loss = torch_loss(torch, net, x, t, mask)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+        opt.step()
+        ref.append(loss.item())
+    return ref
+
+
 def test_adamw_steps_match_torch():
     """10 fused train steps (weight decay, clipping) vs torch.optim.AdamW +
     clip_grad_norm_ on the same batches: losses agree to 1e-4 relative, parameters to 1e-3."""
@@ -24,15 +40,7 @@ def test_adamw_steps_match_torch():
     torch, net = torch_module(model)
     chain = rg.MarkovChain.lazy(8, 7.0)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.1)
-    ref = []
-    for s in range(10):
-        t, x, mask = train_batch(chain, model, s, batch_size=16, seed=11)
-        opt.zero_grad()
-        loss = torch_loss(torch, net, x, t, mask)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
-        opt.step()
-        ref.append(loss.item())
+    ref = torch_adamw_losses(torch, net, opt, chain, model, 10, clip=0.5)
     hist = rg.train(model, chain, 10, batch_size=16, lr=3e-3, weight_decay=0.1,
                     max_grad_norm=0.5, seed=11, progress=False, eval_size=8)
     np.testing.assert_allclose(hist.losses, ref, rtol=1e-4)
@@ -40,7 +48,6 @@ def test_adamw_steps_match_torch():
     for name, v in model.named_params().items():
         p = dict(net.named_parameters())[name].detach().numpy()
         assert rel_err(v, p) < 1e-3, name
-
 
 
 def test_betas_and_eps_reach_the_optimizer():
@@ -52,14 +59,7 @@ def test_betas_and_eps_reach_the_optimizer():
     torch, net = torch_module(model)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, betas=(0.8, 0.99), eps=1e-3,
                             weight_decay=0.0)
-    ref = []
-    for s in range(5):
-        t, x, mask = train_batch(chain, model, s, batch_size=16, seed=11)
-        opt.zero_grad()
-        loss = torch_loss(torch, net, x, t, mask)
-        loss.backward()
-        opt.step()
-        ref.append(loss.item())
+    ref = torch_adamw_losses(torch, net, opt, chain, model, 5)
     hist = rg.train(model, chain, 5, batch_size=16, lr=3e-3, seed=11, progress=False,
                     eval_size=8, betas=(0.8, 0.99), eps=1e-3)
     np.testing.assert_allclose(hist.losses, ref, rtol=1e-4)
