@@ -101,12 +101,14 @@ def rgflow_runner(c, steps):
     chain = rg.MarkovChain.lazy(c["V"], 7.0)
     ws = model._workspace(B)
     lrs = np.full(steps, 1e-4)
+    arenas = (model.params, model._grads, model._adam_m, model._adam_v)
+    options = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=0.0,
+                   mask_rate=0.15, mask_span=1)
 
     def run():
         t = time.perf_counter()
-        _core.mlp_train_steps(model._cfg, model.params, model._grads, model._adam_m,
-                              model._adam_v, ws, B, chain.transition, chain.stationary, 0,
-                              model.step, lrs, 0.0, 0.0, 0.15, 1)
+        _core.mlp_train_steps(model._cfg, arenas, ws, B, chain.transition, chain.stationary, 0,
+                              model.step, lrs, options)
         model.step += steps
         return (time.perf_counter() - t) / steps
     return run, model

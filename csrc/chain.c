@@ -82,6 +82,32 @@ static int64_t strongly_connected(const double *T, int64_t V, int64_t *comp, uin
     return n_comp;
 }
 
+/* GTH state reduction on the m x m chain P (row-major, destroyed): its stationary law into x
+ * (m), normalised by x[0] = 1 (the caller divides by the sum, *total).  RG_ERR_REDUCIBLE if a
+ * censored state has no way back (cannot happen on a closed class). */
+static int gth(double *P, int64_t m, double *x, double *total)
+{
+    /* eliminate states m-1..1; the censored chain on {0..k-1} gets
+     * P[i][j] += P[i][k] P[k][j] / S_k with S_k = sum_{j<k} P[k][j] (all terms >= 0). */
+    for (int64_t k = m - 1; k >= 1; k--) {
+        double s = 0.0;
+        for (int64_t j = 0; j < k; j++) s += P[k * m + j];
+        if (!(s > 0.0)) return RG_ERR_REDUCIBLE;
+        for (int64_t i = 0; i < k; i++) P[i * m + k] /= s;
+        RG_BLAS(cblas_dger)(CblasRowMajor, (int)k, (int)k, 1.0, P + k, (int)m, P + k * m, 1,
+                            P, (int)m);
+    }
+    x[0] = 1.0;
+    *total = 1.0;
+    for (int64_t j = 1; j < m; j++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < j; i++) acc += x[i] * P[i * m + j];
+        x[j] = acc;
+        *total += acc;
+    }
+    return RG_OK;
+}
+
 int rg_chain_stationary(const double *T, int64_t V, double *pi,
                         int64_t *n_closed, int64_t example[2])
 {
@@ -109,35 +135,15 @@ int rg_chain_stationary(const double *T, int64_t V, double *pi,
     int64_t m = 0;
     for (int64_t v = 0; v < V; v++)
         if (comp[v] == closed_comp) members[m++] = v;
-    P = malloc(sizeof(double) * (size_t)(m * m));
+    P = malloc(sizeof(double) * (size_t)(m * m + m)); /* the class's chain, then x (m) */
     if (!P) { status = RG_ERR_NOMEM; goto exit; }
     for (int64_t a = 0; a < m; a++)
         for (int64_t b = 0; b < m; b++)
             P[a * m + b] = T[members[a] * V + members[b]];
-
-    /* GTH: eliminate states m-1..1; the censored chain on {0..k-1} gets
-     * P[i][j] += P[i][k] P[k][j] / S_k with S_k = sum_{j<k} P[k][j] (all terms >= 0). */
-    for (int64_t k = m - 1; k >= 1; k--) {
-        double s = 0.0;
-        for (int64_t j = 0; j < k; j++) s += P[k * m + j];
-        if (!(s > 0.0)) { status = RG_ERR_REDUCIBLE; goto exit; } /* cannot happen if closed */
-        for (int64_t i = 0; i < k; i++) P[i * m + k] /= s;
-        RG_BLAS(cblas_dger)(CblasRowMajor, (int)k, (int)k, 1.0, P + k, (int)m, P + k * m, 1,
-                            P, (int)m);
-    }
-    double *x = malloc(sizeof(double) * (size_t)m);
-    if (!x) { status = RG_ERR_NOMEM; goto exit; }
-    x[0] = 1.0;
-    double total = 1.0;
-    for (int64_t j = 1; j < m; j++) {
-        double acc = 0.0;
-        for (int64_t i = 0; i < j; i++) acc += x[i] * P[i * m + j];
-        x[j] = acc;
-        total += acc;
-    }
+    double total, *x = P + m * m;
+    if ((status = gth(P, m, x, &total)) != RG_OK) goto exit;
     for (int64_t v = 0; v < V; v++) pi[v] = 0.0;
     for (int64_t a = 0; a < m; a++) pi[members[a]] = x[a] / total;
-    free(x);
 exit:
     free(P);
     free(iwork);

@@ -1,3 +1,8 @@
+/* Legend (every kernel header): V states (token ids 0..V-1, V = MASK), L sequence length,
+ * d per-position width, D = L*d stream width, m hidden width, K blocks (stream layers
+ * z_0..z_K), B batch (sequences), N rows and C columns of a row pass; analysis: n samples,
+ * f features, n_layers representations ("layers" is never L). */
+
 /* Markov chains: validation, stationary law, spectrum, sampling, masking and the exact
  * masked-token posterior.  All matrices are row-major; T[i*V + j] = P(x_{t+1}=j | x_t=i). */
 #ifndef RG_CHAIN_H

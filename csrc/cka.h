@@ -1,3 +1,8 @@
+/* Legend (every kernel header): V states (token ids 0..V-1, V = MASK), L sequence length,
+ * d per-position width, D = L*d stream width, m hidden width, K blocks (stream layers
+ * z_0..z_K), B batch (sequences), N rows and C columns of a row pass; analysis: n samples,
+ * f features, n_layers representations ("layers" is never L). */
+
 /* Linear CKA between layers, biased and debiased, without n x n matrices when n > f.
  *
  * Every layer X_l (n x f_l, float32/float64, any strides) is copied into one float64 workspace
@@ -10,13 +15,16 @@
  * debiased: HSIC_u(l, m) = [C_lm - d_l.d_m + F_l F_m / ((n-1)(n-2)) - 2 d_l.d_m / (n-2)]
  *                          / (n (n-3))
  *   the unbiased HSIC of Song et al. (2012) with K~ = K - diag(K): since K 1 = 0 for centred
- *   X, K~ 1 = -d, 1^T K~ 1 = -F and tr(K~ L~) = <K, L> - d.e, so only d and C are needed.
+ *   X, K~_l 1 = -d_l, 1^T K~_l 1 = -F_l and tr(K~_l K~_m) = <K_l, K_m> - d_l.d_m, so only d
+ *   and C are needed.
  *   CKA_lm = HSIC_u(l, m) / sqrt(HSIC_u(l, l) HSIC_u(m, m)).
  * C comes from whichever is cheaper (multiply-adds):
  *   feature space: one GEMM X_l^T [X_l | X_{l+1} ...] per layer, n f_l (needed widths);
  *   sample space: the upper triangle of every K_l once, n^2 W / 2 in all, in row blocks of r
- *     rows held for all layers at once (L r n doubles, <= 32 MB unless r hits its floor of 16),
- *     with <K_l, K_m> summed over blocks by a dsyrk of the flattened blocks (L^2 n^2 / 4).
+ *     rows held for all layers at once (n_layers r n doubles, <= 32 MB unless r hits its floor
+ *     of 16),
+ *     with <K_l, K_m> summed over blocks by a dsyrk of the flattened blocks
+ *     (n_layers^2 n^2 / 4).
  * Undefined values are NaN: a layer that is constant (zero after centring) for the biased
  * estimator, HSIC_u(l, l) <= 0 for the debiased one. */
 #ifndef RG_CKA_H
@@ -25,11 +33,12 @@
 #include <stdint.h>
 #include "rank.h"
 
-/* CKA between layers (all with the same row count n; debiased needs n >= 4).
- * consecutive: only the pairs (l, l) and (l, l+1) are needed (drift profile); else all.
- * out: L x L, symmetric; entries not computed are NaN.  *sample_space (optional) reports the
- * route; *bad gets the layer holding a NaN/Inf on RG_ERR_NOT_FINITE. */
-int rg_cka_layers(const rg_view *layers /* L */, int64_t L, int consecutive, int debiased,
-                  double *out /* L x L */, int *sample_space, int64_t *bad);
+/* CKA between n_layers representations (all with the same row count n; debiased needs
+ * n >= 4).  consecutive: only the pairs (l, l) and (l, l+1) are needed (drift profile); else
+ * all.  out: n_layers x n_layers, symmetric; entries not computed are NaN.  *sample_space
+ * (optional) reports the route; *bad gets the layer holding a NaN/Inf on RG_ERR_NOT_FINITE. */
+int rg_cka_layers(const rg_strided_matrix *layers /* n_layers */, int64_t n_layers,
+                  int consecutive, int debiased, double *out /* n_layers x n_layers */,
+                  int *sample_space, int64_t *bad);
 
 #endif

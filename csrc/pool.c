@@ -29,7 +29,7 @@ static void run_items(rg_pool *p)
 
 static void *worker(void *arg)
 {
-    rg_pool *p = ((rg_pool_arg *)arg)->pool;
+    rg_pool *p = arg;
     unsigned seen = 0;
     for (;;) {
         for (int s = 0; s < SPIN && LOAD(p->gen) == seen && !LOAD(p->stop); s++) cpu_relax();
@@ -66,9 +66,7 @@ void rg_pool_init(rg_pool *p, int n_threads)
     pthread_cond_init(&p->idle, NULL);
     if (n_threads > RG_POOL_MAX) n_threads = RG_POOL_MAX;
     for (int t = 1; t < n_threads; t++) {
-        p->args[t].pool = p;
-        p->args[t].tid = t;
-        if (pthread_create(&p->th[t], NULL, worker, &p->args[t]) != 0) break;
+        if (pthread_create(&p->th[t], NULL, worker, p) != 0) break;
         p->nt = t + 1;
     }
 }

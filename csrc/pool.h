@@ -27,10 +27,6 @@ typedef struct {
 } rg_task;
 
 typedef struct rg_pool rg_pool;
-typedef struct {
-    rg_pool *pool;
-    int tid;
-} rg_pool_arg;
 
 struct rg_pool {
     pthread_mutex_t mu;
@@ -44,7 +40,6 @@ struct rg_pool {
     int64_t n_items;       /* total over tasks */
     int64_t next;          /* atomic: next unclaimed item */
     pthread_t th[RG_POOL_MAX];
-    rg_pool_arg args[RG_POOL_MAX];
 };
 
 /* Starts n_threads - 1 workers (capped at RG_POOL_MAX); if the system refuses a thread the

@@ -38,8 +38,11 @@ static void scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int 
         for (int64_t j = 0; j < cols; j++) out[i * ld + j] = out[i * ld + j] * s1 * s2;
 }
 
-int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, int64_t ld,
-                     double *scratch /* 5 cols */, int *exponent)
+/* Pass 1: v converted to float64 into out (rows x cols at ld), with per-column sums (blocked),
+ * minima and maxima in scratch (sum | lo | hi | nan | blk, f each); x*0 is NaN exactly when x
+ * is NaN or Inf.  RG_ERR_NOT_FINITE if v holds one; else the largest magnitude in *amax. */
+static int load_scan(const rg_strided_matrix *v, double *out, int64_t ld, double *scratch,
+                     double *amax)
 {
     const int64_t n = v->rows, f = v->cols;
     const int64_t esize = v->dtype == RG_FLOAT32 ? 4 : 8;
@@ -50,8 +53,6 @@ int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, 
         lo[j] = INFINITY;
         hi[j] = -INFINITY;
     }
-    /* pass 1: convert to float64; column sums (blocked), minima, maxima; x*0 is NaN exactly
-     * when x is NaN or Inf */
     for (int64_t i0 = 0; i0 < n; i0 += RG_SUM_BLOCK) {
         const int64_t i1 = i0 + RG_SUM_BLOCK < n ? i0 + RG_SUM_BLOCK : n;
         for (int64_t i = i0; i < i1; i++) {
@@ -83,11 +84,46 @@ int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, 
             for (int64_t j = 0; j < f; j++) blk[j] += out[i * ld + j];
         for (int64_t j = 0; j < f; j++) sum[j] += blk[j];
     }
-    double amax = 0.0;
+    *amax = 0.0;
     for (int64_t j = 0; j < f; j++) {
         if (nan[j] != 0.0) return RG_ERR_NOT_FINITE;
-        amax = fmax(amax, fmax(fabs(lo[j]), fabs(hi[j])));
+        *amax = fmax(*amax, fmax(fabs(lo[j]), fabs(hi[j])));
     }
+    return RG_OK;
+}
+
+/* Pass 2: the columns of out (n x f at ld) minus their means, sum / n clamped into [lo, hi]
+ * (the mean of a constant column is that constant exactly, so constant data centres to exact
+ * zeros).  sum and hi are overwritten; returns the largest centred magnitude. */
+static double center_columns(double *out, int64_t n, int64_t f, int64_t ld, double *sum,
+                             const double *lo, double *hi)
+{
+    double *mean = sum;
+    for (int64_t j = 0; j < f; j++) {
+        double m = sum[j] / (double)n;
+        mean[j] = lo[j] == hi[j] ? lo[j] : m < lo[j] ? lo[j] : m > hi[j] ? hi[j] : m;
+        hi[j] = 0.0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double *o = out + i * ld;
+        for (int64_t j = 0; j < f; j++) {
+            o[j] -= mean[j];
+            const double a = fabs(o[j]);
+            hi[j] = a > hi[j] ? a : hi[j];
+        }
+    }
+    double cmax = 0.0;
+    for (int64_t j = 0; j < f; j++) cmax = fmax(cmax, hi[j]);
+    return cmax;
+}
+
+int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows x ld */,
+                     int64_t ld, double *scratch /* 5 cols */, int *exponent)
+{
+    const int64_t n = v->rows, f = v->cols;
+    double *sum = scratch, *lo = sum + f, *hi = lo + f, amax;
+    int status = load_scan(v, out, ld, scratch, &amax);
+    if (status != RG_OK) return status;
     *exponent = 0;
     if (amax == 0.0) return RG_OK;
     int e = 0;
@@ -105,25 +141,7 @@ int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, 
     }
     double cmax = amax;
     if (center) {
-        /* the mean of a constant column is that constant exactly, so constant data centres to
-         * exact zeros; otherwise it is clamped into [min, max] */
-        double *mean = sum;
-        for (int64_t j = 0; j < f; j++) {
-            double m = sum[j] / (double)n;
-            mean[j] = lo[j] == hi[j] ? lo[j] : m < lo[j] ? lo[j] : m > hi[j] ? hi[j] : m;
-            hi[j] = 0.0;
-        }
-        /* pass 2: subtract, tracking the largest centred magnitude per column */
-        for (int64_t i = 0; i < n; i++) {
-            double *o = out + i * ld;
-            for (int64_t j = 0; j < f; j++) {
-                o[j] -= mean[j];
-                const double a = fabs(o[j]);
-                hi[j] = a > hi[j] ? a : hi[j];
-            }
-        }
-        cmax = 0.0;
-        for (int64_t j = 0; j < f; j++) cmax = fmax(cmax, hi[j]);
+        cmax = center_columns(out, n, f, ld, sum, lo, hi);
         if (cmax == 0.0) return RG_OK;  /* constant data: exactly zero */
     } else if (e != 0) {
         cmax = ldexp(amax, -e);
@@ -276,7 +294,7 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
 #define RG_GROUP_DOUBLES ((int64_t)1 << 18)
 
 /* The g matrices v, v + gstride, ... into out (g x n x f, float64, row-major). */
-static void convert_group(const rg_view *v, int64_t g, int64_t gstride,
+static void convert_group(const rg_strided_matrix *v, int64_t g, int64_t gstride,
                           double *out /* g x n x f */)
 {
     const int64_t n = v->rows, f = v->cols;
@@ -294,74 +312,103 @@ static void convert_group(const rg_view *v, int64_t g, int64_t gstride,
         }
 }
 
+/* Matrices converted together: grp consecutive matrices of the innermost batch axis when it
+ * steps by less than a row (gstride bytes apart) and several fit in RG_GROUP_DOUBLES; else 1. */
+static int64_t group_size(const rg_stack *st, int64_t *gstride)
+{
+    *gstride = 0;
+    if (st->nbatch == 0) return 1;
+    const int64_t n = st->base.rows, f = st->base.cols;
+    const int64_t g = st->batch_shape[st->nbatch - 1];
+    const int64_t gs = st->batch_stride[st->nbatch - 1];
+    const int64_t rs = st->base.row_stride;
+    const int64_t fit = RG_GROUP_DOUBLES / (n * f);
+    if (!(g > 1 && fit > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs))) return 1;
+    *gstride = gs;
+    return g < fit ? g : fit;
+}
+
+/* The workspace of rg_rank_batch, one allocation: A (grp n f) | T (n f, if f <= n) |
+ * G (k k) | scratch (5 f) | s (k) | work (lwork) | iwork (liwork). */
+typedef struct {
+    double *A0, *T, *G, *mean, *s, *work;  /* A0 is the allocation */
+    lapack_int *iwork;
+    int64_t lwork, liwork;
+} rank_ws;
+
+static int rank_ws_alloc(int64_t n, int64_t f, int64_t grp, rank_ws *w)
+{
+    const int64_t k = n < f ? n : f, nt = f <= n ? n * f : 0;
+    int status = lapack_sizes(n, f, &w->lwork, &w->liwork);
+    if (status != RG_OK) return status;
+    const size_t nd = (size_t)(grp * n * f + nt + k * k + 5 * f + k + w->lwork);
+    double *ws = malloc(nd * sizeof(double) + (size_t)w->liwork * sizeof(lapack_int));
+    if (!ws) return RG_ERR_NOMEM;
+    w->A0 = ws;
+    w->T = w->A0 + grp * n * f;
+    w->G = w->T + nt;
+    w->mean = w->G + k * k;
+    w->s = w->mean + 5 * f;
+    w->work = w->s + k;
+    w->iwork = (lapack_int *)(w->work + w->lwork);
+    return RG_OK;
+}
+
+/* Matrix v measured into out (one value, or its k singular values for RG_MEASURE_SPECTRUM),
+ * A its float64 copy. */
+static int measure_matrix(const rg_strided_matrix *v, double *A, int center, int measure,
+                          int squared, double tol, const rank_ws *w, double *out,
+                          uint8_t *used_svd)
+{
+    const int64_t n = v->rows, f = v->cols, k = n < f ? n : f;
+    int e;
+    int status = rg_load_centered(v, center, A, f, w->mean, &e);
+    if (status != RG_OK) return status;
+    /* centring with n <= f leaves rank <= n - 1 */
+    status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->s, w->work, w->lwork, w->iwork,
+                      w->liwork, used_svd);
+    if (status != RG_OK) return status;
+    if (measure == RG_MEASURE_SPECTRUM) {
+        for (int64_t i = 0; i < k; i++) out[i] = ldexp(w->s[i], e);
+    } else {
+        /* the measures are scale-free; only an explicit tolerance needs the scale */
+        double t = tol < 0.0 ? tol : ldexp(tol, -e);
+        out[0] = rg_spectrum_measure(w->s, k, measure, squared, t, n, f);
+    }
+    return RG_OK;
+}
+
 int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, double tol,
                   double *out, uint8_t *used_svd, int64_t *bad)
 {
-    const int64_t n = st->base.rows, f = st->base.cols, k = n < f ? n : f;
-    int64_t count = 1;
+    const int64_t n = st->base.rows, f = st->base.cols, k = n < f ? n : f, last = st->nbatch - 1;
+    int64_t count = 1, gstride, idx[RG_MAX_BATCH_DIMS] = {0};
     for (int d = 0; d < st->nbatch; d++) count *= st->batch_shape[d];
     if (count == 0) return RG_OK;
-    int64_t lwork, liwork;
-    int status = lapack_sizes(n, f, &lwork, &liwork);
+    const int64_t grp = group_size(st, &gstride);
+    rank_ws w;
+    int status = rank_ws_alloc(n, f, grp, &w);
     if (status != RG_OK) return status;
-    int64_t grp = 1, gstride = 0;
-    if (st->nbatch > 0) {
-        const int64_t g = st->batch_shape[st->nbatch - 1];
-        const int64_t gs = st->batch_stride[st->nbatch - 1];
-        const int64_t rs = st->base.row_stride;
-        const int64_t fit = RG_GROUP_DOUBLES / (n * f);
-        if (g > 1 && fit > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs)) {
-            grp = g < fit ? g : fit;
-            gstride = gs;
-        }
-    }
-    /* one allocation: A (grp n f) | T (n f, if f <= n) | G (k k) | scratch (5 f) | s (k) |
-     * work (lwork) | iwork */
-    const int64_t nt = f <= n ? n * f : 0;
-    const size_t nd = (size_t)(grp * n * f + nt + k * k + 5 * f + k + lwork);
-    double *ws = malloc(nd * sizeof(double) + (size_t)liwork * sizeof(lapack_int));
-    if (!ws) return RG_ERR_NOMEM;
-    double *A0 = ws, *T = A0 + grp * n * f, *G = T + nt, *mean = G + k * k, *s = mean + 5 * f;
-    double *work = s + k;
-    lapack_int *iwork = (lapack_int *)(work + lwork);
-    /* centring with n <= f leaves rank <= n - 1 */
-    const int structural_zero = center && n <= f;
-    int64_t idx[RG_MAX_BATCH_DIMS] = {0};
-    rg_view v;
-    for (int64_t b = 0; b < count; b++) {
-        int64_t off = 0;
-        for (int d = 0; d < st->nbatch; d++) off += idx[d] * st->batch_stride[d];
-        v = st->base;
-        v.data += off;
-        double *A = A0;
+    for (int64_t b = 0; b < count && status == RG_OK; b++) {
+        rg_strided_matrix v = st->base;
+        for (int d = 0; d < st->nbatch; d++) v.data += idx[d] * st->batch_stride[d];
+        double *A = w.A0;
         if (grp > 1) {
-            const int64_t q = idx[st->nbatch - 1] % grp, g = st->batch_shape[st->nbatch - 1];
-            if (q == 0) {
-                const int64_t left = g - idx[st->nbatch - 1];
-                convert_group(&v, left < grp ? left : grp, gstride, A0);
-            }
-            A = A0 + q * n * f;
-            v = (rg_view){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
+            const int64_t q = idx[last] % grp, left = st->batch_shape[last] - idx[last];
+            if (q == 0) convert_group(&v, left < grp ? left : grp, gstride, w.A0);
+            A = w.A0 + q * n * f;
+            v = (rg_strided_matrix){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
         }
-        int e;
-        status = rg_load_centered(&v, center, A, f, mean, &e);
-        if (status != RG_OK) { *bad = b; break; }
         uint8_t svd = 0;
-        status = spectrum(A, n, f, structural_zero, T, G, s, work, lwork, iwork, liwork, &svd);
-        if (status != RG_OK) { *bad = b; break; }
-        if (used_svd) used_svd[b] = svd;
-        if (measure == RG_MEASURE_SPECTRUM) {
-            for (int64_t i = 0; i < k; i++) out[b * k + i] = ldexp(s[i], e);
-        } else {
-            /* the measures are scale-free; only an explicit tolerance needs the scale */
-            double t = tol < 0.0 ? tol : ldexp(tol, -e);
-            out[b] = rg_spectrum_measure(s, k, measure, squared, t, n, f);
-        }
-        for (int d = st->nbatch - 1; d >= 0; d--) {
+        status = measure_matrix(&v, A, center, measure, squared, tol, &w,
+                                out + (measure == RG_MEASURE_SPECTRUM ? b * k : b), &svd);
+        if (status != RG_OK) *bad = b;
+        if (used_svd && status == RG_OK) used_svd[b] = svd;
+        for (int d = last; d >= 0; d--) {
             if (++idx[d] < st->batch_shape[d]) break;
             idx[d] = 0;
         }
     }
-    free(ws);
+    free(w.A0);
     return status;
 }

@@ -1,3 +1,8 @@
+/* Legend (every kernel header): V states (token ids 0..V-1, V = MASK), L sequence length,
+ * d per-position width, D = L*d stream width, m hidden width, K blocks (stream layers
+ * z_0..z_K), B batch (sequences), N rows and C columns of a row pass; analysis: n samples,
+ * f features, n_layers representations ("layers" is never L). */
+
 /* Singular spectra of column-centred representation matrices and the effective-rank family.
  *
  * Inputs are strided views of float32 or float64 data (strides in bytes), so a (layers,
@@ -31,12 +36,12 @@ typedef struct {
     int dtype;                        /* RG_FLOAT32 or RG_FLOAT64 */
     int64_t rows, cols;               /* n samples, f features */
     int64_t row_stride, col_stride;   /* bytes */
-} rg_view;
+} rg_strided_matrix;
 
 /* A stack of equally shaped matrices: batch index (b_0, ..., b_{nb-1}) selects
  * base.data + sum_k b_k * batch_stride[k]. */
 typedef struct {
-    rg_view base;
+    rg_strided_matrix base;
     int nbatch;
     int64_t batch_shape[RG_MAX_BATCH_DIMS];
     int64_t batch_stride[RG_MAX_BATCH_DIMS];  /* bytes */
@@ -55,7 +60,7 @@ enum {
  * largest centred magnitude falls outside [2^-300, 2^300] (where a Gram could overflow or
  * underflow) the result is scaled by the exact power of two 2^-(*exponent); otherwise
  * *exponent = 0.  scratch: 5 * cols doubles.  RG_ERR_NOT_FINITE if v holds NaN or Inf. */
-int rg_load_centered(const rg_view *v, int center, double *out /* rows x ld */, int64_t ld,
+int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows x ld */, int64_t ld,
                      double *scratch /* 5 cols */, int *exponent);
 
 /* A measure of a spectrum s (k values, descending, >= 0).  An all-zero spectrum gives 0 for

@@ -10,7 +10,6 @@ const char *rg_strerror(int status)
     case RG_ERR_ZERO_PROB: return "observed tokens have probability zero under the chain";
     case RG_ERR_NOT_FINITE: return "non-finite value";
     case RG_ERR_REDUCIBLE: return "stationary law is not unique";
-    case RG_ERR_INTERRUPTED: return "interrupted";
     default: return "unknown error";
     }
 }

@@ -1,5 +1,6 @@
-/* Status codes shared by every kernel.  Kernels never print or exit: they return one of these and
- * fill caller-provided detail slots; module.c turns them into Python exceptions. */
+/* Status codes shared by every kernel.  Kernels never print or exit: they return one of these
+ * and fill caller-provided detail slots; the bindings (rg_py_status in py_convert.c) turn them
+ * into Python exceptions. */
 #ifndef RG_STATUS_H
 #define RG_STATUS_H
 
@@ -10,8 +11,7 @@ enum {
     RG_ERR_LAPACK = -3,      /* LAPACK reported failure (info in detail) */
     RG_ERR_ZERO_PROB = -4,   /* observed tokens have probability zero under the chain */
     RG_ERR_NOT_FINITE = -5,  /* NaN or Inf met where a finite number is required */
-    RG_ERR_REDUCIBLE = -6,   /* stationary law not unique */
-    RG_ERR_INTERRUPTED = -7  /* stopped on request between steps */
+    RG_ERR_REDUCIBLE = -6    /* stationary law not unique */
 };
 
 const char *rg_strerror(int status);

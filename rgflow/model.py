@@ -59,11 +59,8 @@ class ResidualMLP:
         if not isinstance(block_ln, (bool, np.bool_)):
             raise TypeError("block_ln must be a bool, got %s" % type(block_ln).__name__)
         self._cfg = (V, L, d, m, K, bool(block_ln))
-        n_params, offsets, sizes = _core.mlp_layout(self._cfg)
-        self._layout = []
-        for (name, shape), off, size in zip(self._names_shapes(), offsets, sizes):
-            assert int(np.prod(shape)) == int(size)
-            self._layout.append((name, shape, int(off), int(size)))
+        # (state_dict name, shape, offset, size) of every tensor, from the C layout table
+        n_params, self._layout = _core.mlp_layout(self._cfg)
         self.n_params = int(n_params)
         check_memory(16.0 * self.n_params, "ResidualMLP parameters, gradients and AdamW moments "
                      "(4 x %d float32)" % self.n_params)
@@ -94,19 +91,6 @@ class ResidualMLP:
     def __repr__(self):
         return ("ResidualMLP(n_states=%d, length=%d, width=%d, hidden=%d, depth=%d, "
                 "block_ln=%s; %d params, step %d)" % (self._cfg + (self.n_params, self.step)))
-
-    def _names_shapes(self):
-        V, L, d, m, K, ln = self._cfg
-        D = L * d
-        out = [("tok_emb", (V + 1, d)), ("pos_emb", (L, d))]
-        for k in range(K):
-            if ln:
-                out += [("blocks.%d.ln.weight" % k, (D,)), ("blocks.%d.ln.bias" % k, (D,))]
-            out += [("blocks.%d.fc1.weight" % k, (m, D)), ("blocks.%d.fc1.bias" % k, (m,)),
-                    ("blocks.%d.fc2.weight" % k, (D, m)), ("blocks.%d.fc2.bias" % k, (D,))]
-        out += [("ln_f.weight", (D,)), ("ln_f.bias", (D,)), ("unembed.weight", (V, d)),
-                ("unembed.bias", (V,))]
-        return out
 
     def _views(self, arena):
         return {name: arena[off:off + size].reshape(shape)

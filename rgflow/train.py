@@ -22,8 +22,6 @@ from .model import ResidualMLP
 
 __all__ = ["train", "History", "learning_rate", "TrainingInterrupted"]
 
-BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
 CHUNK_STEPS = 25  # steps per C call between progress updates (results do not depend on it)
 
 
@@ -166,8 +164,8 @@ def _eval_batch(chain, model, seed, size, mask_rate, mask_span):
 
 def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_rate=0.15,
           mask_span=1, seed=0, schedule="constant", warmup=0, total_steps=None,
-          max_grad_norm=None, eval_every=None, eval_size=512, progress=True,
-          target_excess=None):
+          max_grad_norm=None, eval_every=None, eval_size=512, progress=True, *,
+          target_excess=None, betas=(0.9, 0.999), eps=1e-8):
     """Train ``model`` in place for ``steps`` AdamW steps on masked-token prediction.
 
     Parameters
@@ -190,7 +188,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     target_excess : stop early, at the first evaluation whose held-out masked CE is within
         this many nats of the Bayes floor (None: train all ``steps``; ``steps`` is then the
         budget). ``History.stopped_early`` says whether it did; ``len(History.losses)`` is the
-        number of steps taken.
+        number of steps taken (keyword only).
+    betas : AdamW's (beta1, beta2), each in [0, 1) (keyword only).
+    eps : AdamW's denominator term, finite and > 0 (keyword only).
 
     Returns
     -------
@@ -220,6 +220,11 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     start = model.step
     total = model.step + steps if total_steps is None else as_count(total_steps, "total_steps")
     clip = 0.0 if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm")
+    # AdamW and batch options, as the C loop takes them (one dict, checked again there)
+    options = dict(betas=_betas(betas), weight_decay=weight_decay, max_grad_norm=clip,
+                   eps=as_real(eps, "eps", low=0.0, high=float("inf"), low_open=True,
+                               high_open=True),
+                   mask_rate=mask_rate, mask_span=mask_span)
     if eval_every is None:
         eval_every = max(1, steps // 10)
     eval_every = as_count(eval_every, "eval_every", minimum=0)
@@ -260,9 +265,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
             def stop():
                 return sigint[0] or (external is not None and external())
 
-            _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate,
-                        mask_span, seed, schedule, warmup, total, clip, eval_every, workspace,
-                        losses, lrs, ev_loss, evaluate, bar, floor, stop)
+            _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule,
+                        warmup, total, eval_every, workspace, losses, lrs, ev_loss, evaluate,
+                        bar, floor, stop)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
@@ -280,9 +285,16 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     return hist
 
 
-def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate, mask_span,
-                seed, schedule, warmup, total, clip, eval_every, workspace, losses, lrs, ev_loss,
-                evaluate, bar, floor, stop):
+def _betas(betas):
+    """AdamW's (beta1, beta2): a pair of reals in [0, 1)."""
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise TypeError("betas must be a pair (beta1, beta2), got %r" % (betas,))
+    return tuple(as_real(b, "betas[%d]" % i, low=0.0, high=1.0, high_open=True)
+                 for i, b in enumerate(betas))
+
+
+def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule, warmup,
+                total, eval_every, workspace, losses, lrs, ev_loss, evaluate, bar, floor, stop):
     """The chunked loop of ``train``; after every chunk, when the model's step counter matches
     its parameters, ``stop()`` (a held SIGINT or a sweep's stop request) ends it."""
     while model.step < start + steps:
@@ -292,9 +304,9 @@ def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_r
         chunk_lrs = np.array([learning_rate(s, lr, schedule, warmup, total)
                               for s in range(model.step, end)], dtype=np.float64)
         out, n_done, bad = _core.mlp_train_steps(
-            model._cfg, model.params, model._grads, model._adam_m, model._adam_v,
-            workspace, batch_size, chain.transition, chain.stationary, seed, model.step,
-            chunk_lrs, weight_decay, clip, mask_rate, mask_span)
+            model._cfg, (model.params, model._grads, model._adam_m, model._adam_v), workspace,
+            batch_size, chain.transition, chain.stationary, seed, model.step, chunk_lrs,
+            options)
         step0 = model.step
         model.step += n_done
         model.train_seed = seed

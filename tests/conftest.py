@@ -16,6 +16,28 @@ def random_stochastic(rng, V, zeros=0.0):
     return T / T.sum(axis=1, keepdims=True)
 
 
+# -- shared by tests/test_model.py and tests/test_train.py -----------------------------------
+
+def new_small():
+    import rgflow as rg
+    return rg.ResidualMLP(8, 8, 4, 32, 2, seed=3)
+
+
+def torch_module(model):
+    torch = pytest.importorskip("torch")
+    # one thread: torch's OpenMP workers otherwise keep spinning after each op and starve
+    # OpenBLAS's threads in the rest of this process (a 10x slowdown on 2 cores)
+    torch.set_num_threads(1)
+    from rgflow.torch_ref import to_torch
+    return torch, to_torch(model)
+
+
+def torch_loss(torch, net, x, t, mask):
+    logits = net(torch.from_numpy(x.astype(np.int64)))
+    m = torch.from_numpy(mask)
+    return torch.nn.functional.cross_entropy(logits[m], torch.from_numpy(t.astype(np.int64))[m])
+
+
 # Hypothesis profiles for tests/test_fuzz.py: "ci" (default) keeps the file near half a minute
 # with >= 2,000 examples in total; HYPOTHESIS_PROFILE=thorough runs ten times more.
 try:
@@ -32,3 +54,7 @@ try:
     settings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # pragma: no cover - hypothesis is a test dependency
     pass
+
+
+def rel_err(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-30))

@@ -47,6 +47,8 @@ CFG = MODEL._cfg
 WS = MODEL._workspace(6)
 X = np.random.default_rng(5).standard_normal((9, 5))
 Y = np.random.default_rng(6).standard_normal((9, 4))
+OPTIONS = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=0.0, mask_rate=0.2,
+               mask_span=1)
 
 
 def core_calls():
@@ -83,10 +85,10 @@ def core_calls():
                                                       np.zeros_like(MASK))),
         "mlp_train_batch": (lambda: _core.mlp_train_batch(T, PI, 1, 2, 3, 7, 0.2, 1),
                             lambda: _core.mlp_train_batch(T, PI, 1, 2, 3, 7, 2.0, 1)),
-        "mlp_train_steps": (lambda: _core.mlp_train_steps(CFG, p, g, m, v, ws, 2, T, PI, 1, 0,
-                                                          np.array([1e-6]), 0.0, 0.0, 0.2, 1),
-                            lambda: _core.mlp_train_steps(CFG, p, g, m, v, ws, 2, T, PI, 1, 0,
-                                                          np.array([-1.0]), 0.0, 0.0, 0.2, 1)),
+        "mlp_train_steps": (lambda: _core.mlp_train_steps(CFG, (p, g, m, v), ws, 2, T, PI, 1, 0,
+                                                          np.array([1e-6]), OPTIONS),
+                            lambda: _core.mlp_train_steps(CFG, (p, g, m, v), ws, 2, T, PI, 1, 0,
+                                                          np.array([-1.0]), OPTIONS)),
         "rank": (lambda: _core.rank(X), lambda: _core.rank(np.full((3, 3), np.nan))),
         "cka": (lambda: _core.cka((X, Y), False, True, ("X", "Y")),
                 lambda: _core.cka((X, Y[:4]), False, False)),

@@ -1,0 +1,409 @@
+/* Bindings of the chain kernels (chain.h) and of Philox (rng.h). */
+#include "py_convert.h"
+
+#include <math.h>
+
+#include "chain.h"
+#include "rng.h"
+#include "status.h"
+
+/* ---- converters: a validated chain -------------------------------------------------------- */
+
+int rg_transition_conv(PyObject *obj, void *chain)
+{
+    rg_chain_arg *c = chain;
+    if (!rg_float64_conv(obj, &c->T)) return 0;
+    const int64_t V = PyArray_DIM(c->T.a, 0), n_cols = PyArray_DIM(c->T.a, 1);
+    int64_t row = 0, col = 0;
+    double value = 0.0;
+    c->V = V;
+    if (n_cols != V)
+        rg_py_error(PyExc_ValueError, "transition must be square, got shape (%lld, %lld)",
+                    (long long)V, (long long)n_cols);
+    else if (V < 2 || V > RG_MAX_STATES)
+        rg_py_error(PyExc_ValueError, "transition must have between 2 and %d states, got %lld",
+                    RG_MAX_STATES, (long long)V);
+    else if (rg_chain_validate(PyArray_DATA(c->T.a), V, c->tol, &row, &col, &value) == RG_OK)
+        return 1;
+    else if (col >= 0)
+        rg_py_error(PyExc_ValueError, "transition[%lld, %lld] = %.17g is negative",
+                    (long long)row, (long long)col, value);
+    else
+        rg_py_error(PyExc_ValueError, "transition row %lld sums to %.17g, not 1 (tolerance %g)",
+                    (long long)row, value, c->tol);
+    Py_CLEAR(c->T.a);
+    return 0;
+}
+
+/* Index of the first negative entry of p (n), or -1; the sum in *sum. */
+static int64_t first_negative(const double *p, int64_t n, double *sum)
+{
+    *sum = 0.0;
+    for (int64_t j = 0; j < n; j++) {
+        if (p[j] < 0.0) return j;
+        *sum += p[j];
+    }
+    return -1;
+}
+
+int rg_stationary_conv(PyObject *obj, void *chain)
+{
+    rg_chain_arg *c = chain;
+    if (!rg_float64_conv(obj, &c->pi)) return 0;
+    const double *p = PyArray_DATA(c->pi.a);
+    double sum;
+    int64_t j;
+    if (PyArray_DIM(c->pi.a, 0) != c->V)
+        rg_py_error(PyExc_ValueError, "stationary must have length %lld (the number of states), "
+                    "got %ld", (long long)c->V, (long)PyArray_DIM(c->pi.a, 0));
+    else if ((j = first_negative(p, c->V, &sum)) >= 0)
+        rg_py_error(PyExc_ValueError, "stationary[%lld] = %.17g is negative", (long long)j,
+                    p[j]);
+    else if (fabs(sum - 1.0) > 1e-9)
+        rg_py_error(PyExc_ValueError, "stationary sums to %.17g, not 1", sum);
+    else
+        return 1;
+    Py_CLEAR(c->pi.a);
+    return 0;
+}
+
+void rg_chain_arg_clear(rg_chain_arg *c)
+{
+    Py_CLEAR(c->T.a);
+    Py_CLEAR(c->pi.a);
+}
+
+uint64_t *rg_py_thresholds(const rg_chain_arg *c)
+{
+    uint64_t *thr = PyMem_Malloc(sizeof(uint64_t) * (size_t)((c->V + 1) * c->V));
+    if (!thr) return (uint64_t *)PyErr_NoMemory();
+    rg_sampler_thresholds(PyArray_DATA(c->T.a), PyArray_DATA(c->pi.a), c->V, thr);
+    return thr;
+}
+
+/* ---- converters: observed sequences ------------------------------------------------------- */
+
+/* The arguments of chain_posterior and chain_bayes_nll: a chain, tokens and their mask. */
+typedef struct {
+    rg_chain_arg chain;
+    rg_array tokens, mask;
+    int64_t n, L;
+} observed;
+
+static int observed_tokens_conv(PyObject *obj, void *arg)
+{
+    observed *o = arg;
+    /* masked positions may hold the mask id V; the kernel checks visible ones are < V */
+    o->tokens.hi = o->chain.V;
+    if (!rg_int32_conv(obj, &o->tokens)) return 0;
+    o->n = PyArray_DIM(o->tokens.a, 0);
+    o->L = PyArray_DIM(o->tokens.a, 1);
+    if (rg_py_check_nonempty(o->tokens.a, "tokens") < 0)
+        return 0;
+    else if (o->n > INT32_MAX || o->L * o->chain.V > INT32_MAX)
+        PyErr_SetString(PyExc_ValueError, "tokens is too large for the posterior kernel");
+    else
+        return 1;
+    return 0;
+}
+
+static int observed_mask_conv(PyObject *obj, void *arg)
+{
+    observed *o = arg;
+    if (!rg_bool_conv(obj, &o->mask)) return 0;
+    if (PyArray_DIM(o->mask.a, 0) == o->n && PyArray_DIM(o->mask.a, 1) == o->L) return 1;
+    rg_py_error(PyExc_ValueError, "mask has shape (%ld, %ld) but tokens has shape (%lld, %lld)",
+                (long)PyArray_DIM(o->mask.a, 0), (long)PyArray_DIM(o->mask.a, 1),
+                (long long)o->n, (long long)o->L);
+    return 0;
+}
+
+static int observed_parse(PyObject *args, const char *format, observed *o)
+{
+    *o = (observed){RG_CHAIN_ARG, RG_ARRAY("tokens", 2, "of shape (n, length)"),
+                    RG_ARRAY("mask", 2, "of shape (n, length)"), 0, 0};
+    return PyArg_ParseTuple(args, format, rg_transition_conv, &o->chain, rg_stationary_conv,
+                            &o->chain, observed_tokens_conv, o, observed_mask_conv, o);
+}
+
+static void observed_clear(observed *o)
+{
+    rg_chain_arg_clear(&o->chain);
+    Py_CLEAR(o->tokens.a);
+    Py_CLEAR(o->mask.a);
+}
+
+/* The exception of a posterior kernel's status at (seq, pos). */
+static void observed_error(int status, int64_t seq, int64_t pos, const observed *o)
+{
+    if (status == RG_ERR_VALUE)
+        rg_py_error(PyExc_ValueError, "tokens[%lld, %lld] = %d is not a state in [0, %lld)",
+                    (long long)seq, (long long)pos,
+                    ((int32_t *)PyArray_DATA(o->tokens.a))[seq * o->L + pos],
+                    (long long)o->chain.V);
+    else if (status == RG_ERR_ZERO_PROB)
+        rg_py_error(PyExc_ValueError, "the visible tokens of sequence %lld have probability "
+                    "zero under the chain (first impossible at position %lld)", (long long)seq,
+                    (long long)pos);
+    else
+        rg_py_status(status, "posterior");
+}
+
+/* ---- wrappers ----------------------------------------------------------------------------- */
+
+static PyObject *py_chain_check(PyObject *self, PyObject *args)
+{
+    rg_chain_arg c = RG_CHAIN_ARG;
+    PyObject *T_obj, *result = NULL;
+    if (PyArg_ParseTuple(args, "Od:chain_check", &T_obj, &c.tol) &&
+        rg_transition_conv(T_obj, &c)) {
+        Py_INCREF(Py_None);
+        result = Py_None;
+    }
+    rg_chain_arg_clear(&c);
+    return result;
+}
+
+static PyObject *py_chain_stationary(PyObject *self, PyObject *args)
+{
+    rg_chain_arg c = RG_CHAIN_ARG;
+    PyArrayObject *pi = NULL;
+    int64_t n_closed = 0, example[2] = {0, 0};
+    int status = RG_OK;
+    if (!PyArg_ParseTuple(args, "O&:chain_stationary", rg_transition_conv, &c)) goto exit;
+    if (!(pi = rg_py_empty(1, (npy_intp[]){c.V}, NPY_FLOAT64))) goto exit;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_stationary(PyArray_DATA(c.T.a), c.V, PyArray_DATA(pi), &n_closed, example);
+    Py_END_ALLOW_THREADS
+    if (status == RG_ERR_REDUCIBLE)
+        rg_py_error(PyExc_ValueError, "transition has %lld closed classes (states %lld and %lld "
+                    "lie in different ones), so its stationary law is not unique",
+                    (long long)n_closed, (long long)example[0], (long long)example[1]);
+    else if (status != RG_OK)
+        rg_py_status(status, "transition");
+exit:
+    rg_chain_arg_clear(&c);
+    if (status != RG_OK) Py_CLEAR(pi);
+    return (PyObject *)pi;
+}
+
+static PyObject *py_chain_eigenvalues(PyObject *self, PyObject *args)
+{
+    rg_chain_arg c = RG_CHAIN_ARG;
+    PyArrayObject *ev = NULL;
+    PyObject *result = NULL;
+    double *re = NULL, tol;
+    int64_t info = 0;
+    int status = RG_OK, symmetric = 0;
+    if (!PyArg_ParseTuple(args, "O&d:chain_eigenvalues", rg_transition_conv, &c, &tol))
+        goto exit;
+    ev = rg_py_empty(1, (npy_intp[]){c.V}, NPY_COMPLEX128);
+    re = PyMem_Malloc(sizeof(double) * 2 * (size_t)c.V);
+    if (!ev || !re) { if (!re) PyErr_NoMemory(); goto exit; }
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_eigenvalues(PyArray_DATA(c.T.a), c.V, tol, re, re + c.V, &symmetric,
+                                  &info);
+    Py_END_ALLOW_THREADS
+    if (status == RG_ERR_LAPACK) {
+        rg_py_error(PyExc_RuntimeError, "LAPACK %s failed (info = %lld)",
+                    symmetric ? "dsyevd" : "dgeev", (long long)info);
+        goto exit;
+    }
+    if (status != RG_OK) { rg_py_status(status, "transition"); goto exit; }
+    double *z = PyArray_DATA(ev);
+    for (int64_t j = 0; j < c.V; j++) { z[2 * j] = re[j]; z[2 * j + 1] = re[c.V + j]; }
+    result = Py_BuildValue("(OO)", (PyObject *)ev, symmetric ? Py_True : Py_False);
+exit:
+    PyMem_Free(re);
+    Py_XDECREF(ev);
+    rg_chain_arg_clear(&c);
+    return result;
+}
+
+/* Sizes of chain_sample's output; 0, or -1 with an exception. */
+static int check_sample_size(int64_t n, int64_t L)
+{
+    char what[160];
+    snprintf(what, sizeof what, "sample: n * length = %lld x %lld int32 tokens", (long long)n,
+             (long long)L);
+    return rg_py_check_product(n, L, 4, "n * length") < 0 ||
+                   rg_py_check_memory((double)n * (double)L * 4.0, what) < 0
+               ? -1 : 0;
+}
+
+static PyObject *py_chain_sample(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"transition", "stationary", "n", "length", "seed", "first", NULL};
+    rg_chain_arg c = RG_CHAIN_ARG;
+    rg_size n = RG_SIZE("n", 1, INT64_MAX), L = RG_SIZE("length", 1, INT64_MAX);
+    rg_size first = RG_SIZE("first", 0, INT64_MAX);
+    uint64_t seed, *thr = NULL;
+    PyArrayObject *out = NULL;
+    int status = RG_OK;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&O&O&O&|O&:chain_sample", kwlist,
+                                     rg_transition_conv, &c, rg_stationary_conv, &c,
+                                     rg_size_conv, &n, rg_size_conv, &L, rg_seed_conv, &seed,
+                                     rg_size_conv, &first) ||
+        check_sample_size(n.v, L.v) < 0 || !(thr = rg_py_thresholds(&c)))
+        goto exit;
+    if (!(out = rg_py_empty(2, (npy_intp[]){n.v, L.v}, NPY_INT32)))
+        goto exit;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_sample(thr, c.V, seed, (uint64_t)first.v, n.v, L.v, PyArray_DATA(out));
+    Py_END_ALLOW_THREADS
+    if (status != RG_OK) {
+        rg_py_status(status, "sample");
+        Py_CLEAR(out);
+    }
+exit:
+    PyMem_Free(thr);
+    rg_chain_arg_clear(&c);
+    return (PyObject *)out;
+}
+
+/* mask_tokens' tokens (ids below mask_id) and its outputs (masked int32, mask bool). */
+static int mask_arrays(PyObject *obj, rg_array *tok, int64_t mask_id, PyArrayObject *out[2])
+{
+    tok->hi = mask_id - 1;
+    if (!rg_int32_conv(obj, tok) || rg_py_check_nonempty(tok->a, "tokens") < 0) return -1;
+    const npy_intp n = PyArray_DIM(tok->a, 0), L = PyArray_DIM(tok->a, 1), dims[2] = {n, L};
+    if (rg_py_check_memory((double)n * (double)L * 5.0, "tokens (masked copy and mask)") < 0)
+        return -1;
+    out[0] = rg_py_empty(2, dims, NPY_INT32);
+    out[1] = rg_py_empty(2, dims, NPY_BOOL);
+    return out[0] && out[1] ? 0 : -1;
+}
+
+static PyObject *py_mask_tokens(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"tokens", "rate", "span", "seed", "mask_id", "first", NULL};
+    rg_array tok = RG_ARRAY("tokens", 2, "of shape (n, length)");
+    rg_real rate = RG_REAL("rate", 0.0, 1.0, 0, 0);
+    rg_size span = RG_SIZE("span", 1, INT64_MAX), mask_id = RG_SIZE("mask_id", 1, RG_MAX_STATES);
+    rg_size first = RG_SIZE("first", 0, INT64_MAX);
+    PyObject *tok_obj, *result = NULL;
+    PyArrayObject *out[2] = {NULL, NULL};
+    uint64_t seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO&O&O&O&|O&:mask_tokens", kwlist, &tok_obj,
+                                     rg_real_conv, &rate, rg_size_conv, &span, rg_seed_conv,
+                                     &seed, rg_size_conv, &mask_id, rg_size_conv, &first) ||
+        mask_arrays(tok_obj, &tok, mask_id.v, out) < 0)
+        goto exit;
+    Py_BEGIN_ALLOW_THREADS
+    rg_mask_tokens(PyArray_DATA(tok.a), PyArray_DIM(tok.a, 0), PyArray_DIM(tok.a, 1), rate.v,
+                   span.v, seed, (uint64_t)first.v, (int32_t)mask_id.v, PyArray_DATA(out[0]),
+                   PyArray_DATA(out[1]));
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("OO", out[0], out[1]);
+exit:
+    Py_XDECREF(tok.a);
+    for (int i = 0; i < 2; i++) Py_XDECREF(out[i]);
+    return result;
+}
+
+/* The posterior's output and workspace (checked against the memory available); -1 if not. */
+static int posterior_buffers(const observed *o, PyArrayObject **out, double **work)
+{
+    const int64_t n = o->n, L = o->L, V = o->chain.V;
+    char what[200];
+    snprintf(what, sizeof what, "posterior of tokens: n * length * V = %lld x %lld x %lld "
+             "float64", (long long)n, (long long)L, (long long)V);
+    if (rg_py_check_product(n * L, V, 8, "n * length * V") < 0 ||
+        rg_py_check_memory(((double)n * L + 2.0 * n) * (double)V * 8.0, what) < 0)
+        return -1;
+    *out = rg_py_empty(3, (npy_intp[]){n, L, V}, NPY_FLOAT64);
+    *work = PyMem_Malloc(sizeof(double) * 2 * (size_t)(n * V));
+    if (!*work && *out) PyErr_NoMemory();
+    return *out && *work ? 0 : -1;
+}
+
+static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
+{
+    observed o;
+    PyArrayObject *out = NULL;
+    double *work = NULL;
+    int64_t seq = 0, pos = 0;
+    int status = RG_OK;
+    if (!observed_parse(args, "O&O&O&O&:chain_posterior", &o) ||
+        posterior_buffers(&o, &out, &work) < 0) {
+        Py_CLEAR(out);
+        goto exit;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_posterior(PyArray_DATA(o.chain.T.a), PyArray_DATA(o.chain.pi.a),
+                                o.chain.V, PyArray_DATA(o.tokens.a), PyArray_DATA(o.mask.a),
+                                o.n, o.L, PyArray_DATA(out), work, &seq, &pos);
+    Py_END_ALLOW_THREADS
+    if (status != RG_OK) {
+        observed_error(status, seq, pos, &o);
+        Py_CLEAR(out);
+    }
+exit:
+    PyMem_Free(work);
+    observed_clear(&o);
+    return (PyObject *)out;
+}
+
+static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
+{
+    observed o;
+    PyObject *result = NULL;
+    int64_t seq = 0, pos = 0, count = 0;
+    double sum = 0.0;
+    int status = RG_OK;
+    if (!observed_parse(args, "O&O&O&O&:chain_bayes_nll", &o)) goto exit;
+    Py_BEGIN_ALLOW_THREADS
+    status = rg_chain_bayes_nll(PyArray_DATA(o.chain.T.a), PyArray_DATA(o.chain.pi.a),
+                                o.chain.V, PyArray_DATA(o.tokens.a), PyArray_DATA(o.mask.a),
+                                o.n, o.L, &sum, &count, &seq, &pos);
+    Py_END_ALLOW_THREADS
+    if (status != RG_OK)
+        observed_error(status, seq, pos, &o);
+    else
+        result = Py_BuildValue("dL", sum, (long long)count);
+exit:
+    observed_clear(&o);
+    return result;
+}
+
+static PyObject *py_philox(PyObject *self, PyObject *args)
+{
+    unsigned int c0, c1, c2, c3, k0, k1;
+    if (!PyArg_ParseTuple(args, "(IIII)(II):philox4x32_10", &c0, &c1, &c2, &c3, &k0, &k1))
+        return NULL;
+    uint32_t ctr[4] = {c0, c1, c2, c3}, key[2] = {k0, k1}, out[4];
+    rg_philox4x32_10(ctr, key, out);
+    return Py_BuildValue("(kkkk)", (unsigned long)out[0], (unsigned long)out[1],
+                         (unsigned long)out[2], (unsigned long)out[3]);
+}
+
+#define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
+
+PyMethodDef rg_chain_methods[] = {
+    {"chain_check", py_chain_check, METH_VARARGS,
+     "chain_check($module, transition, tol, /)\n--\n\n"
+     "Raise ValueError unless transition is row-stochastic within tol."},
+    {"chain_stationary", py_chain_stationary, METH_VARARGS,
+     "chain_stationary($module, transition, /)\n--\n\n"
+     "(V,) float64 stationary law (GTH)."},
+    {"chain_eigenvalues", py_chain_eigenvalues, METH_VARARGS,
+     "chain_eigenvalues($module, transition, tol, /)\n--\n\n"
+     "((V,) complex128 eigenvalues unsorted, reversible): LAPACK dsyevd if detailed balance "
+     "holds within tol, else dgeev."},
+    {"chain_sample", KW(py_chain_sample),
+     "chain_sample($module, /, transition, stationary, n, length, seed, first=0)\n--\n\n"
+     "(n, length) int32 sequences first .. first + n - 1 of the seed's stream."},
+    {"mask_tokens", KW(py_mask_tokens),
+     "mask_tokens($module, /, tokens, rate, span, seed, mask_id, first=0)\n--\n\n"
+     "(masked int32, mask bool), each (n, length)."},
+    {"chain_posterior", py_chain_posterior, METH_VARARGS,
+     "chain_posterior($module, transition, stationary, tokens, mask, /)\n--\n\n"
+     "(n, length, V) float64 exact posterior of every position."},
+    {"chain_bayes_nll", py_chain_bayes_nll, METH_VARARGS,
+     "chain_bayes_nll($module, transition, stationary, tokens, mask, /)\n--\n\n"
+     "(sum of -log posterior of the true tokens at masked positions, their count)."},
+    {"philox4x32_10", py_philox, METH_VARARGS,
+     "philox4x32_10($module, counter, key, /)\n--\n\n"
+     "The 4 words of Philox4x32-10 for a 4-word counter and a 2-word key (known-answer "
+     "tests)."},
+    {NULL, NULL, 0, NULL}};
