@@ -39,7 +39,6 @@ RECIPES = {
 
 def run_one(size, xi, name):
     import rgflow as rg
-    from rgflow.train import _eval_batch
     path = STORE / ("%s-xi%g-%s.json" % (size, xi, name))
     if path.exists():
         return str(path)
@@ -52,7 +51,7 @@ def run_one(size, xi, name):
     hist = rg.train(model, chain, steps, batch_size=batch_size, lr=lr, schedule=schedule,
                     warmup=warmup, eval_every=EVAL_EVERY, eval_size=2048, seed=0,
                     progress=False)
-    tokens, _, mask = _eval_batch(chain, model, 0, 2048, 0.15, 1)
+    tokens, _, mask = hist.eval_batch
     floor = chain.bayes_loss(tokens, mask)
     record = {"size": size, "xi": xi, "recipe": name, "lr": lr, "schedule": schedule,
               "warmup": warmup, "steps": steps, "batch_size": batch_size,

@@ -174,7 +174,7 @@ def _directory(text):
 
 
 def _version():
-    from . import __version__
+    from ._version import __version__
     return "rgflow %s" % __version__
 
 

@@ -116,3 +116,8 @@ def atomic_write(path, binary=False):
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def as_mask_rate(value, name="mask_rate"):
+    """A masking rate in [0, 1] (0 still hides one span per sequence: see mask_tokens)."""
+    return as_real(value, name, low=0.0, high=1.0)

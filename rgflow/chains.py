@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_real, as_seed, check_memory, shape2
+from ._util import as_count, as_mask_rate, as_real, as_seed, check_memory, shape2
 
 __all__ = ["MarkovChain", "mask_tokens"]
 
@@ -414,7 +414,7 @@ def mask_tokens(tokens, rate=0.15, seed=0, mask_id=None, span=1):
     """
     if mask_id is None:
         raise TypeError("mask_id is required (the chain's n_states)")
-    rate = as_real(rate, "rate", low=0.0, high=1.0)
+    rate = as_mask_rate(rate, "rate")
     span = as_count(span, "span")
     mask_id = as_count(mask_id, "mask_id")
     return _core.mask_tokens(tokens, rate, span, as_seed(seed), mask_id)

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from . import findings
-from ._util import as_count, as_real
+from ._util import as_count, as_mask_rate, as_real
 from .analysis import cka_matrix, drift_profile, effective_rank, rank_profile
 from .chains import XI_MAX, MarkovChain
 from .model import ResidualMLP
 from .runtime import where_computed
-from .train import _eval_batch, train
+from .train import train
 
 __all__ = ["Config", "Result", "run"]
 
@@ -30,8 +30,9 @@ SCHEDULES = ("constant", "cosine")
 # relevance decomposition: a residual whose norm is below this fraction of the
 # representation's is rounding noise, and counts as rank 0
 RESIDUAL_ZERO = 1e-10
-# log of a posterior probability that is exactly 0 (impossible states of sparse chains)
-LOG_FLOOR = np.log(1e-300)
+# a posterior probability that is exactly 0 (impossible states of sparse chains) enters the
+# relevance regression as log(1e-300)
+POSTERIOR_FLOOR = 1e-300
 
 
 def _as_field_type(value, name, kind):
@@ -120,7 +121,7 @@ class Config:
         as_real(self.lr, "lr", low=0.0, low_open=True, high=float("inf"), high_open=True)
         as_real(self.weight_decay, "weight_decay", low=0.0)
         as_real(self.max_grad_norm, "max_grad_norm", low=0.0)
-        as_real(self.mask_rate, "mask_rate", low=0.0, high=1.0, low_open=True)
+        as_mask_rate(self.mask_rate)
         if not isinstance(self.block_ln, bool):
             raise TypeError("block_ln must be a bool")
 
@@ -139,7 +140,7 @@ class Config:
     def key(self, version=None):
         """Stable hex digest of the config (and rgflow's version): the same on every machine
         and Python version, so it can name stored results."""
-        from . import __version__
+        from ._version import __version__
         payload = json.dumps({"config": self.to_dict(), "version": version or __version__},
                              sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -192,9 +193,6 @@ class Result:
         d["config"] = Config.from_dict(d["config"])
         return cls(**d)
 
-    def profile(self, level):
-        """(K+1,) float64 array of a rank profile."""
-        return np.asarray(self.profiles[level], dtype=float)
 
 
 def make_chain(config):
@@ -341,9 +339,8 @@ def run(config, progress=True):
                  seed=c.seed, schedule=c.schedule, warmup=c.warmup,
                  max_grad_norm=c.max_grad_norm or None, eval_size=c.eval_size,
                  progress=progress)
-    # the same held-out batch train() evaluated on: disjoint from every training stream
-    tokens, masked, mask = _eval_batch(chain, model, c.seed, c.eval_size, c.mask_rate,
-                                       c.mask_span)
+    # the held-out batch train() evaluated on: disjoint from every training stream
+    tokens, masked, mask = hist.eval_batch
     masked_ce = float(model.loss(masked, tokens, mask))
     floor = float(chain.bayes_loss(tokens, mask))
     unigram = chain.unigram_entropy
@@ -357,7 +354,7 @@ def run(config, progress=True):
                 "stream": rank_profile(stream, "stream").tolist()}
     drift = drift_profile(stream).tolist()
     cka = cka_matrix(stream).tolist()
-    log_post = np.maximum(np.log(np.maximum(chain.posterior(masked, mask), 1e-300)), LOG_FLOOR)
+    log_post = np.log(np.maximum(chain.posterior(masked, mask), POSTERIOR_FLOOR))
     relevance = relevance_decomposition(stream, log_post, mask)
     measures = measure_stream(stream, mask)
     grad_norms = _grad_norms(model, masked, tokens, mask)

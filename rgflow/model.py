@@ -1,4 +1,4 @@
-"""The residual MLP of DESIGN.md ("Model"), its parameters held in one float32 arena.
+"""The residual MLP (docs/architecture.md), its parameters held in one float32 arena.
 
 The C core (csrc/mlp.c) is stateless: this class owns the arenas (parameters, gradients, AdamW
 moments, all of the same layout) and passes them to the kernels. ``named_params()`` gives
@@ -11,13 +11,18 @@ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``nn.Linear``), LayerNorm weight 1 and bias 
 """
 import json
 import os
+from collections import namedtuple
 
 import numpy as np
 
 from . import _core
 from ._util import as_count, as_seed, atomic_write, check_memory, shape2
 
-__all__ = ["ResidualMLP"]
+__all__ = ["ResidualMLP", "ModelShape"]
+
+ModelShape = namedtuple("ModelShape", "n_states length width hidden depth block_ln")
+ModelShape.__doc__ = """A model's shape: V, L, d, m, K (ints) and block_ln (bool), as the C
+core takes it (a tuple)."""
 
 # Rows per forward chunk in logits / residual_stream / loss: bounds the workspace.
 CHUNK = 256
@@ -58,9 +63,9 @@ class ResidualMLP:
         K = as_count(depth, "depth", minimum=0)
         if not isinstance(block_ln, (bool, np.bool_)):
             raise TypeError("block_ln must be a bool, got %s" % type(block_ln).__name__)
-        self._cfg = (V, L, d, m, K, bool(block_ln))
+        self.shape = ModelShape(V, L, d, m, K, bool(block_ln))
         # (state_dict name, shape, offset, size) of every tensor, from the C layout table
-        n_params, self._layout = _core.mlp_layout(self._cfg)
+        n_params, self._layout = _core.mlp_layout(self.shape)
         self.n_params = int(n_params)
         check_memory(16.0 * self.n_params, "ResidualMLP parameters, gradients and AdamW moments "
                      "(4 x %d float32)" % self.n_params)
@@ -71,26 +76,27 @@ class ResidualMLP:
         self.step = 0
         self.train_seed = None
         self.init_seed = as_seed(seed)
-        _core.mlp_init(self._cfg, self.params, self.init_seed)
+        self._train_workspace = None  # (batch size, workspace) of the last training call
+        _core.mlp_init(self.shape, self.params, self.init_seed)
 
     # -- configuration ------------------------------------------------------------------------
 
-    n_states = property(lambda self: self._cfg[0], doc="V (the MASK id is V).")
-    length = property(lambda self: self._cfg[1], doc="L, sequence length.")
-    width = property(lambda self: self._cfg[2], doc="d, per-position width.")
-    hidden = property(lambda self: self._cfg[3], doc="m, hidden width of each block.")
-    depth = property(lambda self: self._cfg[4], doc="K, number of blocks.")
-    block_ln = property(lambda self: self._cfg[5], doc="Whether blocks have a LayerNorm.")
+    n_states = property(lambda self: self.shape.n_states, doc="V (the MASK id is V).")
+    length = property(lambda self: self.shape.length, doc="L, sequence length.")
+    width = property(lambda self: self.shape.width, doc="d, per-position width.")
+    hidden = property(lambda self: self.shape.hidden, doc="m, hidden width of each block.")
+    depth = property(lambda self: self.shape.depth, doc="K, number of blocks.")
+    block_ln = property(lambda self: self.shape.block_ln, doc="Whether blocks have a LayerNorm.")
 
     @property
     def config(self):
         """Constructor arguments (without seed) as a dict."""
-        V, L, d, m, K, ln = self._cfg
-        return dict(n_states=V, length=L, width=d, hidden=m, depth=K, block_ln=ln)
+        return self.shape._asdict()
 
     def __repr__(self):
         return ("ResidualMLP(n_states=%d, length=%d, width=%d, hidden=%d, depth=%d, "
-                "block_ln=%s; %d params, step %d)" % (self._cfg + (self.n_params, self.step)))
+                "block_ln=%s; %d params, step %d)" % (tuple(self.shape) + (self.n_params,
+                                                                           self.step)))
 
     def _views(self, arena):
         return {name: arena[off:off + size].reshape(shape)
@@ -109,7 +115,7 @@ class ResidualMLP:
         return self._views(self.params)
 
     def state_dict(self):
-        """Dict name -> float32 copy, PyTorch names and shapes (see DESIGN.md).
+        """Dict name -> float32 copy, PyTorch names and shapes.
 
         >>> list(ResidualMLP(8, 4, 2, 8, 1).state_dict())[:3]
         ['tok_emb', 'pos_emb', 'blocks.0.ln.weight']
@@ -151,7 +157,7 @@ class ResidualMLP:
     # -- evaluation ---------------------------------------------------------------------------
 
     def _workspace(self, batch, name="batch"):
-        nbytes = _core.mlp_workspace_bytes(self._cfg, batch)
+        nbytes = _core.mlp_workspace_bytes(self.shape, batch)
         check_memory(nbytes, "the workspace for %s = %d" % (name, batch))
         return np.empty(nbytes, dtype=np.uint8)
 
@@ -165,7 +171,7 @@ class ResidualMLP:
                      % ("logits" if want_logits else "residual stream" if want_stream
                         else "loss", n))
         batch = max(1, min(n, CHUNK))
-        return _core.mlp_forward(self._cfg, self.params, self._workspace(batch), batch, tokens,
+        return _core.mlp_forward(self.shape, self.params, self._workspace(batch), batch, tokens,
                                  want_logits, want_stream, targets, mask)
 
     def logits(self, tokens):
@@ -221,10 +227,31 @@ class ResidualMLP:
         shape = shape2(masked_tokens)
         n = shape[0] if shape is not None else 1
         grads = np.empty(self.n_params, dtype=np.float32)
-        loss = _core.mlp_gradients(self._cfg, self.params, grads,
+        loss = _core.mlp_gradients(self.shape, self.params, grads,
                                    self._workspace(max(int(n), 1), "masked_tokens with n"),
                                    masked_tokens, tokens, mask)
         return loss, self._views(grads)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def apply_steps(self, chain, lrs, batch_size, seed, options):
+        """The fused C training loop for ``len(lrs)`` steps from ``self.step`` (what
+        :func:`rgflow.train` calls between evaluations; use that).
+
+        chain : MarkovChain; lrs : (k,) float64 learning rates; options : dict of AdamW and
+        batch options (``betas``, ``eps``, ``weight_decay``, ``max_grad_norm``, ``mask_rate``,
+        ``mask_span``), checked by the C core. Returns ``(losses (k,), n_done, bad)`` (see
+        ``_core.mlp_train_steps``) and advances ``step`` by ``n_done``.
+        """
+        if self._train_workspace is None or self._train_workspace[0] != batch_size:
+            self._train_workspace = (batch_size, self._workspace(batch_size, "batch_size"))
+        out, n_done, bad = _core.mlp_train_steps(
+            self.shape, (self.params, self._grads, self._adam_m, self._adam_v),
+            self._train_workspace[1], batch_size, chain.transition, chain.stationary, seed,
+            self.step, lrs, options)
+        self.step += n_done
+        self.train_seed = seed
+        return out, n_done, bad
 
     # -- checkpoints --------------------------------------------------------------------------
 

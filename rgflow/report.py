@@ -246,7 +246,7 @@ def write_report(results, out, config=None, figures=True):
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     config = config or results[0].config
-    from . import __version__
+    from ._version import __version__
     header = {"rgflow_version": __version__,
               "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
     (out / "report.json").write_text(json.dumps(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_real, as_seed, check_memory
+from ._util import as_count, as_mask_rate, as_real, as_seed, check_memory
 from .chains import MarkovChain, mask_tokens
 from .model import ResidualMLP
 
@@ -37,6 +37,7 @@ class History:
     eval_bayes : (e,) float64, Bayes-optimal CE on the same batch (constant: one batch).
     wall_time : float, seconds spent in ``train``.
     stopped_early : bool, True when ``target_excess`` was reached before ``steps``.
+    eval_batch : (tokens, masked, mask), each (eval_size, length), the held-out batch.
     """
 
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -47,6 +48,7 @@ class History:
     eval_bayes: np.ndarray = field(default_factory=lambda: np.zeros(0))
     wall_time: float = 0.0
     stopped_early: bool = False
+    eval_batch: tuple = None
 
 
 def learning_rate(step, lr, schedule="constant", warmup=0, total_steps=None):
@@ -89,7 +91,7 @@ def train_batch(chain, model, step, batch_size=128, mask_rate=0.15, mask_span=1,
     return _core.mlp_train_batch(chain.transition, chain.stationary, as_seed(seed),
                                  as_count(step, "step", minimum=0),
                                  as_count(batch_size, "batch_size"), model.length,
-                                 as_real(mask_rate, "mask_rate", 0.0, 1.0),
+                                 as_mask_rate(mask_rate),
                                  as_count(mask_span, "mask_span"))
 
 
@@ -211,7 +213,7 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     batch_size = as_count(batch_size, "batch_size")
     lr = as_real(lr, "lr", low=0.0, high=float("inf"), high_open=True)
     weight_decay = as_real(weight_decay, "weight_decay", low=0.0)
-    mask_rate = as_real(mask_rate, "mask_rate", low=0.0, high=1.0)
+    mask_rate = as_mask_rate(mask_rate)
     mask_span = as_count(mask_span, "mask_span")
     seed = as_seed(seed)
     warmup = as_count(warmup, "warmup", minimum=0)
@@ -242,7 +244,7 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
                                                 mask_span)
     floor = chain.bayes_loss(ev_tokens, ev_mask)
-    workspace = model._workspace(batch_size, "batch_size")
+    hist.eval_batch = (ev_tokens, ev_masked, ev_mask)
     losses, lrs, ev_steps, ev_loss = [], [], [], []
 
     def evaluate():
@@ -266,8 +268,8 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
                 return sigint[0] or (external is not None and external())
 
             _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule,
-                        warmup, total, eval_every, workspace, losses, lrs, ev_loss, evaluate,
-                        bar, floor, stop)
+                        warmup, total, eval_every, losses, lrs, ev_loss, evaluate, bar, floor,
+                        stop)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
@@ -294,7 +296,7 @@ def _betas(betas):
 
 
 def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule, warmup,
-                total, eval_every, workspace, losses, lrs, ev_loss, evaluate, bar, floor, stop):
+                total, eval_every, losses, lrs, ev_loss, evaluate, bar, floor, stop):
     """The chunked loop of ``train``; after every chunk, when the model's step counter matches
     its parameters, ``stop()`` (a held SIGINT or a sweep's stop request) ends it."""
     while model.step < start + steps:
@@ -303,13 +305,8 @@ def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, sched
             end = min(end, (model.step // eval_every + 1) * eval_every)
         chunk_lrs = np.array([learning_rate(s, lr, schedule, warmup, total)
                               for s in range(model.step, end)], dtype=np.float64)
-        out, n_done, bad = _core.mlp_train_steps(
-            model._cfg, (model.params, model._grads, model._adam_m, model._adam_v), workspace,
-            batch_size, chain.transition, chain.stationary, seed, model.step, chunk_lrs,
-            options)
         step0 = model.step
-        model.step += n_done
-        model.train_seed = seed
+        out, n_done, bad = model.apply_steps(chain, chunk_lrs, batch_size, seed, options)
         losses.extend(out[:n_done])
         lrs.extend(chunk_lrs[:n_done])
         if bad == 1:

@@ -509,7 +509,7 @@ def required_positional(f):
 CORE_ARITY = {name: required_positional(f) for name, f in vars(_core).items()
               if isinstance(f, types.BuiltinFunctionType)}
 CORE_POOL = WEIRD + [np.zeros((3, 3)), np.eye(3), np.full(3, 1 / 3), np.zeros((2, 5), np.int32),
-                     np.zeros(0), MODEL._cfg, (3, 5, 2, 4, 2, True), np.zeros(1, np.float32),
+                     np.zeros(0), MODEL.shape, (3, 5, 2, 4, 2, True), np.zeros(1, np.float32),
                      MODEL.params.copy(), np.zeros(10, np.uint8), huge(np.float64, (2**28, 2**28)),
                      "erank", (np.eye(3),), ((1, 2, 3, 4), (5, 6)),
                      dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=0.0,

@@ -376,7 +376,7 @@ def test_bad_inputs_raise_naming_the_argument():
 
 def test_core_rejects_bad_arenas_and_workspaces():
     model = new_small()
-    cfg, ws = model._cfg, model._workspace(2)
+    cfg, ws = model.shape, model._workspace(2)
     x = np.zeros((2, 8), dtype=np.int32)
     with pytest.raises(TypeError, match="params"):
         _core.mlp_forward(cfg, model.params.astype(np.float64), ws, 2, x, True, False)

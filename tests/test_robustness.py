@@ -43,7 +43,7 @@ T, PI = np.array(CHAIN.transition), np.array(CHAIN.stationary)
 TOK = CHAIN.sample(6, 7, seed=2)
 MASKED, MASK = rg.mask_tokens(TOK, rate=0.4, seed=3, mask_id=4)
 MODEL = rg.ResidualMLP(4, 7, 3, 8, 2, seed=4)
-CFG = MODEL._cfg
+CFG = MODEL.shape
 WS = MODEL._workspace(6)
 X = np.random.default_rng(5).standard_normal((9, 5))
 Y = np.random.default_rng(6).standard_normal((9, 4))

@@ -98,7 +98,7 @@ def test_core_checks_the_options_it_is_given():
 
     def steps(**change):
         return _core.mlp_train_steps(
-            model._cfg, (model.params, model._grads, model._adam_m, model._adam_v),
+            model.shape, (model.params, model._grads, model._adam_m, model._adam_v),
             model._workspace(4), 4, chain.transition, chain.stationary, 0, 0, np.full(1, 1e-3),
             dict(options, **change))
     for change, exc, name in [(dict(betas=(0.9, 1.0)), ValueError, "betas[1]"),
@@ -110,7 +110,7 @@ def test_core_checks_the_options_it_is_given():
         with pytest.raises(exc, match=re.escape(name)):
             steps(**change)
     with pytest.raises(TypeError, match="eps"):
-        _core.mlp_train_steps(model._cfg, (model.params, model._grads, model._adam_m,
+        _core.mlp_train_steps(model.shape, (model.params, model._grads, model._adam_m,
                                            model._adam_v), model._workspace(4), 4,
                               chain.transition, chain.stationary, 0, 0, np.full(1, 1e-3),
                               {k: v for k, v in options.items() if k != "eps"})
