@@ -336,17 +336,12 @@ class MarkovChain:
         the exact prediction from the two neighbouring tokens alone, each used when visible,
         ``p(j) ∝ T[left, j] T[j, right]`` (``pi_j`` for a hidden left neighbour, 1 for a
         hidden right one). A trained network must beat it: the rule is Bayes-optimal wherever
-        both neighbours are visible, and only hidden neighbours leave it room.
+        both neighbours are visible, and only hidden neighbours leave it room. Arguments as
+        for :meth:`bayes_loss` (a 0/1 integer mask is accepted too).
 
-        Parameters
-        ----------
-        tokens : (n, length) integer array of true tokens in [0, V).
-        mask : (n, length) bool array, True where hidden; at least one True.
-
-        >>> chain = MarkovChain.lazy(8, xi=1.0)
-        >>> tokens = chain.sample(256, 32, seed=0)
-        >>> _, mask = mask_tokens(tokens, rate=0.15, seed=1, mask_id=8)
-        >>> chain.bayes_loss(tokens, mask) <= chain.adjacent_loss(tokens, mask)
+        >>> chain = MarkovChain.lazy(4, xi=7.0)
+        >>> x = chain.sample(512, 8, seed=3); hide = x * 0; hide[:, 3:5] = 1
+        >>> chain.bayes_loss(x, hide.astype(bool)) < chain.adjacent_loss(x, hide)
         True
         """
         tokens, mask = _tokens_and_mask(tokens, mask, self.n_states)
