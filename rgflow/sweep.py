@@ -11,7 +11,9 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import tempfile
+import threading
 import traceback
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -79,15 +81,88 @@ def load_record(path, key=None):
         return None
 
 
-def _run_one(config_dict, blas_threads):
-    """Worker side: run one config, never raise (errors become records)."""
+class _StepFile:
+    """Worker side of the sweep's step bar: a ``train`` progress callable that writes the
+    run's steps done so far to ``path``, atomically.  Best effort: a worker that cannot write
+    there (e.g. on another machine of a Dask cluster) stops reporting, and its run counts
+    when it finishes."""
+
+    def __init__(self, path):
+        self.path, self.done = path, 0
+
+    def __call__(self, n):
+        self.done += n
+        if self.path is None:
+            return
+        try:
+            with open(self.path + ".tmp", "w") as f:
+                f.write(str(self.done))
+            os.replace(self.path + ".tmp", self.path)
+        except OSError:
+            self.path = None
+
+
+class _StepBar:
+    """Main side: one tqdm bar over the training steps of the runs to do, so a sweep shows
+    progress from its first seconds, not only when a run ends.  A thread re-reads the
+    workers' step files (one per run, in a temporary folder) every ``POLL`` seconds; a
+    finished run counts all its steps (also one that failed early); the postfix counts runs.
+    """
+    POLL = 0.5
+
+    def __init__(self, todo):
+        from tqdm.auto import tqdm
+
+        self.steps = {key: config.steps for key, config in todo}
+        self.finished = set()
+        self.folder = tempfile.mkdtemp(prefix="rgflow-sweep-")
+        self.bar = tqdm(total=sum(self.steps.values()), desc="sweep", unit="step")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def path(self, key):
+        """The step file of run ``key`` (what :func:`_run_one` gets as ``steps_file``)."""
+        return os.path.join(self.folder, key)
+
+    def done(self, key):
+        self.finished.add(key)
+
+    def _steps(self, key):
+        if key in self.finished:
+            return self.steps[key]
+        try:
+            with open(self.path(key)) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 0
+
+    def refresh(self):
+        self.bar.n = sum(self._steps(key) for key in self.steps)
+        self.bar.set_postfix_str("%d/%d runs" % (len(self.finished), len(self.steps)))
+
+    def _poll(self):
+        while not self._stop.wait(self.POLL):
+            self.refresh()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.refresh()
+        self.bar.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _run_one(config_dict, blas_threads, steps_file=None):
+    """Worker side: run one config, never raise (errors become records); with
+    ``steps_file``, report the steps done there (see :class:`_StepFile`)."""
     from . import _core
 
     config = Config.from_dict(config_dict)
     if blas_threads:
         _core.blas_set_num_threads(blas_threads)
     try:
-        result = run(config, progress=False)
+        result = run(config, progress=_StepFile(steps_file) if steps_file else False)
         return {"key": config.key(), "status": "ok", "result": json.loads(result.to_json())}
     except Exception as exc:  # a failing run is a record, not the end of the sweep
         return {"key": config.key(), "status": "error", "config": config.to_dict(),
@@ -127,6 +202,8 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     store : directory; each finished run is written there atomically as ``<key>.json`` (key =
         hash of config + rgflow version). Existing valid records are reused; missing, truncated
         or corrupted ones are recomputed.
+    progress : show a tqdm bar over the training steps of the runs to do (the workers report
+        their steps as they go; the postfix counts finished runs).
     retry_failed : recompute stored runs that ended in an error.
     blas_threads : OpenBLAS threads per run; default 1 when an executor runs several runs at
         once (so they do not oversubscribe cores), OpenBLAS's default in-process.
@@ -163,26 +240,25 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
             record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
             _write_atomic(store / (payload["key"] + ".json"), json.dumps(record))
 
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="sweep", unit="run")
+    bar = _StepBar(todo) if progress and todo else None
     try:
         if executor is None:
             for key, config in todo:
-                finish(_run_one(config.to_dict(), blas_threads))
+                finish(_run_one(config.to_dict(), blas_threads, bar and bar.path(key)))
                 if bar:
-                    bar.update()
+                    bar.done(key)
         else:
             if hasattr(executor, "get_executor"):  # a dask.distributed.Client
                 executor = executor.get_executor()
             threads = 1 if blas_threads is None else blas_threads
-            futures = [executor.submit(_run_one, config.to_dict(), threads)
-                       for _, config in todo]
+            futures = [executor.submit(_run_one, config.to_dict(), threads,
+                                       bar and bar.path(key))
+                       for key, config in todo]
             for fut in as_completed(futures):
-                finish(fut.result())
+                payload = fut.result()
+                finish(payload)
                 if bar:
-                    bar.update()
+                    bar.done(payload["key"])
     finally:
         if bar:
             bar.close()

@@ -167,7 +167,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     max_grad_norm : global gradient-norm clipping threshold (None or <= 0: off).
     eval_every : evaluate every this many global steps (default steps // 10; 0: only at the
         end); the held-out batch (eval_size sequences) is fixed by ``seed``.
-    progress : show a tqdm bar with the loss and the Bayes floor.
+    progress : True shows a tqdm bar with the loss and the Bayes floor; a callable is called
+        as ``progress(n)`` with the number of steps just done after every chunk (what a
+        sweep's step bar is fed with); False shows nothing.
 
     Returns
     -------
@@ -219,7 +221,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     evaluate.last = None
 
     bar = None
-    if progress:
+    if callable(progress):
+        bar = _Callback(progress)
+    elif progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc="train", unit="step")
     try:
@@ -242,6 +246,19 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
         hist.eval_bayes = np.full(len(ev_loss), floor)
         hist.wall_time = time.perf_counter() - t0
     return hist
+
+
+class _Callback:
+    """A ``progress`` callable behind the bar interface the loop uses."""
+
+    def __init__(self, report):
+        self.update = report
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
 
 
 def _train_loop(model, chain, steps, start, batch_size, lr, weight_decay, mask_rate, mask_span,
