@@ -443,9 +443,11 @@ def test_plots_headless():
     rng = np.random.default_rng(11)
     profiles = [np.linspace(8, 2, 5) + 0.1 * rng.standard_normal(5) for _ in range(4)]
     ax = plot.plot_rank_profiles(profiles, labels=["a", "a", "b", "b"])
-    assert isinstance(ax, Axes) and len(ax.lines) == 2 and len(ax.collections) == 2
+    assert isinstance(ax, Axes) and len(ax.collections) == 2  # a band per label
+    assert [line.get_label() for line in ax.lines if not line.get_label().startswith("_")] \
+        == ["a (2 seeds)", "b (2 seeds)"]
     ax = plot.plot_rank_profiles(profiles, labels=["a", "a", "b", "b"], band="sd")
-    assert len(ax.collections) == 2
+    assert len(ax.collections) == 2 and "± 1 SD" in ax.get_legend().get_title().get_text()
     ax = plot.plot_drift([0.1, 0.5, 0.02])
     assert isinstance(ax, Axes) and len(ax.patches) == 3
     fig, given = plt.subplots()
