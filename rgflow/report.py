@@ -1,7 +1,7 @@
 """The findings report: ξ ∈ {1, 7} × seeds at a documented configuration, every claim judged
 by :mod:`rgflow.findings`, written as report.json, report.md and PNG figures.
 
-``python -m rgflow reproduce`` (or the ``rgflow reproduce`` command) calls :func:`reproduce`.
+The ``rgflow reproduce`` command calls :func:`reproduce`.
 """
 import json
 from concurrent.futures import ProcessPoolExecutor
@@ -150,8 +150,8 @@ def _markdown(summary, results, config):
 
 
 def _figures(results, out):
-    import matplotlib
-    matplotlib.use("Agg")
+    # no matplotlib.use("Agg") here: it would switch a notebook's backend for good (matplotlib
+    # falls back to Agg by itself without a display)
     import matplotlib.pyplot as plt
 
     from .plot import report_figures
