@@ -66,7 +66,8 @@ def test_in_process_pool_and_dask_give_identical_tables(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        on_dask = rg.sweep(cfgs, executor=client, store=tmp_path / "c", progress=False)
+        # with the step bar: its file argument reaches Dask's workers, and changes nothing
+        on_dask = rg.sweep(cfgs, executor=client, store=tmp_path / "c", progress=True)
     assert_same(local, on_dask)
 
 
@@ -159,6 +160,16 @@ def test_step_progress_moves_before_any_run_finishes(tmp_path, monkeypatch, work
     seen.clear()
     rg.sweep([TINY.replace(lr=1e9, seed=9)], store=tmp_path, progress=True)
     assert seen[-1] == (TINY.steps, 1)
+
+
+def test_step_file_is_best_effort(tmp_path):
+    report = sweep_mod._StepFile(str(tmp_path / "run"))
+    report(25)
+    report(10)
+    assert (tmp_path / "run").read_text() == "35"
+    lost = sweep_mod._StepFile(str(tmp_path / "no such folder" / "run"))
+    lost(25)  # a worker that cannot write (another machine) stops reporting, no error
+    assert lost.path is None and lost.done == 25
 
 
 def test_train_reports_steps_to_a_callable():
