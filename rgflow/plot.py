@@ -31,12 +31,11 @@ def _axes(ax):
     return ax
 
 
-def _fit_ylim(ax, values, include_zero=False):
-    """Set the y-range to the finite ``values`` with PAD of their range on each side."""
+def _fit_ylim(ax, values):
+    """Set the y-range to the finite ``values`` (a list of arrays) with PAD of their range on
+    each side."""
     v = np.concatenate([np.ravel(np.asarray(x, dtype=np.float64)) for x in values])
     v = v[np.isfinite(v)]
-    if include_zero:
-        v = np.append(v, 0.0)
     lo, hi = v.min(), v.max()
     pad = PAD * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
     ax.set_ylim(lo - pad, hi + pad)
@@ -110,7 +109,8 @@ def plot_rank_profiles(profiles, labels=None, ax=None, band="minmax", judged_fro
     _fit_ylim(ax, judged)
     if judged_from:
         ax.axvspan(-0.5, judged_from - 0.5, color="0.9", zorder=0)
-        ax.text(judged_from / 2 - 0.5, 0.5, "embedding", rotation=90,
+        ax.text(judged_from / 2 - 0.5, 0.5, "embedding" if judged_from == 1 else "",
+                rotation=90,
                 transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=8,
                 color="0.35")
         y0, y1 = ax.get_ylim()
@@ -132,8 +132,8 @@ def plot_rank_profiles(profiles, labels=None, ax=None, band="minmax", judged_fro
     title = None
     if max(seeds) > 1:
         title = "line: mean over seeds; band: %s" % BAND_NAMES[band]
-    ax.legend(title=title, fontsize=8, title_fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.01, 1) if outside_legend else None)
+    ax.legend(title=title, fontsize=8, title_fontsize=8,
+              **(dict(loc="upper left", bbox_to_anchor=(1.01, 1)) if outside_legend else {}))
     return ax
 
 
@@ -250,6 +250,7 @@ def plot_phase_diagram(table, level="position", ax=None):
 
 
 def _seeds(results):
+    """How many seeds each ξ has, in words ("3 seeds", or "2–3 seeds" when they differ)."""
     n = {r.config.xi: 0 for r in results}
     for r in results:
         n[r.config.xi] += 1
