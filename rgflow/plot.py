@@ -249,13 +249,21 @@ def plot_phase_diagram(table, level="position", ax=None):
     return ax
 
 
+def _span(values):
+    """ "38–43" for values spanning 38..43, "75" when they are all the same (0 decimals)."""
+    lo, hi = "%.0f" % min(values), "%.0f" % max(values)
+    return lo if lo == hi else "%s–%s" % (lo, hi)
+
+
 def _seeds(results):
     """How many seeds each ξ has, in words ("3 seeds", or "2–3 seeds" when they differ)."""
     n = {r.config.xi: 0 for r in results}
     for r in results:
         n[r.config.xi] += 1
     counts = sorted(set(n.values()))
-    return "%d seeds" % counts[0] if len(counts) == 1 else "%s seeds" % "–".join(map(str, counts))
+    if counts == [1]:
+        return "1 seed"
+    return "%s seeds" % "–".join(map(str, counts))
 
 
 def report_figures(results):
@@ -301,11 +309,13 @@ def report_figures(results):
         mean = drifts.mean(axis=0)
         ax.axhline(PLATEAU_REST_MAX * mean.max(), color="r", ls="--", lw=1,
                    label="%g × largest mean drift" % PLATEAU_REST_MAX)
-        shares = [plateau(d).figures["top2_share"] for d in drifts]
-        ax.set_title("ξ = %g: top-2 transitions carry %.0f–%.0f %%" % (
-            xi, 100 * min(shares), 100 * max(shares)), fontsize=10)
-        ax.legend(fontsize=8)
+        shares = [100 * plateau(d).figures["top2_share"] for d in drifts]
+        ax.set_title("ξ = %g: top-2 transitions carry %s %%" % (xi, _span(shares)),
+                     fontsize=10)
+        ax.legend(fontsize=8, loc="upper right")
         ax.label_outer()
+    top = max(max(r.drift) for r in res)
+    axes[0, 0].set_ylim(0, 1.3 * top)  # shared; the headroom keeps the legends off the bars
     fig.suptitle("Kernel drift between consecutive layers (whole stream, %s)\nclaim (iii) "
                  "plateau: top-2 carry ≥ %d %%, every other transition below the red line"
                  % (seeds, round(100 * PLATEAU_TOP2_SHARE)), fontsize=10)

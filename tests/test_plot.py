@@ -91,7 +91,7 @@ def test_drift_panels_share_the_y_scale(figs, results):
     a, b = [ax for ax in figs["drift"].axes]
     assert a.get_ylim() == b.get_ylim()
     top = max(max(r.drift) for r in results)
-    assert top <= a.get_ylim()[1] < 1.2 * top  # fitted to the data, not 0..1
+    assert top <= a.get_ylim()[1] <= 1.5 * top  # fitted to the data, not 0..1
     # the plateau's "every other transition" limit, 10 % of the largest mean drift
     for ax, xi in ((a, 1.0), (b, 7.0)):
         mean = np.mean([r.drift for r in results if r.config.xi == xi], axis=0)
