@@ -331,15 +331,16 @@ def _layers(stream, level):
         per_layer = s.shape[1] * (s.shape[3] if s.ndim == 4 and level == "pooled"
                                   else float(np.prod(s.shape[2:], dtype=np.float64)))
         check_memory(8.0 * s.shape[0] * per_layer, "stream (a float64 copy of every layer)")
-    names = tuple("stream[%d]" % l for l in range(s.shape[0])) if s.ndim else ()
     if s.ndim == 3:
-        return s, names  # already (layers, n, features)
-    s = _stream(s)
-    if level == "stream":
-        return s.reshape(s.shape[0], s.shape[1], s.shape[2] * s.shape[3]), names
-    if level == "pooled":
-        return s.mean(axis=2, dtype=np.float64), names
-    raise ValueError("level must be 'stream' or 'pooled', got %r" % (level,))
+        layers = s  # already (layers, n, features)
+    elif level not in ("stream", "pooled"):
+        raise ValueError("level must be 'stream' or 'pooled', got %r" % (level,))
+    else:
+        s = _stream(s)
+        layers = (s.reshape(s.shape[0], s.shape[1], s.shape[2] * s.shape[3])
+                  if level == "stream" else s.mean(axis=2, dtype=np.float64))
+    # named only once the shape is valid: a (2**31, 2) array must not get 2**31 names
+    return layers, tuple("stream[%d]" % l for l in range(layers.shape[0]))
 
 
 def drift_profile(stream, level="stream", debiased=False):
