@@ -7,7 +7,7 @@ TESTS ?= tests
 ASAN_ENV := LD_PRELOAD="$(ASAN_RT) $(UBSAN_RT)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(CURDIR)/build/asan
 
-.PHONY: inplace sanitize bench clean
+.PHONY: inplace sanitize bench notebooks clean
 
 # Build the extension next to the sources (PYTHONPATH=. then imports it).
 inplace:
@@ -24,6 +24,11 @@ sanitize:
 	    --build-lib build/asan --build-temp build/asan-tmp
 	$(ASAN_ENV) $(PYTHON) -P -c "import rgflow; assert 'build/asan' in rgflow.__file__"
 	$(ASAN_ENV) $(PYTHON) -P -m pytest -p no:cacheprovider -q $(TESTS)
+
+# Re-execute the notebooks at their default sizes and save them with their outputs (after any
+# change that moves their numbers); `make notebooks NOTEBOOKS=01_quickstart.ipynb` for one.
+notebooks: inplace
+	cd notebooks && PYTHONPATH=$(CURDIR) $(PYTHON) execute.py $(NOTEBOOKS)
 
 bench:
 	for b in benchmarks/bench_*.py; do PYTHONPATH=. $(PYTHON) $$b || exit 1; done

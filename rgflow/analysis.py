@@ -1,10 +1,12 @@
 """Measures of a representation: the effective-rank family and linear CKA (kernel drift).
 
-Every function takes anything ``numpy.asarray`` accepts (a CPU torch tensor included) with
-samples along the rows, ``(n_samples, n_features)`` as in scikit-learn, or stacks of such
-matrices.  float32 and float64 are read in place, whatever their strides; integer and float16
-inputs are converted to float64 when that is exact (otherwise ValueError); bool, complex and
-object arrays raise TypeError.  All arithmetic is float64.  The work runs in C with the GIL
+Every function takes anything ``numpy.asarray`` accepts with samples along the rows,
+``(n_samples, n_features)`` as in scikit-learn, or stacks of such matrices; the stream
+functions also take a list of per-layer arrays.  float32 and float64 are read in place,
+whatever their strides; integer and float16 inputs are converted to float64 when that is exact
+(otherwise ValueError); bool, complex and object arrays raise TypeError.  A torch tensor is
+detached (``requires_grad`` is fine) and moved to the CPU; bfloat16, which NumPy lacks, is
+widened to float32 (exactly).  All arithmetic is float64.  The work runs in C with the GIL
 released (see ``csrc/rank.h`` and ``csrc/cka.h`` for the algorithms and their accuracy).
 
 Edge cases (the same everywhere):
@@ -19,6 +21,7 @@ Edge cases (the same everywhere):
 import re
 from concurrent.futures import ThreadPoolExecutor
 import numbers
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +34,18 @@ __all__ = ["effective_rank", "singular_values", "rank_profile", "MaskedRankProfi
 
 MEASURES = ("erank", "participation", "stable", "numerical")
 LEVELS = ("position", "pooled", "stream")
+
+
+def _from_torch(x):
+    """A torch tensor as a NumPy array (detached, on the CPU, bfloat16 widened to float32,
+    which is exact); anything else unchanged, so the C core converts and checks it."""
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported
+    if torch is None or not isinstance(x, torch.Tensor):
+        return x
+    x = x.detach().cpu()
+    if x.dtype == torch.bfloat16:
+        x = x.float()
+    return x.resolve_conj().resolve_neg().numpy()
 
 
 def _tol(tol):
@@ -56,15 +71,16 @@ def _as_result(values, measure):
     return values[()] if values.ndim == 0 else values
 
 
-def _rank(X, measure, center, squared, tol, n_threads):
+def _rank(X, measure, center, squared, tol, n_threads, name="X"):
     """_core.rank over the stack, split along its first axis over n_threads threads (views, no
     copies; every matrix is computed by the same code, so the result is independent of
-    n_threads)."""
+    n_threads).  Errors name the argument ``name``."""
     if n_threads is None:
         from .runtime import get_num_threads
         n_threads = get_num_threads()
     n_threads = as_count(n_threads, "n_threads")
-    args = (measure, bool(center), bool(squared), _tol(tol))
+    args = (measure, bool(center), bool(squared), _tol(tol), name)
+    X = _from_torch(X)
     if n_threads > 1:
         X = np.asarray(X)
     if n_threads == 1 or X.ndim < 3 or X.shape[0] < 2:
@@ -122,9 +138,15 @@ def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_t
     >>> round(float(effective_rank(np.outer(np.arange(5.0), [1.0, 2.0, 3.0]))), 12)  # rank one
     1.0
     """
+    return _effective_rank(X, measure, center, squared, tol, n_threads, "X")
+
+
+def _effective_rank(X, measure, center, squared, tol, n_threads, name):
+    """:func:`effective_rank` with errors naming the caller's argument ``name``."""
     if squared and measure != "erank":
         raise ValueError("squared applies to measure='erank' only")
-    return _as_result(_rank(X, _measure(measure), center, squared, tol, n_threads), measure)
+    return _as_result(_rank(X, _measure(measure), center, squared, tol, n_threads, name),
+                      measure)
 
 
 def singular_values(X, center=True):
@@ -139,7 +161,7 @@ def singular_values(X, center=True):
     >>> singular_values(np.diag([3.0, 4.0]), center=False)
     array([4., 3.])
     """
-    values, _ = _core.rank(X, "spectrum", bool(center), False, -1.0)
+    values, _ = _core.rank(_from_torch(X), "spectrum", bool(center), False, -1.0)
     return values
 
 
@@ -157,8 +179,25 @@ class MaskedRankProfile:
     visible_detail: np.ndarray = None
 
 
+def _as_stack(stream):
+    """``stream`` as one array: an array (or tensor) as it is, a list or tuple of per-layer
+    arrays stacked after checking that every layer has layer 0's shape (naming the one that
+    does not, rather than NumPy's "inhomogeneous shape")."""
+    if not isinstance(stream, (list, tuple)):
+        return np.asarray(_from_torch(stream))
+    layers = [np.asarray(_from_torch(x)) for x in stream]
+    if not layers:
+        raise ValueError("stream must hold at least one layer")
+    for l, x in enumerate(layers):
+        if x.shape != layers[0].shape:
+            raise ValueError("stream[%d] has shape %s but stream[0] has shape %s: every layer "
+                             "must hold the same samples (rows) and features"
+                             % (l, x.shape, layers[0].shape))
+    return np.stack(layers)
+
+
 def _stream(stream, ndim=4):
-    s = np.asarray(stream)
+    s = _as_stack(stream)
     if s.ndim != ndim:
         raise ValueError("stream must have shape (depth+1, n, length, width), got shape %s"
                          % (s.shape,))
@@ -188,7 +227,8 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
 
     Parameters
     ----------
-    stream : array_like, shape (depth+1, n, length, width)
+    stream : array_like, shape (depth+1, n, length, width), or a list of depth+1 arrays
+        (n, length, width), one per layer
         The residual stream z_0..z_K, e.g. ``model.residual_stream(masked)`` (float32).
     level : {"position", "pooled", "stream"}
         ``position``: the rank of ``stream[l, :, p, :]`` (n x width) for every position p,
@@ -231,23 +271,24 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         raise ValueError("level must be one of %s, got %r" % (", ".join(LEVELS), level))
     if level != "position" and (positions is not None or mask is not None or detail):
         raise ValueError("positions, mask and detail apply to level='position' only")
-    def measure_of(X):
-        return effective_rank(X, measure, center=center, n_threads=n_threads)
+
+    def rank(X):  # errors name the user's argument, not the internal view
+        return _effective_rank(X, measure, center, False, None, n_threads, "stream")
 
     if level == "pooled":
         check_memory(8.0 * s.shape[0] * s.shape[1] * s.shape[3],
                      "stream pooled over positions (float64)")
-        return measure_of(s.mean(axis=2, dtype=np.float64))
+        return rank(s.mean(axis=2, dtype=np.float64))
     if level == "stream":
         depth1, n, length, width = s.shape
-        return measure_of(s.reshape(depth1, n, length * width))
+        return rank(s.reshape(depth1, n, length * width))
     sel = _positions(positions, s.shape[2])
     if mask is None:
-        per = measure_of(s[:, :, sel, :].transpose(0, 2, 1, 3))
+        per = rank(s[:, :, sel, :].transpose(0, 2, 1, 3))
         per = np.asarray(per, dtype=np.float64)
         prof = per.mean(axis=1)
         return (prof, per) if detail else prof
-    m = np.asarray(mask)
+    m = np.asarray(_from_torch(mask))
     if m.dtype != np.bool_ or m.shape != (s.shape[1], s.shape[2]):
         raise ValueError("mask must be a bool array of shape (n, length) = %s, got %s %s"
                          % ((s.shape[1], s.shape[2]), m.dtype, m.shape))
@@ -257,7 +298,7 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         # rows differ per position, so each position is one batched call over the layers
         for g, rows in enumerate((m[:, p], ~m[:, p])):
             if rows.sum() >= 2:
-                out[g, :, k] = measure_of(s[:, rows, p, :])
+                out[g, :, k] = rank(s[:, rows, p, :])
     curves = [np.nanmean(o, axis=1) if np.any(~np.isnan(o)) else np.full(s.shape[0], np.nan)
               for o in out]
     return MaskedRankProfile(curves[0], curves[1], out[0] if detail else None,
@@ -291,25 +332,28 @@ def linear_cka(X, Y, debiased=False):
     >>> round(linear_cka(X, 3.0 * X), 12)
     1.0
     """
-    out, _ = _core.cka((X, Y), False, bool(debiased), ("X", "Y"))
+    out, _ = _core.cka((_from_torch(X), _from_torch(Y)), False, bool(debiased), ("X", "Y"))
     return float(out[0, 1])
 
 
 def _layers(stream, level):
-    s = np.asarray(stream)
+    """The (layers, n, features) array the CKA kernel takes and the layers' names."""
+    s = _as_stack(stream)
     # the kernel copies every layer to float64 (and pooling makes one more copy)
     if s.ndim >= 3:
         per_layer = s.shape[1] * (s.shape[3] if s.ndim == 4 and level == "pooled"
                                   else float(np.prod(s.shape[2:], dtype=np.float64)))
         check_memory(8.0 * s.shape[0] * per_layer, "stream (a float64 copy of every layer)")
     if s.ndim == 3:
-        return s  # already (layers, n, features)
-    s = _stream(s)
-    if level == "stream":
-        return s.reshape(s.shape[0], s.shape[1], s.shape[2] * s.shape[3])
-    if level == "pooled":
-        return s.mean(axis=2, dtype=np.float64)
-    raise ValueError("level must be 'stream' or 'pooled', got %r" % (level,))
+        layers = s  # already (layers, n, features)
+    elif level not in ("stream", "pooled"):
+        raise ValueError("level must be 'stream' or 'pooled', got %r" % (level,))
+    else:
+        s = _stream(s)
+        layers = (s.reshape(s.shape[0], s.shape[1], s.shape[2] * s.shape[3])
+                  if level == "stream" else s.mean(axis=2, dtype=np.float64))
+    # named only once the shape is valid: a (2**31, 2) array must not get 2**31 names
+    return layers, tuple("stream[%d]" % l for l in range(layers.shape[0]))
 
 
 def drift_profile(stream, level="stream", debiased=False):
@@ -318,7 +362,8 @@ def drift_profile(stream, level="stream", debiased=False):
     Parameters
     ----------
     stream : array_like, shape (depth+1, n, length, width), or (layers, n, features) for
-        representations already flattened (then ``level`` is ignored).
+        representations already flattened (then ``level`` is ignored); or a list of per-layer
+        arrays of one shape, (n, length, width) or (n, features).
     level : {"stream", "pooled"}
         ``stream``: z_l flattened to (n, length*width); ``pooled``: mean over positions.
     debiased : bool
@@ -331,8 +376,8 @@ def drift_profile(stream, level="stream", debiased=False):
     >>> drift_profile(z).shape
     (3,)
     """
-    layers = _layers(stream, level)
-    out, _ = _core.cka(tuple(layers), True, bool(debiased))
+    layers, names = _layers(stream, level)
+    out, _ = _core.cka(tuple(layers), True, bool(debiased), names)
     return 1.0 - np.diagonal(out, offset=1).copy()
 
 
@@ -351,6 +396,6 @@ def cka_matrix(stream, level="stream", debiased=False):
     >>> cka_matrix(z).shape
     (4, 4)
     """
-    layers = _layers(stream, level)
-    out, _ = _core.cka(tuple(layers), False, bool(debiased))
+    layers, names = _layers(stream, level)
+    out, _ = _core.cka(tuple(layers), False, bool(debiased), names)
     return out

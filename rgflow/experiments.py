@@ -325,7 +325,8 @@ def run(config, progress=True):
     Bayes floor on ``eval_size`` held-out sequences, the rank profiles (position — all,
     masked and visible positions —, pooled, stream), the stream-level drift profile and CKA
     matrix, the relevance decomposition and the per-run verdicts of claims (i) and (iii).
-    Claim (ii) compares runs: see :func:`findings.selectivity`.
+    Claim (ii) compares runs: see :func:`findings.selectivity`.  ``progress`` is passed to
+    :func:`train` (True: a tqdm bar; a callable: called with the steps done per chunk).
     """
     if not isinstance(config, Config):
         raise TypeError("config must be a Config, got %s" % type(config).__name__)

@@ -182,57 +182,15 @@ def gated_markdown(results):
 
 
 def _figures(results, out):
-    import matplotlib
-    matplotlib.use("Agg")
+    # no matplotlib.use("Agg") here: it would switch a notebook's backend for good (matplotlib
+    # falls back to Agg by itself without a display)
     import matplotlib.pyplot as plt
 
-    from .plot import plot_cka_matrix, plot_drift, plot_rank_profiles
+    from .plot import report_figures
 
-    res = sorted(results, key=lambda r: (r.config.xi, r.config.seed))
-    labels = ["ξ = %g" % r.config.xi for r in res]
-    for level in ("position", "masked", "visible", "pooled", "stream"):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        plot_rank_profiles([r.profiles[level] for r in res], labels=labels, ax=ax)
-        ax.set_title("effective rank, %s level" % level)
-        fig.tight_layout()
-        fig.savefig(out / ("rank_%s.png" % level), dpi=100)
+    for name, fig in report_figures(results).items():
+        fig.savefig(out / (name + ".png"), dpi=100)
         plt.close(fig)
-    xis = sorted({r.config.xi for r in res})
-    fig, axes = plt.subplots(1, len(xis), figsize=(5 * len(xis), 3.5), squeeze=False)
-    for ax, xi in zip(axes[0], xis):
-        plot_drift(np.mean([r.drift for r in res if r.config.xi == xi], axis=0), ax=ax)
-        ax.set_title("drift, ξ = %g (mean over seeds)" % xi)
-    fig.tight_layout()
-    fig.savefig(out / "drift.png", dpi=100)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, len(xis), figsize=(5 * len(xis), 4), squeeze=False)
-    for ax, xi in zip(axes[0], xis):
-        first = next(r for r in res if r.config.xi == xi)
-        plot_cka_matrix(first.cka_matrix, ax=ax)
-        ax.set_title("CKA, ξ = %g, seed %d" % (xi, first.config.seed))
-    fig.tight_layout()
-    fig.savefig(out / "cka.png", dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in res:
-        h = r.history
-        line, = ax.plot(h["eval_steps"], h["eval_loss"], alpha=0.8,
-                        label="ξ = %g, seed %d" % (r.config.xi, r.config.seed))
-        ax.axhline(r.bayes_floor, color=line.get_color(), ls=":", lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out masked CE (nats); dotted: Bayes floor")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=100)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    plot_rank_profiles([r.relevance["relevant_share"] for r in res], labels=labels, ax=axes[0])
-    axes[0].set_ylabel("variance explained by log-posterior")
-    plot_rank_profiles([r.relevance["irrelevant_rank"] for r in res], labels=labels, ax=axes[1])
-    axes[1].set_ylabel("effective rank of the residual")
-    fig.tight_layout()
-    fig.savefig(out / "relevance.png", dpi=100)
-    plt.close(fig)
 
 
 def write_report(results, out, config=None, figures=True):

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -200,9 +201,82 @@ def process_pool(workers):
     ex.shutdown(wait=True)
 
 
-def _run_one(config_dict, blas_threads, stop=None):
+class _StepFile:
+    """Worker side of the sweep's step bar: a ``train`` progress callable that writes the
+    run's steps done so far to ``path``, atomically.  Best effort: a worker that cannot write
+    there (e.g. on another machine of a Dask cluster) stops reporting, and its run counts
+    when it finishes."""
+
+    def __init__(self, path):
+        self.path, self.done = path, 0
+
+    def __call__(self, n):
+        self.done += n
+        if self.path is None:
+            return
+        try:
+            with open(self.path + ".tmp", "w") as f:
+                f.write(str(self.done))
+            os.replace(self.path + ".tmp", self.path)
+        except OSError:
+            self.path = None
+
+
+class _StepBar:
+    """Main side: one tqdm bar over the training steps of the runs to do, so a sweep shows
+    progress from its first seconds, not only when a run ends.  A thread re-reads the
+    workers' step files (one per run, in a temporary folder) every ``POLL`` seconds; a
+    finished run counts all its steps (also one that failed early); the postfix counts runs.
+    """
+    POLL = 0.5
+
+    def __init__(self, todo):
+        from tqdm.auto import tqdm
+
+        self.steps = {key: config.steps for key, config in todo}
+        self.finished = set()
+        self.folder = tempfile.mkdtemp(prefix="rgflow-sweep-")
+        self.bar = tqdm(total=sum(self.steps.values()), desc="sweep", unit="step")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def path(self, key):
+        """The step file of run ``key`` (what :func:`_run_one` gets as ``steps_file``)."""
+        return os.path.join(self.folder, key)
+
+    def done(self, key):
+        self.finished.add(key)
+
+    def _steps(self, key):
+        if key in self.finished:
+            return self.steps[key]
+        try:
+            with open(self.path(key)) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 0
+
+    def refresh(self):
+        self.bar.n = sum(self._steps(key) for key in self.steps)
+        self.bar.set_postfix_str("%d/%d runs" % (len(self.finished), len(self.steps)))
+
+    def _poll(self):
+        while not self._stop.wait(self.POLL):
+            self.refresh()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self.refresh()
+        self.bar.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _run_one(config_dict, blas_threads, stop=None, steps_file=None):
     """Worker side: run one config, never raise (errors become records). With ``stop`` (a
-    sweep on an executor), returns None for a run the sweep stopped before it finished."""
+    sweep on an executor), returns None for a run the sweep stopped before it finished; with
+    ``steps_file``, reports the steps done there (see :class:`_StepFile`)."""
     from .runtime import get_num_threads, num_threads
 
     config = Config.from_dict(config_dict)
@@ -217,7 +291,7 @@ def _run_one(config_dict, blas_threads, stop=None):
         # the caller's thread count is restored afterwards
         with num_threads(blas_threads or get_num_threads()), \
                 _stop_when(stop.requested if stop is not None else None):
-            result = run(config, progress=False)
+            result = run(config, progress=_StepFile(steps_file) if steps_file else False)
         return {"key": config.key(), "status": "ok", "result": json.loads(result.to_json())}
     except TrainingInterrupted:
         if stop is not None and stop.requested():
@@ -285,6 +359,8 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     store : directory; each finished run is written there atomically as ``<key>.json`` (key =
         hash of config + rgflow version). Existing valid records are reused; missing, truncated
         or corrupted ones are recomputed.
+    progress : show a tqdm bar over the training steps of the runs to do (the workers report
+        their steps as they go; the postfix counts finished runs).
     retry_failed : recompute stored runs that ended in an error.
     blas_threads : rgflow threads per run (:func:`rgflow.set_num_threads`; results do not
         depend on it); default 1 when an executor runs several runs at once (so they do not
@@ -331,25 +407,23 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
             _write_record(store, payload)
         payloads[payload["key"]] = payload  # after the write: an interrupted write did not keep it
         if bar:
-            bar.update()
+            bar.done(payload["key"])
 
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="sweep", unit="run")
+    bar = _StepBar(todo) if progress and todo else None
     futures, stop, client = [], _Stop(), None
     try:
         if executor is None:
             for key, config in todo:
-                finish(_run_one(config.to_dict(), blas_threads))
+                finish(_run_one(config.to_dict(), blas_threads, None, bar and bar.path(key)))
         else:
             if hasattr(executor, "get_executor"):  # a dask.distributed.Client
                 client, executor = executor, executor.get_executor()
                 with contextlib.suppress(Exception):  # a nicety: the sweep runs without it
                     client.run(_dask_hold_sigint, socket.gethostname(), os.getpgrp())
             threads = 1 if blas_threads is None else blas_threads
-            futures = [executor.submit(_run_one, config.to_dict(), threads, stop)
-                       for _, config in todo]
+            futures = [executor.submit(_run_one, config.to_dict(), threads, stop,
+                                       bar and bar.path(key))
+                       for key, config in todo]
             for fut in as_completed(futures):
                 payload = fut.result()
                 if payload is None:  # a worker got Ctrl-C (the terminal's, or its own)

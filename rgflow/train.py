@@ -186,7 +186,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     max_grad_norm : global gradient-norm clipping threshold (None or <= 0: off).
     eval_every : evaluate every this many global steps (default steps // 10; 0: only at the
         end); the held-out batch (eval_size sequences) is fixed by ``seed``.
-    progress : show a tqdm bar with the loss and the Bayes floor.
+    progress : True shows a tqdm bar with the loss and the Bayes floor; a callable is called
+        as ``progress(n)`` with the number of steps just done after every chunk (what a
+        sweep's step bar is fed with); False shows nothing.
     target_excess : stop early, at the first evaluation whose held-out masked CE is within
         this many nats of the Bayes floor (None: train all ``steps``; ``steps`` is then the
         budget). ``History.stopped_early`` says whether it did; ``len(History.losses)`` is the
@@ -258,7 +260,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     evaluate.last = None
 
     bar = None
-    if progress:
+    if callable(progress):
+        bar = _Callback(progress)
+    elif progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc="train", unit="step")
     external = getattr(_stop_check, "check", None)
@@ -293,6 +297,19 @@ def _betas(betas):
         raise TypeError("betas must be a pair (beta1, beta2), got %r" % (betas,))
     return tuple(as_real(b, "betas[%d]" % i, low=0.0, high=1.0, high_open=True)
                  for i, b in enumerate(betas))
+
+
+class _Callback:
+    """A ``progress`` callable behind the bar interface the loop uses."""
+
+    def __init__(self, report):
+        self.update = report
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
 
 
 def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule, warmup,

@@ -382,6 +382,56 @@ def test_torch_tensors():
     assert rg.linear_cka(torch.from_numpy(X), X) == rg.linear_cka(X, X)
 
 
+def test_torch_tensors_requiring_grad_and_bfloat16():
+    """Activations straight from a torch model: detached, bfloat16 widened exactly."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((3, 40, 5, 4)).astype(np.float32)
+    # values bfloat16 holds exactly, so widening to float32 must give the same numbers
+    zb = torch.from_numpy(z).to(torch.bfloat16)
+    exact = zb.float().numpy()
+    assert not np.array_equal(exact, z)  # the rounding happened: the test can tell them apart
+    grad = torch.from_numpy(z).requires_grad_(True)
+    X, Xg, Xb = z[0, :, 0, :], grad[0, :, 0, :], zb[0, :, 0, :]
+    assert rg.effective_rank(Xg) == rg.effective_rank(X)
+    assert rg.effective_rank(Xb) == rg.effective_rank(exact[0, :, 0, :])
+    assert rg.effective_rank(Xb) != rg.effective_rank(X)
+    np.testing.assert_array_equal(rg.singular_values(Xb), rg.singular_values(exact[0, :, 0, :]))
+    assert rg.linear_cka(Xg, Xb) == rg.linear_cka(X, exact[0, :, 0, :])
+    for stream, ref in ((grad, z), (zb, exact)):
+        np.testing.assert_array_equal(rg.rank_profile(stream), rg.rank_profile(ref))
+        np.testing.assert_array_equal(rg.drift_profile(stream), rg.drift_profile(ref))
+        np.testing.assert_array_equal(rg.cka_matrix(stream), rg.cka_matrix(ref))
+    # a list of per-layer tensors, as forward hooks collect them
+    layers = [grad[l] for l in range(3)]
+    np.testing.assert_array_equal(rg.drift_profile(layers), rg.drift_profile(z))
+    mask = torch.from_numpy(rng.random((40, 5)) < 0.3)
+    np.testing.assert_array_equal(rg.rank_profile(grad, mask=mask).masked,
+                                  rg.rank_profile(z, mask=mask.numpy()).masked)
+
+
+def test_stream_errors_name_the_argument():
+    z = np.random.default_rng(13).standard_normal((3, 40, 5, 4))
+    z[2, 7, 1, 3] = np.nan
+    for level in ("position", "pooled", "stream"):
+        with pytest.raises(ValueError, match="^stream contains NaN or Inf"):
+            rg.rank_profile(z, level=level)
+    with pytest.raises(ValueError, match="^stream contains NaN or Inf"):
+        rg.rank_profile(z, mask=np.ones((40, 5), dtype=bool))
+    with pytest.raises(ValueError, match="^stream\\[2\\] contains NaN or Inf"):
+        rg.drift_profile(z)
+    with pytest.raises(ValueError, match="^stream\\[2\\] contains NaN or Inf"):
+        rg.cka_matrix(z)
+    # layers with unequal sample counts: the layer is named, not NumPy's "inhomogeneous shape"
+    layers = [z[0], z[1], z[2, :39]]
+    for f in (rg.drift_profile, rg.cka_matrix, rg.rank_profile):
+        with pytest.raises(ValueError, match=r"^stream\[2\] has shape \(39, 5, 4\) but "
+                                             r"stream\[0\] has shape \(40, 5, 4\)"):
+            f(layers)
+    with pytest.raises(ValueError, match="at least one layer"):
+        rg.drift_profile([])
+
+
 def test_plots_headless():
     mpl = pytest.importorskip("matplotlib")
     mpl.use("Agg")
@@ -393,9 +443,11 @@ def test_plots_headless():
     rng = np.random.default_rng(11)
     profiles = [np.linspace(8, 2, 5) + 0.1 * rng.standard_normal(5) for _ in range(4)]
     ax = plot.plot_rank_profiles(profiles, labels=["a", "a", "b", "b"])
-    assert isinstance(ax, Axes) and len(ax.lines) == 2 and len(ax.collections) == 2
+    assert isinstance(ax, Axes) and len(ax.collections) == 2  # a band per label
+    assert [line.get_label() for line in ax.lines if not line.get_label().startswith("_")] \
+        == ["a (2 seeds)", "b (2 seeds)"]
     ax = plot.plot_rank_profiles(profiles, labels=["a", "a", "b", "b"], band="sd")
-    assert len(ax.collections) == 2
+    assert len(ax.collections) == 2 and "± 1 SD" in ax.get_legend().get_title().get_text()
     ax = plot.plot_drift([0.1, 0.5, 0.02])
     assert isinstance(ax, Axes) and len(ax.patches) == 3
     fig, given = plt.subplots()

@@ -1,5 +1,7 @@
-"""The notebooks run end to end (nbclient) at their smallest size."""
+"""The notebooks run end to end (nbclient) at their smallest size, and are committed executed
+(``make notebooks`` re-executes them in place)."""
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,41 +10,41 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+sys.path.insert(0, str(NOTEBOOKS))
+from execute import NOTEBOOKS as NAMES, execute  # noqa: E402
 
 
-def run_notebook(name, tmp_path, **params):
-    """Execute a notebook from its own folder (as Jupyter does) with parameters set."""
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    cell = nb.cells[1]
-    assert cell.cell_type == "code" and "parameters" in cell.source
-    for key, value in params.items():  # the parameter cell assigns one name per line
-        lines = [("%s = %r" % (key, value)) if line.startswith(key + " =") else line
-                 for line in cell.source.splitlines()]
-        assert lines != cell.source.splitlines(), key
-        cell.source = "\n".join(lines)
+def run_notebook(name, **params):
+    """Execute a notebook headless (figures are not rendered) with parameters set."""
     os.environ.setdefault("MPLBACKEND", "Agg")
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute()
-    return nb
+    return execute(name, **params)
 
 
-def test_quickstart(tmp_path):
-    nb = run_notebook("01_quickstart.ipynb", tmp_path, SIZE="smallest")
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+def printed(nb):
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.get("outputs", []))
+
+
+def test_quickstart():
+    text = printed(run_notebook("01_quickstart.ipynb", SIZE="smallest"))
     assert "Bayes floor" in text and "learned share" in text
 
 
-def test_phase_diagram(tmp_path):
-    nb = run_notebook("03_phase_diagram.ipynb", tmp_path, SIZE="smallest")
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
-    assert "crossover xi*" in text
+def test_phase_diagram():
+    assert "crossover xi*" in printed(run_notebook("03_phase_diagram.ipynb", SIZE="smallest"))
 
 
-def test_findings_notebook(tmp_path):
-    nb = run_notebook("02_findings.ipynb", tmp_path, SIZE="smallest")
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                   for o in c.get("outputs", []))
+def test_findings_notebook():
+    text = printed(run_notebook("02_findings.ipynb", SIZE="smallest"))
     assert "rgflow findings report" in text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_with_outputs(name):
+    """Every code cell was executed, in order, without an error, and the figures are there."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)

@@ -42,9 +42,9 @@ def counted(monkeypatch):
     calls = []
     real = sweep_mod._run_one
 
-    def counting(config_dict, threads):
+    def counting(config_dict, *args):
         calls.append(config_dict["seed"])
-        return real(config_dict, threads)
+        return real(config_dict, *args)
 
     monkeypatch.setattr(sweep_mod, "_run_one", counting)
     return calls
@@ -74,7 +74,8 @@ def test_in_process_pool_and_dask_give_identical_tables(tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        on_dask = rg.sweep(cfgs, executor=client, store=tmp_path / "c", progress=False)
+        # with the step bar: its file argument reaches Dask's workers, and changes nothing
+        on_dask = rg.sweep(cfgs, executor=client, store=tmp_path / "c", progress=True)
     assert_same(local, on_dask)
 
 
@@ -150,6 +151,58 @@ def test_store_and_checkpoint_files_follow_the_umask(tmp_path, umask):
     assert len(files) == 2
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_step_progress_moves_before_any_run_finishes(tmp_path, monkeypatch, workers):
+    """The sweep bar counts training steps as the workers report them, in-process and on a
+    pool, reaches the total and leaves no temporary folder behind."""
+    seen, folders = [], []
+    real_refresh, real_init = sweep_mod._StepBar.refresh, sweep_mod._StepBar.__init__
+
+    def refresh(self):
+        real_refresh(self)
+        seen.append((self.bar.n, len(self.finished)))
+
+    def init(self, todo):
+        real_init(self, todo)
+        folders.append(self.folder)
+
+    monkeypatch.setattr(sweep_mod._StepBar, "refresh", refresh)
+    monkeypatch.setattr(sweep_mod._StepBar, "__init__", init)
+    monkeypatch.setattr(sweep_mod._StepBar, "POLL", 0.01)
+    cfgs = rg.grid(TINY.replace(steps=1500), xi=[1.0, 7.0])
+    if workers:
+        with ProcessPoolExecutor(workers) as ex:
+            rg.sweep(cfgs, executor=ex, store=tmp_path, progress=True)
+    else:
+        rg.sweep(cfgs, store=tmp_path, progress=True)
+    assert any(0 < n < 1500 and runs == 0 for n, runs in seen), seen[:20]
+    assert seen[-1] == (3000, 2)
+    assert len(folders) == 1 and not sweep_mod.os.path.exists(folders[0])
+    # a run that diverges at once still counts all its steps when it is recorded
+    seen.clear()
+    rg.sweep([TINY.replace(lr=1e9, seed=9)], store=tmp_path, progress=True)
+    assert seen[-1] == (TINY.steps, 1)
+
+
+def test_step_file_is_best_effort(tmp_path):
+    report = sweep_mod._StepFile(str(tmp_path / "run"))
+    report(25)
+    report(10)
+    assert (tmp_path / "run").read_text() == "35"
+    lost = sweep_mod._StepFile(str(tmp_path / "no such folder" / "run"))
+    lost(25)  # a worker that cannot write (another machine) stops reporting, no error
+    assert lost.path is None and lost.done == 25
+
+
+def test_train_reports_steps_to_a_callable():
+    chain = rg.MarkovChain.lazy(8, 1.0)
+    model = rg.ResidualMLP(8, 8, 8, 32, 2, seed=0)
+    chunks = []
+    rg.train(model, chain, steps=60, batch_size=16, eval_every=0, eval_size=32,
+             progress=chunks.append)
+    assert chunks == [25, 25, 10]  # one call per chunk of CHUNK_STEPS
 
 
 def test_phase_diagram_from_a_table(tmp_path):
