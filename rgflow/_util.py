@@ -121,3 +121,29 @@ def atomic_write(path, binary=False):
 def as_mask_rate(value, name="mask_rate"):
     """A masking rate in [0, 1] (0 still hides one span per sequence: see mask_tokens)."""
     return as_real(value, name, low=0.0, high=1.0)
+
+
+def split_map(part, n, n_threads):
+    """``part(start, stop)`` over ``n_threads`` contiguous ranges of ``range(n)`` on a thread
+    pool (the C kernels release the GIL), the results concatenated along axis 0 in order.
+    Every caller computes each item by the same code whatever its range, so the result does
+    not depend on ``n_threads``."""
+    from concurrent.futures import ThreadPoolExecutor
+    k = max(1, min(n_threads, n))
+    if k == 1:
+        return part(0, n)
+    bounds = np.linspace(0, n, k + 1).astype(np.int64)
+    with ThreadPoolExecutor(k) as pool:
+        parts = pool.map(lambda j: part(int(bounds[j]), int(bounds[j + 1])), range(k))
+        return np.concatenate(list(parts), axis=0)
+
+
+def as_bool_mask(mask, shape, name="mask"):
+    """A bool array of ``shape`` from any boolean-valued array (bool, or integers 0/1), or
+    TypeError/ValueError naming the argument."""
+    m = np.asarray(mask)
+    if m.shape != tuple(shape):
+        raise ValueError("%s must have shape %s, got %s" % (name, tuple(shape), m.shape))
+    if m.dtype != bool and not (m.dtype.kind in "iu" and np.isin(m, (0, 1)).all()):
+        raise TypeError("%s must be a boolean (or 0/1) array, got dtype %s" % (name, m.dtype))
+    return m.astype(bool)

@@ -18,19 +18,18 @@ Edge cases (the same everywhere):
   debiased estimator when a self-HSIC estimate is <= 0; the debiased estimator needs n >= 4
   (ValueError otherwise); representations with different sample counts raise ValueError.
 """
-import re
-from concurrent.futures import ThreadPoolExecutor
 import numbers
+import re
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import _core
-from ._util import as_count, check_memory
+from ._util import as_bool_mask, as_count, check_memory, split_map
 
 __all__ = ["effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
-           "linear_cka", "drift_profile", "cka_matrix"]
+           "linear_cka", "drift_profile", "cka_matrix", "relevance_decomposition"]
 
 MEASURES = ("erank", "participation", "stable", "numerical")
 LEVELS = ("position", "pooled", "stream")
@@ -85,18 +84,16 @@ def _rank(X, measure, center, squared, tol, n_threads, name="X"):
         X = np.asarray(X)
     if n_threads == 1 or X.ndim < 3 or X.shape[0] < 2:
         return _core.rank(X, *args)[0]
-    bounds = np.linspace(0, X.shape[0], min(n_threads, X.shape[0]) + 1).astype(np.int64)
     per_row = int(np.prod(X.shape[1:-2], dtype=np.int64))  # matrices per index of axis 0
 
-    def part(k):
+    def part(a, b):
         try:
-            return _core.rank(X[bounds[k]:bounds[k + 1]], *args)[0]
+            return _core.rank(X[a:b], *args)[0]
         except ValueError as exc:  # name the matrix by its index in the whole stack
-            shift = lambda m: "matrix %d" % (int(m.group(1)) + bounds[k] * per_row)  # noqa
+            shift = lambda m: "matrix %d" % (int(m.group(1)) + a * per_row)  # noqa
             raise ValueError(re.sub(r"matrix (\d+)", shift, str(exc), count=1)) from None
 
-    with ThreadPoolExecutor(len(bounds) - 1) as pool:
-        return np.concatenate(list(pool.map(part, range(len(bounds) - 1))), axis=0)
+    return split_map(part, X.shape[0], n_threads)
 
 
 def effective_rank(X, measure="erank", center=True, squared=False, tol=None, n_threads=None):
@@ -230,6 +227,8 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
     stream : array_like, shape (depth+1, n, length, width), or a list of depth+1 arrays
         (n, length, width), one per layer
         The residual stream z_0..z_K, e.g. ``model.residual_stream(masked)`` (float32).
+        A (layers, n, features) stack of representations already flattened is measured
+        layer by layer (``level`` is then ignored, as in :func:`drift_profile`).
     level : {"position", "pooled", "stream"}
         ``position``: the rank of ``stream[l, :, p, :]`` (n x width) for every position p,
         averaged over positions (all of them, or ``positions``); measured in one C call over
@@ -238,7 +237,7 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         ``stream``: the rank of the flattened stream (n x length*width).
     positions : slice or int array, optional
         Positions to average over (``position`` level only).
-    mask : array_like of bool, shape (n, length), optional
+    mask : array_like, shape (n, length), bool or 0/1 integers, optional
         ``position`` level only: measure masked and visible positions apart.  For position
         p the masked sample is ``stream[l, mask[:, p], p, :]`` (the sequences whose token p
         was masked) and the visible sample the other rows; a sample with fewer than 2 rows
@@ -265,15 +264,21 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
     >>> rank_profile(z).shape
     (3,)
     """
-    s = _stream(stream)
     _measure(measure)
     if level not in LEVELS:
         raise ValueError("level must be one of %s, got %r" % (", ".join(LEVELS), level))
-    if level != "position" and (positions is not None or mask is not None or detail):
-        raise ValueError("positions, mask and detail apply to level='position' only")
+    s = _as_stack(stream)
+    flat = s.ndim == 3  # (layers, n, features): representations already flattened
+    if (level != "position" or flat) and (positions is not None or mask is not None or detail):
+        raise ValueError("positions, mask and detail apply to level='position' of a "
+                         "(depth+1, n, length, width) stream only")
 
     def rank(X):  # errors name the user's argument, not the internal view
         return _effective_rank(X, measure, center, False, None, n_threads, "stream")
+
+    if flat:
+        return rank(s)
+    s = _stream(s)
 
     if level == "pooled":
         check_memory(8.0 * s.shape[0] * s.shape[1] * s.shape[3],
@@ -288,10 +293,7 @@ def rank_profile(stream, level="position", positions=None, mask=None, detail=Fal
         per = np.asarray(per, dtype=np.float64)
         prof = per.mean(axis=1)
         return (prof, per) if detail else prof
-    m = np.asarray(_from_torch(mask))
-    if m.dtype != np.bool_ or m.shape != (s.shape[1], s.shape[2]):
-        raise ValueError("mask must be a bool array of shape (n, length) = %s, got %s %s"
-                         % ((s.shape[1], s.shape[2]), m.dtype, m.shape))
+    m = as_bool_mask(_from_torch(mask), (s.shape[1], s.shape[2]))
     idx = np.arange(s.shape[2])[sel]
     out = np.full((2, s.shape[0], idx.size), np.nan)
     for k, p in enumerate(idx):
@@ -399,3 +401,70 @@ def cka_matrix(stream, level="stream", debiased=False):
     layers, names = _layers(stream, level)
     out, _ = _core.cka(tuple(layers), False, bool(debiased), names)
     return out
+
+
+# relevance decomposition: a residual whose norm is below this fraction of the
+# representation's is rounding noise, and counts as rank 0
+RESIDUAL_ZERO = 1e-10
+
+
+def relevance_decomposition(stream, log_posterior, mask):
+    """Split the representation of masked tokens, layer by layer and position by position,
+    into the part linearly explained by the exact Bayes log-posterior (the sufficient
+    statistic of the task) and the rest.
+
+    For each position p, the rows are the sequences whose token p is masked; the
+    representations ``stream[l, rows, p, :]`` are regressed (least squares, with intercept) on
+    ``log_posterior[rows, p, :]``. Positions with fewer than V + 2 such rows are skipped.
+
+    Parameters
+    ----------
+    stream : (depth+1, n, length, width) residual stream.
+    log_posterior : (n, length, V) log of the exact posterior of each token.
+    mask : (n, length) bool, True at masked positions.
+
+    Returns
+    -------
+    dict of (depth+1,) lists: ``relevant_variance`` and ``irrelevant_variance``, the
+    variance per masked token (summed over width) explained by the log-posterior and left in
+    the residual, in absolute units; ``relevant_share``, the variance explained by the
+    log-posterior summed over positions over the total variance (0 where there is none, as
+    at layer 0, where every masked token has the same embedding); ``irrelevant_rank``, the
+    effective rank of the regression residual (degrees of freedom the task does not need; 0
+    where the residual's norm is below 1e-10 of the representation's), averaged over positions; ``total_rank``, the effective rank of the masked representations
+    themselves, averaged over positions.
+    """
+    s = np.asarray(stream)
+    m = np.asarray(mask, dtype=bool)
+    logp = np.asarray(log_posterior, dtype=np.float64)
+    n_layers, V = s.shape[0], logp.shape[2]
+    explained, total = np.zeros(n_layers), np.zeros(n_layers)
+    irrelevant, full, n_rows = [], [], 0
+    for p in range(s.shape[2]):
+        rows = np.flatnonzero(m[:, p])
+        if rows.size < V + 2:
+            continue
+        n_rows += rows.size
+        P = logp[rows, p, :]
+        P = P - P.mean(axis=0)
+        X = s[:, rows, p, :].astype(np.float64)                  # (depth+1, n_p, width)
+        X -= X.mean(axis=1, keepdims=True)
+        flat = X.transpose(1, 0, 2).reshape(rows.size, -1)
+        coef, *_ = np.linalg.lstsq(P, flat, rcond=None)
+        fitted = (P @ coef).reshape(rows.size, n_layers, -1).transpose(1, 0, 2)
+        resid = X - fitted
+        var_x, var_r = (X ** 2).sum(axis=(1, 2)), (resid ** 2).sum(axis=(1, 2))
+        explained += (fitted ** 2).sum(axis=(1, 2))
+        total += var_x
+        # a residual at rounding level (relative norm < 1e-10) is zero, not full-rank noise
+        rank_r = np.atleast_1d(effective_rank(resid, center=False))
+        irrelevant.append(np.where(var_r <= RESIDUAL_ZERO ** 2 * var_x, 0.0, rank_r))
+        full.append(effective_rank(X, center=False))
+    if not irrelevant:
+        raise ValueError("no position has enough masked rows (V + 2) for the decomposition")
+    share = np.divide(explained, total, out=np.zeros(n_layers), where=total > 0)
+    return {"relevant_share": share.tolist(),
+            "irrelevant_rank": np.mean(irrelevant, axis=0).tolist(),
+            "total_rank": np.mean(full, axis=0).tolist(),
+            "relevant_variance": (explained / n_rows).tolist(),
+            "irrelevant_variance": ((total - explained) / n_rows).tolist()}

@@ -3,12 +3,12 @@
 The heavy work (sampling, masking, forward-backward) runs in C with the GIL released; this
 module validates arguments and keeps the chain's derived quantities.
 """
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_mask_rate, as_real, as_seed, check_memory, shape2
+from ._util import (as_bool_mask, as_count, as_mask_rate, as_real, as_seed, check_memory,
+                    shape2, split_map)
 
 __all__ = ["MarkovChain", "mask_tokens"]
 
@@ -273,15 +273,10 @@ class MarkovChain:
         n_threads = as_count(n_threads, "n_threads")
         n = as_count(n, "n")
         length = as_count(length, "length")
-        if n_threads == 1 or n < 2 * n_threads:
-            return _core.chain_sample(self._T, self._pi, n, length, seed)
-        bounds = np.linspace(0, n, n_threads + 1).astype(np.int64)
-        with ThreadPoolExecutor(n_threads) as pool:
-            parts = pool.map(
-                lambda k: _core.chain_sample(self._T, self._pi, int(bounds[k + 1] - bounds[k]),
-                                             length, seed, first=int(bounds[k])),
-                range(n_threads))
-            return np.concatenate(list(parts), axis=0)
+        if n < 2 * n_threads:
+            n_threads = 1
+        return split_map(lambda a, b: _core.chain_sample(self._T, self._pi, b - a, length, seed,
+                                                         first=a), n, n_threads)
 
     def posterior(self, masked_tokens, mask):
         """Exact posterior of every token given the visible ones (forward-backward).
@@ -373,12 +368,7 @@ def _tokens_and_mask(tokens, mask, n_states):
     if t.size and (t.min() < 0 or t.max() >= n_states):
         raise ValueError("tokens must lie in [0, %d), got values in [%d, %d]"
                          % (n_states, t.min(), t.max()))
-    m = np.asarray(mask)
-    if m.shape != t.shape:
-        raise ValueError("mask must have the shape of tokens %s, got %s" % (t.shape, m.shape))
-    if m.dtype != bool and not (m.dtype.kind in "iu" and np.isin(m, (0, 1)).all()):
-        raise TypeError("mask must be a boolean (or 0/1) array, got dtype %s" % m.dtype)
-    return t.astype(np.int64), m.astype(bool)
+    return t.astype(np.int64), as_bool_mask(mask, t.shape)
 
 
 def mask_tokens(tokens, rate=0.15, seed=0, mask_id=None, span=1):

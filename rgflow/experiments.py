@@ -17,7 +17,7 @@ import numpy as np
 
 from . import findings
 from ._util import as_count, as_mask_rate, as_real
-from .analysis import cka_matrix, drift_profile, effective_rank, rank_profile
+from .analysis import cka_matrix, drift_profile, rank_profile, relevance_decomposition
 from .chains import XI_MAX, MarkovChain
 from .model import ResidualMLP
 from .runtime import where_computed
@@ -27,9 +27,6 @@ __all__ = ["Config", "Result", "run"]
 
 CHAIN_FAMILIES = ("lazy", "random")
 SCHEDULES = ("constant", "cosine")
-# relevance decomposition: a residual whose norm is below this fraction of the
-# representation's is rounding noise, and counts as rank 0
-RESIDUAL_ZERO = 1e-10
 # a posterior probability that is exactly 0 (impossible states of sparse chains) enters the
 # relevance regression as log(1e-300)
 POSTERIOR_FLOOR = 1e-300
@@ -200,68 +197,6 @@ def make_chain(config):
     if config.chain == "lazy":
         return MarkovChain.lazy(config.n_states, config.xi)
     return MarkovChain.random(config.n_states, config.xi, seed=config.chain_seed)
-
-
-def relevance_decomposition(stream, log_posterior, mask):
-    """Split the representation of masked tokens, layer by layer and position by position,
-    into the part linearly explained by the exact Bayes log-posterior (the sufficient
-    statistic of the task) and the rest.
-
-    For each position p, the rows are the sequences whose token p is masked; the
-    representations ``stream[l, rows, p, :]`` are regressed (least squares, with intercept) on
-    ``log_posterior[rows, p, :]``. Positions with fewer than V + 2 such rows are skipped.
-
-    Parameters
-    ----------
-    stream : (depth+1, n, length, width) residual stream.
-    log_posterior : (n, length, V) log of the exact posterior of each token.
-    mask : (n, length) bool, True at masked positions.
-
-    Returns
-    -------
-    dict of (depth+1,) lists: ``relevant_variance`` and ``irrelevant_variance``, the
-    variance per masked token (summed over width) explained by the log-posterior and left in
-    the residual, in absolute units; ``relevant_share``, the variance explained by the
-    log-posterior summed over positions over the total variance (0 where there is none, as
-    at layer 0, where every masked token has the same embedding); ``irrelevant_rank``, the
-    effective rank of the regression residual (degrees of freedom the task does not need; 0
-    where the residual's norm is below 1e-10 of the representation's), averaged over positions; ``total_rank``, the effective rank of the masked representations
-    themselves, averaged over positions.
-    """
-    s = np.asarray(stream)
-    m = np.asarray(mask, dtype=bool)
-    logp = np.asarray(log_posterior, dtype=np.float64)
-    n_layers, V = s.shape[0], logp.shape[2]
-    explained, total = np.zeros(n_layers), np.zeros(n_layers)
-    irrelevant, full, n_rows = [], [], 0
-    for p in range(s.shape[2]):
-        rows = np.flatnonzero(m[:, p])
-        if rows.size < V + 2:
-            continue
-        n_rows += rows.size
-        P = logp[rows, p, :]
-        P = P - P.mean(axis=0)
-        X = s[:, rows, p, :].astype(np.float64)                  # (depth+1, n_p, width)
-        X -= X.mean(axis=1, keepdims=True)
-        flat = X.transpose(1, 0, 2).reshape(rows.size, -1)
-        coef, *_ = np.linalg.lstsq(P, flat, rcond=None)
-        fitted = (P @ coef).reshape(rows.size, n_layers, -1).transpose(1, 0, 2)
-        resid = X - fitted
-        var_x, var_r = (X ** 2).sum(axis=(1, 2)), (resid ** 2).sum(axis=(1, 2))
-        explained += (fitted ** 2).sum(axis=(1, 2))
-        total += var_x
-        # a residual at rounding level (relative norm < 1e-10) is zero, not full-rank noise
-        rank_r = np.atleast_1d(effective_rank(resid, center=False))
-        irrelevant.append(np.where(var_r <= RESIDUAL_ZERO ** 2 * var_x, 0.0, rank_r))
-        full.append(effective_rank(X, center=False))
-    if not irrelevant:
-        raise ValueError("no position has enough masked rows (V + 2) for the decomposition")
-    share = np.divide(explained, total, out=np.zeros(n_layers), where=total > 0)
-    return {"relevant_share": share.tolist(),
-            "irrelevant_rank": np.mean(irrelevant, axis=0).tolist(),
-            "total_rank": np.mean(full, axis=0).tolist(),
-            "relevant_variance": (explained / n_rows).tolist(),
-            "irrelevant_variance": ((total - explained) / n_rows).tolist()}
 
 
 # Every rank measure a run stores: name -> (effective_rank measure, centred)

@@ -286,7 +286,7 @@ def test_rank_profile_levels():
     with pytest.raises(ValueError, match="level"):
         rg.rank_profile(z, level="bogus")
     with pytest.raises(ValueError, match="stream must have shape"):
-        rg.rank_profile(z[0])
+        rg.rank_profile(z[0, 0])  # 2-D: neither a stream nor a stack of layers
 
 
 def test_rank_profile_masked():
@@ -456,3 +456,24 @@ def test_plots_headless():
     with pytest.raises(ValueError):
         plot.plot_rank_profiles(profiles, labels=["a"])
     plt.close("all")
+
+
+def test_rank_profile_takes_flat_stacks_and_0_1_masks():
+    """A (layers, n, features) stack is measured layer by layer, as drift_profile and
+    cka_matrix take it; a 0/1 integer mask means what the bool mask means."""
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((3, 64, 6, 4))
+    flat = z.reshape(3, 64, 24)
+    np.testing.assert_array_equal(rg.rank_profile(flat), rg.rank_profile(z, "stream"))
+    np.testing.assert_array_equal(rg.rank_profile(flat, measure="stable"),
+                                  [rg.effective_rank(x, "stable") for x in flat])
+    with pytest.raises(ValueError, match="positions, mask and detail"):
+        rg.rank_profile(flat, mask=np.ones((64, 6), bool))
+    mask = rng.random((64, 6)) < 0.4
+    a = rg.rank_profile(z, mask=mask)
+    b = rg.rank_profile(z, mask=mask.astype(np.uint8))
+    np.testing.assert_array_equal(a.masked, b.masked)
+    with pytest.raises(TypeError, match="mask must be a boolean"):
+        rg.rank_profile(z, mask=mask * 2)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        rg.rank_profile(z, mask=mask[:, :5])

@@ -614,7 +614,7 @@ def test_adjacent_loss_rejects_bad_input():
             (tokens.astype(float), mask, TypeError, "tokens must be an integer"),
             (tokens[0], mask, ValueError, "tokens must have shape"),
             (tokens + 4, mask, ValueError, r"tokens must lie in \[0, 4\)"),
-            (tokens, mask[:2], ValueError, "mask must have the shape"),
+            (tokens, mask[:2], ValueError, "mask must have shape"),
             (tokens, mask * 2, TypeError, "mask must be a boolean"),
             (tokens, np.zeros_like(mask), ValueError, "mask hides no token")]:
         with pytest.raises(exc, match=match):

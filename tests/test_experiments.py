@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import rgflow as rg
-from rgflow.experiments import Config, Result, relevance_decomposition, run
+from rgflow.analysis import relevance_decomposition
+from rgflow.experiments import Config, Result, run
 
 TINY = Config(steps=20, hidden=32, depth=3, width=8, length=8, eval_size=128, batch_size=32)
 
