@@ -78,15 +78,18 @@ class Config:
     >>> Config(xi=7.0).key() == Config(xi=7.0).key() != Config(xi=1.0).key()
     True
     """
+    # the chain
     chain: str = "lazy"
     n_states: int = 8
     xi: float = 1.0
     chain_seed: int = 0
+    # the model
     length: int = 32
     width: int = 16
     hidden: int = 512
     depth: int = 12
     block_ln: bool = True
+    # training
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
@@ -94,6 +97,7 @@ class Config:
     warmup: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0
+    # the task and the evaluation
     mask_rate: float = 0.15
     mask_span: int = 1
     seed: int = 0
