@@ -13,7 +13,8 @@ import nbclient
 import nbformat
 
 FOLDER = Path(__file__).resolve().parent
-NOTEBOOKS = ["01_quickstart.ipynb", "02_findings.ipynb", "03_phase_diagram.ipynb"]
+NOTEBOOKS = ["01_quickstart.ipynb", "02_findings.ipynb", "03_phase_diagram.ipynb",
+             "04_training_recipe.ipynb"]
 
 
 def execute(name, **params):

@@ -39,6 +39,11 @@ def test_findings_notebook():
     assert "rgflow findings report" in text
 
 
+def test_training_recipe_notebook():
+    text = printed(run_notebook("04_training_recipe.ipynb", SIZE="smallest"))
+    assert "recipe runs at the small size" in text and "cos-3e-3-30k" in text
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_with_outputs(name):
     """Every code cell was executed, in order, without an error, and the figures are there."""
