@@ -164,9 +164,9 @@ def _eval_batch(chain, model, seed, size, mask_rate, mask_span):
     return tokens, masked, mask
 
 
-def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_rate=0.15,
+def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mask_rate=0.15,
           mask_span=1, seed=0, schedule="constant", warmup=0, total_steps=None,
-          max_grad_norm=None, eval_every=None, eval_size=512, progress=True, *,
+          max_grad_norm=None, eval_every=None, eval_size=512, progress=True,
           target_excess=None, betas=(0.9, 0.999), eps=1e-8):
     """Train ``model`` in place for ``steps`` AdamW steps on masked-token prediction.
 
@@ -174,7 +174,7 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     ----------
     model : ResidualMLP (its ``step``, AdamW moments and parameters are updated).
     chain : MarkovChain with ``n_states == model.n_states``.
-    steps : int >= 0, number of steps to take now.
+    steps : int >= 0, number of steps to take now. Every option below is keyword-only.
     batch_size : sequences per step. lr : peak learning rate.
     weight_decay : decoupled (AdamW) decay on all parameters.
     mask_rate, mask_span : masking of the training (and evaluation) batches.
@@ -192,9 +192,9 @@ def train(model, chain, steps, batch_size=128, lr=1e-3, weight_decay=0.0, mask_r
     target_excess : stop early, at the first evaluation whose held-out masked CE is within
         this many nats of the Bayes floor (None: train all ``steps``; ``steps`` is then the
         budget). ``History.stopped_early`` says whether it did; ``len(History.losses)`` is the
-        number of steps taken (keyword only).
-    betas : AdamW's (beta1, beta2), each in [0, 1) (keyword only).
-    eps : AdamW's denominator term, finite and > 0 (keyword only).
+        number of steps taken.
+    betas : AdamW's (beta1, beta2), each in [0, 1).
+    eps : AdamW's denominator term, finite and > 0.
 
     Returns
     -------
