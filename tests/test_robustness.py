@@ -121,13 +121,17 @@ def test_no_leak_refcount_or_mutation(name):
                 raise AssertionError("the error path of %s did not raise" % name)
 
     run(500)  # warm-up: pymalloc arenas, OpenBLAS buffers
-    gc.collect()
-    before = rss()
-    run(LEAK_CALLS)
-    gc.collect()
-    growth = rss() - before
-    assert ASAN or growth < LEAK_BOUND, "%s: RSS grew by %d bytes over %d calls" % (name, growth,
-                                                                            LEAK_CALLS)
+    # two rounds: a leak grows RSS in both, while a one-off growth (another thread's arena, an
+    # allocator's high-water mark on a loaded machine: 3.9 MB once seen here) shows in one
+    growth = []
+    for _ in range(2):
+        gc.collect()
+        before = rss()
+        run(LEAK_CALLS)
+        gc.collect()
+        growth.append(rss() - before)
+    assert ASAN or min(growth) < LEAK_BOUND, "%s: RSS grew by %s bytes over %d calls" % (
+        name, growth, LEAK_CALLS)
     assert [sys.getrefcount(a) for a in inputs] == refs
     for a, c in zip(inputs, copies):
         np.testing.assert_array_equal(a, c)
