@@ -287,16 +287,12 @@ def run(config, progress=True):
     learned = findings.learned_share(masked_ce, floor, unigram)
 
     stream = model.residual_stream(masked)
-    split = rank_profile(stream, "position", mask=mask)
-    profiles = {"position": rank_profile(stream, "position").tolist(),
-                "masked": split.masked.tolist(), "visible": split.visible.tolist(),
-                "pooled": rank_profile(stream, "pooled").tolist(),
-                "stream": rank_profile(stream, "stream").tolist()}
-    drift = drift_profile(stream).tolist()
+    measures = measure_stream(stream, mask)
+    # the centred erank profiles and the stream drift the verdicts use (computed once, there)
+    profiles, drift = dict(measures["rank"]["erank"]), measures["drift"]
     cka = cka_matrix(stream).tolist()
     log_post = np.log(np.maximum(chain.posterior(masked, mask), POSTERIOR_FLOOR))
     relevance = relevance_decomposition(stream, log_post, mask)
-    measures = measure_stream(stream, mask)
     grad_norms = _grad_norms(model, masked, tokens, mask)
     untrained = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
                             block_ln=c.block_ln)

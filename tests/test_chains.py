@@ -220,10 +220,10 @@ def test_xi_beyond_float64_is_rejected_like_inf():
         for xi in (float("inf"), 1e13, 2 * rg.chains.XI_MAX):
             with pytest.raises(ValueError, match="xi must be at most 1e\\+11"):
                 make(4, xi)
-        # at the limit 1 - lam = 1e-11, and an eigenvalue known to ~V eps = 1e-15 gives xi to
+        # at the limit 1 - lam = 1e-11, and an eigenvalue known to ~V eps ~ 1e-15 gives xi to
         # ~1e-4 relative, whatever the BLAS kernel (Haswell: 3.3e-5, SkylakeX: 8e-8)
         chain = make(4, rg.chains.XI_MAX)
-        assert chain.correlation_length == pytest.approx(1e11, rel=1e-3)
+        assert chain.correlation_length == pytest.approx(1e11, rel=2e-4)
     with pytest.raises(ValueError, match="xi"):
         rg.experiments.Config(xi=1e13)
 
