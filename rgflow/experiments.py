@@ -281,8 +281,8 @@ def run(config, progress=True):
                  progress=progress)
     # the held-out batch train() evaluated on: disjoint from every training stream
     tokens, masked, mask = hist.eval_batch
-    masked_ce = float(model.loss(masked, tokens, mask))
-    floor = float(chain.bayes_loss(tokens, mask))
+    # train's final evaluation is on this batch at this step: its loss and floor
+    masked_ce, floor = float(hist.eval_loss[-1]), float(hist.eval_bayes[-1])
     unigram = chain.unigram_entropy
     learned = findings.learned_share(masked_ce, floor, unigram)
 
@@ -301,10 +301,8 @@ def run(config, progress=True):
 
     verdicts = {}
     if c.depth >= 2:
-        for name, level in (("collapse_all", "position"), ("collapse_masked", "masked"),
-                            ("collapse_visible", "visible")):
+        for name, level in findings.COLLAPSE_SETS:
             verdicts[name] = findings.monotone_collapse(profiles[level], learned).to_dict()
-    if c.depth >= 2:
         verdicts["plateau"] = findings.plateau(drift, learned).to_dict()
     history = {"steps": hist.steps.tolist(), "losses": hist.losses.tolist(),
                "eval_steps": hist.eval_steps.tolist(), "eval_loss": hist.eval_loss.tolist(),

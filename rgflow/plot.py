@@ -277,7 +277,7 @@ def report_figures(results):
     import matplotlib.pyplot as plt
 
     from .findings import LEARNED_MIN, PLATEAU_REST_MAX, PLATEAU_TOP2_SHARE, plateau
-    from .report import COLLAPSE_SETS
+    from .findings import COLLAPSE_SETS
 
     judged_levels = [level for _, level in COLLAPSE_SETS]  # where claim (i) is judged
 

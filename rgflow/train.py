@@ -335,10 +335,11 @@ def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, sched
                                      "loss %.6g)" % (step0 + n_done - 1,
                                                      chunk_lrs[n_done - 1],
                                                      out[n_done - 1]))
+        if bar is not None:
+            bar.update(n_done)
         if eval_every and model.step % eval_every == 0 and evaluate():
             break
         if bar is not None:
-            bar.update(n_done)
             post = dict(loss="%.4f" % losses[-1], floor="%.4f" % floor)
             if ev_loss:
                 post["eval"] = "%.4f" % ev_loss[-1]

@@ -275,3 +275,13 @@ def test_training_stops_at_the_target_excess():
         rg.train(model, chain, 10, eval_every=0, progress=False, target_excess=0.1)
     with pytest.raises(ValueError, match="target_excess"):
         rg.train(model, chain, 10, progress=False, target_excess=-1.0)
+
+
+def test_progress_counts_the_steps_of_an_early_stop():
+    """The chunk that reaches the target is reported to the progress callable before the stop
+    (a sweep's step bar would otherwise miss it)."""
+    done = []
+    model = rg.ResidualMLP(8, 16, 8, 64, 2, seed=0)
+    rg.train(model, rg.MarkovChain.lazy(8, 7.0), 100, batch_size=32, eval_every=20,
+             eval_size=64, progress=done.append, target_excess=10.0)
+    assert model.step == 20 and sum(done) == 20
