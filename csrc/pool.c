@@ -40,8 +40,7 @@ static void *worker(void *arg)
         }
         if (LOAD(p->stop)) return NULL;
         seen = LOAD(p->gen);
-        rg_blas_serial();
-        run_items(p);
+        run_items(p);  /* rg_pool_run made OpenBLAS single-threaded (a global setting) */
         if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_ACQ_REL) == 0) {
             /* under the lock: the caller checks busy under it before it waits */
             pthread_mutex_lock(&p->mu);
@@ -58,7 +57,6 @@ void rg_pool_init(rg_pool *p, int n_threads)
     p->stop = 0;
     p->nt = 1;
     p->tasks = NULL;
-    p->n_tasks = 0;
     p->n_items = 0;
     p->next = 0;
     pthread_mutex_init(&p->mu, NULL);
@@ -94,7 +92,6 @@ void rg_pool_run(rg_pool *p, const rg_task *tasks, int n_tasks)
         return;
     }
     p->tasks = tasks;
-    p->n_tasks = n_tasks;
     p->n_items = total;
     STORE(p->next, 0);
     STORE(p->busy, p->nt - 1);

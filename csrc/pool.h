@@ -36,7 +36,6 @@ struct rg_pool {
     int stop;              /* atomic */
     int nt;                /* threads including the caller */
     const rg_task *tasks;  /* the current job */
-    int n_tasks;
     int64_t n_items;       /* total over tasks */
     int64_t next;          /* atomic: next unclaimed item */
     pthread_t th[RG_POOL_MAX];

@@ -7,21 +7,22 @@
 
 rg_cut rg_rows_of(int64_t N, int64_t C)
 {
-    return (rg_cut){N, rg_chunk_count(N, (RG_ROW_MIN_ELEMS + C - 1) / C, RG_ROW_MAX_CHUNKS)};
+    return (rg_cut){N, rg_chunk_count(N, (RG_ROW_MIN_ELEMS + C - 1) / C, RG_ROW_MAX_CHUNKS), 1};
 }
 
 /* The columns of a pass over an (N, C) array (parameter-gradient sums). */
 static rg_cut cols_of(int64_t N, int64_t C)
 {
-    rg_cut r = {C, rg_chunk_count(C, (RG_ROW_MIN_ELEMS + N - 1) / N, RG_ROW_MAX_CHUNKS)};
-    r.chunks = rg_chunk_count(C, 64, r.chunks); /* whole cache lines of columns */
+    /* whole cache lines (16 floats) per chunk: no two threads write one line of dw, db */
+    rg_cut r = {C, rg_chunk_count(C, (RG_ROW_MIN_ELEMS + N - 1) / N, RG_ROW_MAX_CHUNKS), 16};
+    r.chunks = rg_chunk_count(C, 64, r.chunks);
     return r;
 }
 
 rg_range rg_range_of(rg_cut cut, int64_t i)
 {
-    return (rg_range){rg_chunk_begin(cut.n, cut.chunks, i, 1),
-                      rg_chunk_begin(cut.n, cut.chunks, i + 1, 1)};
+    return (rg_range){rg_chunk_begin(cut.n, cut.chunks, i, cut.align),
+                      rg_chunk_begin(cut.n, cut.chunks, i + 1, cut.align)};
 }
 
 /* ---- GEMM ---------------------------------------------------------------------------------- */

@@ -26,9 +26,10 @@
 #define RG_ROW_MAX_CHUNKS 8
 #define RG_ROW_MIN_ELEMS 16384
 
-/* The cut of [0, n) into `chunks` ranges; range i is [b0, b1). */
+/* The cut of [0, n) into `chunks` ranges, boundaries on multiples of `align`; range i is
+ * [b0, b1). */
 typedef struct {
-    int64_t n, chunks;
+    int64_t n, chunks, align;
 } rg_cut;
 typedef struct {
     int64_t b0, b1;

@@ -152,7 +152,7 @@ void rg_train_batch(const uint64_t *thr, int64_t V, int64_t L, int64_t B, uint64
                     uint64_t step, double rate, int64_t span, int32_t *tokens, int32_t *masked,
                     uint8_t *mask)
 {
-    batch_job j = {thr, V, L, seed, step, rate, span, tokens, masked, mask, {B, 1}};
+    batch_job j = {thr, V, L, seed, step, rate, span, tokens, masked, mask, {B, 1, 1}};
     batch_rows(&j, 0, B);
 }
 
