@@ -170,7 +170,7 @@ def main():
         return child(args.child, args.kind)
     info = rg.where_computed()
     print("rgflow analysis benchmark; BLAS: %s (%s kernel), rgflow threads %d (analysis splits "
-          "by matrix only when asked: n_threads)" % (info["blas"], info["core"], info["threads"]))
+          "stacks by matrix over them by default)" % (info["blas"], info["core"], info["threads"]))
     kinds = ["gaussian"] if args.quick else ["gaussian", "graded"]
     rows = []
     for kind in kinds:
