@@ -28,7 +28,7 @@ import numpy as np
 from . import _core
 from ._util import as_bool_mask, as_count, check_memory, split_map
 
-__all__ = ["effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
+__all__ = ["block_updates", "effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
            "linear_cka", "drift_profile", "cka_matrix", "relevance_decomposition"]
 
 MEASURES = ("erank", "participation", "stable", "numerical")
@@ -381,6 +381,30 @@ def drift_profile(stream, level="stream", debiased=False):
     layers, names = _layers(stream, level)
     out, _ = _core.cka(tuple(layers), True, bool(debiased), names)
     return 1.0 - np.diagonal(out, offset=1).copy()
+
+
+def block_updates(stream):
+    """Relative size of each block's update, ``||z_{k+1} - z_k|| / ||z_k||`` (Frobenius norms
+    of the flattened stream, centred over sequences; NaN where ``z_k`` is constant).
+
+    stream : (depth+1, n, length, width) or (layers, n, features). Returns float64 (depth,).
+
+    >>> import numpy as np
+    >>> z = np.random.default_rng(0).standard_normal((3, 16, 4, 2))
+    >>> z[2] = 2 * z[1]
+    >>> round(float(block_updates(z)[1]), 12)
+    1.0
+    """
+    s = np.asarray(stream)
+    if s.ndim not in (3, 4) or s.shape[0] < 2 or s.shape[1] < 1:
+        raise ValueError("stream must be (depth+1, n, length, width) or (layers, n, features) "
+                         "with at least 2 layers, got shape %s" % (s.shape,))
+    flat = s.reshape(s.shape[0], s.shape[1], -1).astype(np.float64)
+    flat -= flat.mean(axis=1, keepdims=True)
+    norms = np.sqrt((flat ** 2).sum(axis=(1, 2)))
+    steps = np.sqrt((np.diff(flat, axis=0) ** 2).sum(axis=(1, 2)))
+    return np.divide(steps, norms[:-1], out=np.full(len(steps), np.nan),
+                     where=norms[:-1] > 0)
 
 
 def cka_matrix(stream, level="stream", debiased=False):

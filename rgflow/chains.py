@@ -339,6 +339,18 @@ class MarkovChain:
         >>> chain.bayes_loss(x, hide.astype(bool)) < chain.adjacent_loss(x, hide)
         True
         """
+        return float(np.mean(self.adjacent_nll(tokens, mask)))
+
+    def adjacent_nll(self, tokens, mask):
+        """Per-token cross-entropy (nats) of the adjacent-token rule (see
+        :meth:`adjacent_loss`): a (count,) float64 array over the masked positions in row-major
+        order (``np.nonzero(mask)``).
+
+        >>> chain = MarkovChain.lazy(4, xi=1.0)
+        >>> x = chain.sample(3, 5, seed=0); hide = np.zeros((3, 5), bool); hide[:, 2] = True
+        >>> chain.adjacent_nll(x, hide).shape
+        (3,)
+        """
         tokens, mask = _tokens_and_mask(tokens, mask, self.n_states)
         rows, pos = np.nonzero(mask)
         if rows.size == 0:
@@ -354,7 +366,7 @@ class MarkovChain:
         score = np.where(has_left[:, None], T[left], pi[None, :])
         score = score * np.where(has_right[:, None], T[:, right].T, 1.0)
         truth = score[np.arange(rows.size), tokens[rows, pos]] / score.sum(axis=1)
-        return float(-np.mean(np.log(truth)))
+        return -np.log(truth)
 
 
 def _tokens_and_mask(tokens, mask, n_states):

@@ -17,13 +17,13 @@ import numpy as np
 
 from . import findings
 from ._util import as_count, as_mask_rate, as_real
-from .analysis import cka_matrix, drift_profile, rank_profile, relevance_decomposition
-from .chains import XI_MAX, MarkovChain
+from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, relevance_decomposition
+from .chains import XI_MAX, MarkovChain, mask_tokens
 from .model import ResidualMLP
 from .runtime import where_computed
-from .train import train
+from .train import log_steps, train
 
-__all__ = ["Config", "Result", "run"]
+__all__ = ["Config", "Result", "run", "gate_evaluation", "measure_stream", "GATE_SIZE"]
 
 CHAIN_FAMILIES = ("lazy", "random")
 SCHEDULES = ("constant", "cosine")
@@ -154,6 +154,9 @@ class Config:
 class Result:
     """What :func:`run` measured.
 
+    ``history`` holds the training curve (``steps``, ``losses``), the held-out evaluations
+    (``eval_steps``, ``eval_loss``, ``eval_bayes``) and ``flow``: :func:`rgflow.train.flow_point`
+    at FLOW_POINTS log-spaced steps (the flow during training).
     Shapes (K = depth): ``profiles[level]`` (K+1,) effective rank per layer for level in
     position (all positions), masked, visible, pooled, stream; ``drift`` (K,);
     ``cka_matrix`` (K+1, K+1); ``relevance["relevant_share"]`` and
@@ -162,7 +165,8 @@ class Result:
     ``adjacent_ce`` is the adjacent-token rule's masked CE on the same batch; ``measures`` and
     ``init`` are :func:`measure_stream` of the trained and the untrained network on it;
     ``grad_norms`` has ``blocks`` (K,) and ``other`` (embeddings and head) gradient norms of
-    the held-out loss at the end of training.
+    the held-out loss at the end of training; ``gate`` is :func:`gate_evaluation` on
+    GATE_SIZE fresh sequences (the figures the training gate judges).
     """
     config: Config
     history: dict
@@ -182,6 +186,7 @@ class Result:
     measures: dict = field(default_factory=dict)  # see measure_stream(); {} if older
     init: dict = field(default_factory=dict)      # measure_stream() of the untrained network
     grad_norms: dict = field(default_factory=dict)  # per-block gradient norm at the end
+    gate: dict = field(default_factory=dict)  # gate_evaluation(); {} if older
 
     def to_json(self):
         d = asdict(self)
@@ -201,6 +206,69 @@ def make_chain(config):
     if config.chain == "lazy":
         return MarkovChain.lazy(config.n_states, config.xi)
     return MarkovChain.random(config.n_states, config.xi, seed=config.chain_seed)
+
+
+FLOW_POINTS = 24    # log-spaced checkpoints of the flow during training each run stores
+GATE_SIZE = 65536   # held-out sequences the gate is judged on: margins resolved to ~3e-4 nats
+_GATE_STREAM = 0x6A7E  # seeds the gate batch apart from the training and evaluation streams
+
+
+def _paired_mean(diff, rows, n_rows):
+    """Mean of per-token ``diff`` and its standard error with sequences as clusters (tokens of
+    one sequence are correlated; sequences are independent)."""
+    count = np.bincount(rows, minlength=n_rows).astype(np.float64)
+    total = np.bincount(rows, weights=diff, minlength=n_rows)
+    mean = float(total.sum() / count.sum())
+    resid = total - mean * count
+    se = float(np.sqrt(n_rows / (n_rows - 1.0) * np.sum(resid ** 2)) / count.sum()) \
+        if n_rows > 1 else float("nan")
+    return mean, se
+
+
+def gate_evaluation(model, chain, config, size=GATE_SIZE, chunk=4096):
+    """The gate's figures on ``size`` fresh held-out sequences (disjoint seed streams from
+    training and from the measurement batch), large enough that the network-versus-rule
+    margin is resolved.
+
+    Returns a dict: ``size`` (sequences), ``masked`` (masked tokens), ``masked_ce``,
+    ``bayes_floor``, ``adjacent_ce`` (means over the masked tokens, nats), ``excess``
+    (masked_ce - bayes_floor) and ``margin`` (adjacent_ce - masked_ce), each with its standard
+    error ``excess_se``, ``margin_se`` (sequences as clusters).
+
+    >>> cfg = Config(xi=7.0, length=8, width=8, hidden=16, depth=2)
+    >>> m = ResidualMLP(8, 8, 8, 16, 2, seed=0)
+    >>> g = gate_evaluation(m, make_chain(cfg), cfg, size=256)
+    >>> g["size"], g["masked_ce"] > g["bayes_floor"]
+    (256, True)
+    """
+    size = as_count(size, "size")
+    if size < 2:
+        raise ValueError("size must be >= 2 sequences (the standard errors need two)")
+    chunk = as_count(chunk, "chunk")
+    s1, s2 = np.random.SeedSequence([config.seed, _GATE_STREAM]).generate_state(2, np.uint64)
+    tokens = chain.sample(size, model.length, seed=int(s1) >> 1)
+    masked, mask = mask_tokens(tokens, rate=config.mask_rate, seed=int(s2) >> 1,
+                               mask_id=model.n_states, span=config.mask_span)
+    rows, pos = np.nonzero(mask)
+    truth = tokens[rows, pos]
+    net, bayes = np.empty(rows.size), np.empty(rows.size)
+    for lo in range(0, size, chunk):
+        hi = min(size, lo + chunk)
+        # masked tokens of rows lo..hi-1 are a contiguous run of np.nonzero's row-major order
+        a, b = np.searchsorted(rows, [lo, hi])
+        r, p, t = rows[a:b] - lo, pos[a:b], truth[a:b]
+        z = model.logits(masked[lo:hi])[r, p].astype(np.float64)
+        zmax = z.max(axis=1)
+        lse = zmax + np.log(np.exp(z - zmax[:, None]).sum(axis=1))
+        net[a:b] = lse - z[np.arange(t.size), t]
+        post = chain.posterior(masked[lo:hi], mask[lo:hi])[r, p]
+        bayes[a:b] = -np.log(np.maximum(post[np.arange(t.size), t], POSTERIOR_FLOOR))
+    adjacent = chain.adjacent_nll(tokens, mask)
+    excess, excess_se = _paired_mean(net - bayes, rows, size)
+    margin, margin_se = _paired_mean(adjacent - net, rows, size)
+    return {"size": size, "masked": int(rows.size), "masked_ce": float(net.mean()),
+            "bayes_floor": float(bayes.mean()), "adjacent_ce": float(adjacent.mean()),
+            "excess": excess, "excess_se": excess_se, "margin": margin, "margin_se": margin_se}
 
 
 # Every rank measure a run stores: name -> (effective_rank measure, centred)
@@ -233,28 +301,9 @@ def measure_stream(stream, mask):
             "masked": split.masked.tolist(), "visible": split.visible.tolist(),
             "pooled": rank_profile(s, "pooled", measure=measure, center=center).tolist(),
             "stream": rank_profile(s, "stream", measure=measure, center=center).tolist()}
-    flat = s.reshape(s.shape[0], s.shape[1], -1).astype(np.float64)
-    flat -= flat.mean(axis=1, keepdims=True)
-    norms = np.sqrt((flat ** 2).sum(axis=(1, 2)))
-    steps = np.sqrt((np.diff(flat, axis=0) ** 2).sum(axis=(1, 2)))
-    update = np.divide(steps, norms[:-1], out=np.full(len(steps), np.nan), where=norms[:-1] > 0)
     return {"rank": rank, "drift": drift_profile(s).tolist(),
             "drift_masked": drift_profile(s[:, np.asarray(mask, dtype=bool)]).tolist(),
-            "update": update.tolist()}
-
-
-def _grad_norms(model, masked, tokens, mask):
-    """Gradient norm of the held-out loss per block (and of everything else)."""
-    _, grads = model.gradients(masked, tokens, mask)
-    blocks = np.zeros(model.depth)
-    other = 0.0
-    for name, g in grads.items():
-        sq = float(np.sum(g.astype(np.float64) ** 2))
-        if name.startswith("blocks."):
-            blocks[int(name.split(".")[1])] += sq
-        else:
-            other += sq
-    return {"blocks": np.sqrt(blocks).tolist(), "other": float(np.sqrt(other))}
+            "update": block_updates(s).tolist()}
 
 
 def run(config, progress=True):
@@ -278,7 +327,7 @@ def run(config, progress=True):
                  weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
                  seed=c.seed, schedule=c.schedule, warmup=c.warmup,
                  max_grad_norm=c.max_grad_norm or None, eval_size=c.eval_size,
-                 progress=progress)
+                 progress=progress, flow_at=log_steps(c.steps, FLOW_POINTS))
     # the held-out batch train() evaluated on: disjoint from every training stream
     tokens, masked, mask = hist.eval_batch
     # train's final evaluation is on this batch at this step: its loss and floor
@@ -293,7 +342,8 @@ def run(config, progress=True):
     cka = cka_matrix(stream).tolist()
     log_post = np.log(np.maximum(chain.posterior(masked, mask), POSTERIOR_FLOOR))
     relevance = relevance_decomposition(stream, log_post, mask)
-    grad_norms = _grad_norms(model, masked, tokens, mask)
+    grad_norms = model.block_grad_norms(masked, tokens, mask)
+    gate = gate_evaluation(model, chain, c)
     untrained = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
                             block_ln=c.block_ln)
     init = measure_stream(untrained.residual_stream(masked), mask)
@@ -306,10 +356,10 @@ def run(config, progress=True):
         verdicts["plateau"] = findings.plateau(drift, learned).to_dict()
     history = {"steps": hist.steps.tolist(), "losses": hist.losses.tolist(),
                "eval_steps": hist.eval_steps.tolist(), "eval_loss": hist.eval_loss.tolist(),
-               "eval_bayes": hist.eval_bayes.tolist()}
+               "eval_bayes": hist.eval_bayes.tolist(), "flow": hist.flow}
     return Result(config=c, history=history, masked_ce=masked_ce, bayes_floor=floor,
                   unigram_entropy=unigram, learned=learned, profiles=profiles, drift=drift,
                   cka_matrix=cka, relevance=relevance, verdicts=verdicts,
                   wall_time=time.perf_counter() - t0, computed_on=where_computed(),
                   adjacent_ce=float(chain.adjacent_loss(tokens, mask)), measures=measures,
-                  init=init, grad_norms=grad_norms)
+                  init=init, grad_norms=grad_norms, gate=gate)

@@ -17,10 +17,11 @@ import numpy as np
 
 from . import _core
 from ._util import as_count, as_mask_rate, as_real, as_seed, check_memory
+from .analysis import block_updates, drift_profile, rank_profile
 from .chains import MarkovChain, mask_tokens
 from .model import ResidualMLP
 
-__all__ = ["train", "History", "learning_rate", "TrainingInterrupted"]
+__all__ = ["train", "History", "flow_point", "log_steps", "learning_rate", "TrainingInterrupted"]
 
 CHUNK_STEPS = 25  # steps per C call between progress updates (results do not depend on it)
 
@@ -38,6 +39,7 @@ class History:
     wall_time : float, seconds spent in ``train``.
     stopped_early : bool, True when ``target_excess`` was reached before ``steps``.
     eval_batch : (tokens, masked, mask), each (eval_size, length), the held-out batch.
+    flow : list of dicts, one per ``flow_at`` step reached (see :func:`flow_point`).
     """
 
     steps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -49,6 +51,32 @@ class History:
     wall_time: float = 0.0
     stopped_early: bool = False
     eval_batch: tuple = None
+    flow: list = field(default_factory=list)
+
+
+def flow_point(model, tokens, masked, mask):
+    """The light snapshot of a network that ``train(..., flow_at=...)`` records: on a masked
+    batch (tokens, masked, mask each (n, length)), a dict of ``step``, ``loss`` (masked CE),
+    position-level centred erank profiles ``erank_masked`` and ``erank_position`` (depth+1,),
+    stream-level ``drift`` and masked-token ``drift_masked`` (depth,), each block's relative
+    ``update`` (:func:`rgflow.analysis.block_updates`) and gradient norm ``grad_blocks``
+    (depth,), as JSON-ready lists.
+
+    >>> m = ResidualMLP(8, 8, 8, 16, 2, seed=0)
+    >>> x = MarkovChain.lazy(8, 1.0).sample(64, 8, seed=0)
+    >>> masked, mask = mask_tokens(x, rate=0.3, seed=1, mask_id=8)
+    >>> sorted(flow_point(m, x, masked, mask))[:3]
+    ['drift', 'drift_masked', 'erank_masked']
+    """
+    stream = model.residual_stream(masked)
+    mask = np.asarray(mask, dtype=bool)
+    return {"step": int(model.step), "loss": float(model.loss(masked, tokens, mask)),
+            "erank_masked": rank_profile(stream, "position", mask=mask).masked.tolist(),
+            "erank_position": rank_profile(stream, "position").tolist(),
+            "drift": drift_profile(stream).tolist(),
+            "drift_masked": drift_profile(stream[:, mask]).tolist(),
+            "update": block_updates(stream).tolist(),
+            "grad_blocks": model.block_grad_norms(masked, tokens, mask)["blocks"]}
 
 
 def learning_rate(step, lr, schedule="constant", warmup=0, total_steps=None):
@@ -167,7 +195,7 @@ def _eval_batch(chain, model, seed, size, mask_rate, mask_span):
 def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mask_rate=0.15,
           mask_span=1, seed=0, schedule="constant", warmup=0, total_steps=None,
           max_grad_norm=None, eval_every=None, eval_size=512, progress=True,
-          target_excess=None, betas=(0.9, 0.999), eps=1e-8):
+          target_excess=None, betas=(0.9, 0.999), eps=1e-8, flow_at=()):
     """Train ``model`` in place for ``steps`` AdamW steps on masked-token prediction.
 
     Parameters
@@ -195,6 +223,10 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
         number of steps taken.
     betas : AdamW's (beta1, beta2), each in [0, 1).
     eps : AdamW's denominator term, finite and > 0.
+    flow_at : global step counts (ints) after which to record :func:`flow_point` on the
+        held-out batch into ``History.flow`` (the flow during training; e.g.
+        :func:`log_steps`); steps outside this call's range are ignored. Results do not depend
+        on it.
 
     Returns
     -------
@@ -233,6 +265,7 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
         eval_every = max(1, steps // 10)
     eval_every = as_count(eval_every, "eval_every", minimum=0)
     eval_size = as_count(eval_size, "eval_size")
+    flow_at = _flow_steps(flow_at, start, start + steps)
     if target_excess is not None:
         target_excess = as_real(target_excess, "target_excess", low=0.0)
         if not eval_every:
@@ -248,6 +281,9 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
     floor = chain.bayes_loss(ev_tokens, ev_mask)
     hist.eval_batch = (ev_tokens, ev_masked, ev_mask)
     losses, lrs, ev_steps, ev_loss = [], [], [], []
+
+    def record_flow():
+        hist.flow.append(flow_point(model, ev_tokens, ev_masked, ev_mask))
 
     def evaluate():
         ev_steps.append(model.step)
@@ -273,7 +309,7 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
 
             _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule,
                         warmup, total, eval_every, losses, lrs, ev_loss, evaluate, bar, floor,
-                        stop)
+                        stop, flow_at, record_flow)
     except KeyboardInterrupt as exc:
         if isinstance(exc, TrainingInterrupted):
             raise
@@ -312,14 +348,42 @@ class _Callback:
         pass
 
 
+def _flow_steps(flow_at, lo, hi):
+    """The sorted distinct flow steps in (lo, hi] as a list of ints."""
+    try:
+        steps = np.unique(np.asarray(list(flow_at)))
+    except TypeError:
+        raise TypeError("flow_at must be an iterable of step counts") from None
+    if steps.size and steps.dtype.kind not in "iu":
+        raise TypeError("flow_at must hold integer step counts, got dtype %s" % steps.dtype)
+    return [int(s) for s in steps if lo < s <= hi]
+
+
+def log_steps(steps, points=24, first=10):
+    """About ``points`` distinct step counts spaced logarithmically from ``first`` to
+    ``steps`` (both included when ``steps >= first``): where to record the flow.
+
+    >>> log_steps(1000, points=4)
+    [10, 46, 215, 1000]
+    """
+    steps = as_count(steps, "steps")
+    points = as_count(points, "points")
+    first = min(as_count(first, "first"), steps)
+    return sorted({int(round(s)) for s in np.geomspace(first, steps, points)})
+
+
 def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, schedule, warmup,
-                total, eval_every, losses, lrs, ev_loss, evaluate, bar, floor, stop):
+                total, eval_every, losses, lrs, ev_loss, evaluate, bar, floor, stop, flow_at,
+                record_flow):
     """The chunked loop of ``train``; after every chunk, when the model's step counter matches
     its parameters, ``stop()`` (a held SIGINT or a sweep's stop request) ends it."""
+    flow_at = list(flow_at)
     while model.step < start + steps:
         end = min(start + steps, model.step + CHUNK_STEPS)
         if eval_every:
             end = min(end, (model.step // eval_every + 1) * eval_every)
+        if flow_at:
+            end = min(end, flow_at[0])
         chunk_lrs = np.array([learning_rate(s, lr, schedule, warmup, total)
                               for s in range(model.step, end)], dtype=np.float64)
         step0 = model.step
@@ -337,6 +401,9 @@ def _train_loop(model, chain, steps, start, batch_size, lr, options, seed, sched
                                                      out[n_done - 1]))
         if bar is not None:
             bar.update(n_done)
+        if flow_at and model.step == flow_at[0]:
+            flow_at.pop(0)
+            record_flow()
         if eval_every and model.step % eval_every == 0 and evaluate():
             break
         if bar is not None:

@@ -477,3 +477,22 @@ def test_rank_profile_takes_flat_stacks_and_0_1_masks():
         rg.rank_profile(z, mask=mask * 2)
     with pytest.raises(ValueError, match="mask must have shape"):
         rg.rank_profile(z, mask=mask[:, :5])
+
+
+def test_block_updates_against_per_layer_norms(rng):
+    z = rng.standard_normal((4, 30, 5, 3)).astype(np.float32)
+    z[2] = z[1]  # an identity block
+    z[3, :, :, :] = 7.0 + z[2] * 0  # a constant layer after it: its update is defined
+    got = rg.analysis.block_updates(z)
+    ref = []
+    for k in range(3):
+        a = z[k].reshape(30, -1).astype(np.float64)
+        b = z[k + 1].reshape(30, -1).astype(np.float64)
+        a0, b0 = a - a.mean(0), b - b.mean(0)
+        ref.append(np.linalg.norm(b0 - a0) / np.linalg.norm(a0))
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+    assert got[1] == 0.0
+    z[0] = 1.0  # constant z_0: its update has no relative size
+    assert np.isnan(rg.analysis.block_updates(z)[0])
+    with pytest.raises(ValueError, match="stream"):
+        rg.analysis.block_updates(z[:1])

@@ -598,6 +598,8 @@ def test_adjacent_loss_matches_brute_force_enumeration(rng, reversible):
         cond = np.bincount(seqs[keep, t], weights=prob[keep], minlength=V)
         nll.append(-np.log(cond[tokens[n, t]] / cond.sum()))
     assert chain.adjacent_loss(tokens, mask) == pytest.approx(np.mean(nll), rel=1e-12)
+    # per token, in np.nonzero(mask) order
+    np.testing.assert_allclose(chain.adjacent_nll(tokens, mask), nll, rtol=1e-12)
     # the rule is the exact posterior when every masked token has visible neighbours
     lone = np.zeros((6, L), dtype=bool)
     lone[:, 2] = True

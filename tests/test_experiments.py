@@ -11,6 +11,7 @@ import pytest
 import rgflow as rg
 from rgflow.analysis import relevance_decomposition
 from rgflow.experiments import Config, Result, run
+from rgflow.train import log_steps
 
 TINY = Config(steps=20, hidden=32, depth=3, width=8, length=8, eval_size=128, batch_size=32)
 
@@ -176,3 +177,49 @@ def test_relevance_variances_add_up():
     np.testing.assert_allclose(np.add(out["relevant_variance"], out["irrelevant_variance"]),
                                total, rtol=1e-12)
     assert out["relevant_variance"][1] > 5 * out["relevant_variance"][0]
+
+
+def test_gate_evaluation_matches_the_batch_losses():
+    """The gate's means are the model's, the exact posterior's and the adjacent rule's losses
+    on the same fresh batch (rebuilt here from the documented seed stream); its standard
+    errors reduce to std/sqrt(n) when every sequence has exactly one masked token."""
+    from rgflow.experiments import _GATE_STREAM, gate_evaluation, make_chain
+    cfg = TINY.replace(xi=7.0, seed=3)
+    chain = make_chain(cfg)
+    model = rg.ResidualMLP(8, cfg.length, cfg.width, cfg.hidden, cfg.depth, seed=1)
+    g = gate_evaluation(model, chain, cfg, size=300, chunk=64)  # chunks split the batch
+    s1, s2 = np.random.SeedSequence([3, _GATE_STREAM]).generate_state(2, np.uint64)
+    tokens = chain.sample(300, cfg.length, seed=int(s1) >> 1)
+    masked, mask = rg.mask_tokens(tokens, rate=cfg.mask_rate, seed=int(s2) >> 1, mask_id=8)
+    assert g["size"] == 300 and g["masked"] == mask.sum()
+    assert g["masked_ce"] == pytest.approx(model.loss(masked, tokens, mask), rel=1e-6)
+    assert g["bayes_floor"] == pytest.approx(chain.bayes_loss(tokens, mask), rel=1e-12)
+    assert g["adjacent_ce"] == pytest.approx(chain.adjacent_loss(tokens, mask), rel=1e-12)
+    assert g["excess"] == pytest.approx(g["masked_ce"] - g["bayes_floor"], abs=1e-12)
+    assert g["margin"] == pytest.approx(g["adjacent_ce"] - g["masked_ce"], abs=1e-12)
+    assert 0 < g["margin_se"] < 0.1 and 0 < g["excess_se"] < 0.1
+
+    from rgflow.experiments import _paired_mean
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal(50)
+    mean, se = _paired_mean(d, np.arange(50), 50)
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(d.std(ddof=1) / np.sqrt(50))
+    # two tokens per sequence with equal values: the cluster SE sees 50 draws, not 100
+    mean2, se2 = _paired_mean(np.repeat(d, 2), np.repeat(np.arange(50), 2), 50)
+    assert mean2 == pytest.approx(mean) and se2 == pytest.approx(se)
+    with pytest.raises(ValueError, match="size"):
+        gate_evaluation(model, chain, cfg, size=1)
+
+
+def test_run_stores_the_gate_and_the_flow():
+    res = run(TINY.replace(xi=1.0), progress=False)
+    assert res.gate["size"] == rg.experiments.GATE_SIZE
+    flow = res.history["flow"]
+    assert [f["step"] for f in flow] == log_steps(TINY.steps,
+                                                             rg.experiments.FLOW_POINTS)
+    last = flow[-1]
+    assert last["step"] == TINY.steps
+    np.testing.assert_allclose(last["erank_masked"], res.profiles["masked"], rtol=1e-12)
+    np.testing.assert_allclose(last["drift"], res.drift, rtol=1e-12)
+    np.testing.assert_allclose(last["grad_blocks"], res.grad_norms["blocks"], rtol=1e-12)
+    assert last["loss"] == res.masked_ce

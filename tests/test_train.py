@@ -11,7 +11,7 @@ import pytest
 
 import rgflow as rg
 from rgflow import _core
-from rgflow.train import learning_rate, train_batch
+from rgflow.train import flow_point, learning_rate, log_steps, train_batch
 from conftest import new_small, rel_err, torch_loss, torch_module
 
 
@@ -285,3 +285,39 @@ def test_progress_counts_the_steps_of_an_early_stop():
     rg.train(model, rg.MarkovChain.lazy(8, 7.0), 100, batch_size=32, eval_every=20,
              eval_size=64, progress=done.append, target_excess=10.0)
     assert model.step == 20 and sum(done) == 20
+
+
+def test_flow_is_recorded_without_changing_the_run():
+    """Recording the flow cuts the chunks elsewhere: the parameters and evaluations stay the
+    same bits; each flow point is the documented snapshot of the model at its step."""
+    chain = rg.MarkovChain.lazy(8, 7.0)
+    a = rg.ResidualMLP(8, 8, 8, 32, 3, seed=1)
+    b = rg.ResidualMLP(8, 8, 8, 32, 3, seed=1)
+    ha = rg.train(a, chain, 120, progress=False, schedule="cosine", warmup=10, eval_size=64)
+    at = [1, 7, 60, 60, 119, 500]  # duplicates and steps beyond the run are ignored
+    hb = rg.train(b, chain, 120, progress=False, schedule="cosine", warmup=10, eval_size=64,
+                  flow_at=at)
+    assert np.array_equal(a.params, b.params) and np.array_equal(ha.eval_loss, hb.eval_loss)
+    assert ha.flow == [] and [f["step"] for f in hb.flow] == [1, 7, 60, 119]
+    tokens, masked, mask = hb.eval_batch
+    last = flow_point(b, tokens, masked, mask)
+    assert last["step"] == 120
+    stream = b.residual_stream(masked)
+    np.testing.assert_allclose(last["erank_masked"],
+                               rg.rank_profile(stream, "position", mask=mask).masked)
+    assert last["loss"] == b.loss(masked, tokens, mask)
+    # a resumed run records the points of its own range
+    hc = rg.train(b, chain, 10, progress=False, flow_at=at + [125])
+    assert [f["step"] for f in hc.flow] == [125]
+    for bad, err in (([1.5], TypeError), (3, TypeError), ([True], TypeError)):
+        with pytest.raises(err, match="flow_at"):
+            rg.train(b, chain, 1, progress=False, flow_at=bad)
+
+
+def test_log_steps():
+    assert log_steps(1000, points=4) == [10, 46, 215, 1000]
+    assert log_steps(5, points=24) == [5]
+    steps = log_steps(30000, points=24)
+    assert steps[0] == 10 and steps[-1] == 30000 and len(steps) == 24
+    with pytest.raises(ValueError, match="points"):
+        log_steps(100, points=0)
