@@ -27,7 +27,8 @@ import numpy as np
 
 __all__ = [
     "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
-    "collapse_crossover", "gate", "interval", "compare", "summarize", "GATE_EXCESS",
+    "collapse_crossover", "collapse_after_peak", "gate", "gate_of", "interval", "compare",
+    "run_figures", "cell_verdicts", "verdicts", "sensitivity", "summarize", "GATE_EXCESS",
     "SHORT_XI", "LONG_XI",
     "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
     "LEARNED_MIN",
@@ -160,6 +161,44 @@ def collapse_ratio(rank):
     """rank[K] / rank[1] of a (depth+1,) profile (layer 0, the embedding, excluded)."""
     r = _profile(rank, "rank", 3)
     return float(r[-1] / r[1])
+
+
+def collapse_after_peak(rank, *, delta=None, tol=None):
+    """Claim (i) read from the peak: the rank falls from the layer where it is largest.
+
+    Trained networks can leave block 1 nearly idle at masked positions (their rank there is
+    that of a near-constant input) and build the representation in the next blocks, so
+    ``rank[1]`` is no baseline for a decline. This criterion takes the first layer of maximal
+    rank among 1..K, ``p``: it holds when every later rise is <= ``tol`` x rank[p] and
+    ``R_peak = rank[K] / rank[p] <= 1 - delta``. ``R_peak <= 1`` by construction, so only the
+    size of the fall carries information; the same figure of the untrained network on the same
+    batch is its null. Figures: ``peak_layer``, ``rank_peak``, ``rank_K``, ``ratio``
+    (R_peak), ``max_rise``.
+
+    >>> v = collapse_after_peak([0.0, 2.4, 11.7, 10.4, 10.4, 10.3])
+    >>> v.status, v.figures["peak_layer"], round(v.figures["ratio"], 3)
+    ('holds', 2, 0.88)
+    >>> collapse_after_peak([0.0, 15.2, 15.3, 15.4]).status  # rises to the last layer
+    'fails'
+    """
+    delta = DELTA if delta is None else delta
+    tol = MONOTONE_TOL if tol is None else tol
+    r = _profile(rank, "rank", 3)
+    body = r[1:]
+    p = int(np.argmax(body))
+    tail = body[p:]
+    max_rise = float(np.diff(tail).max()) if tail.size > 1 else 0.0
+    ratio = float(tail[-1] / tail[0]) if tail[0] > 0 else float("nan")
+    ok = tail.size > 1 and max_rise <= tol * tail[0] and ratio <= 1 - delta
+    return Verdict(
+        claim="collapse after the peak",
+        status=HOLDS if ok else FAILS,
+        criterion=("from the layer p of maximal rank (1..K): every rise <= %g x rank[p], "
+                   "rank[K]/rank[p] <= %g" % (tol, 1 - delta)),
+        figures={"peak_layer": p + 1, "rank_peak": float(tail[0]), "rank_K": float(tail[-1]),
+                 "ratio": ratio, "max_rise": max_rise},
+        learned=[],
+    )
 
 
 def selectivity(short_ranks, long_ranks, short_learned=None, long_learned=None,
@@ -344,6 +383,20 @@ def gate(masked_ce, bayes_floor, adjacent_ce, excess_max=None):
             "passed": bool(excess <= excess_max and margin > 0)}
 
 
+def gate_of(result, excess_max=None):
+    """:func:`gate` of a stored run (a :class:`rgflow.experiments.Result`), judged on its gate
+    batch (``result.gate``: GATE_SIZE fresh sequences) when it has one, else on its
+    measurement batch (records from before the gate batch). Adds ``excess_se`` and
+    ``margin_se`` (None without a gate batch) and ``sequences``, the batch size."""
+    g = result.gate or {}
+    source = g if g else {"masked_ce": result.masked_ce, "bayes_floor": result.bayes_floor,
+                          "adjacent_ce": result.adjacent_ce}
+    out = gate(source["masked_ce"], source["bayes_floor"], source["adjacent_ce"], excess_max)
+    out.update(excess_se=g.get("excess_se"), margin_se=g.get("margin_se"),
+               sequences=g.get("size", result.config.eval_size))
+    return out
+
+
 def _t_quantile(df, confidence):
     from scipy import stats
     return float(stats.t.ppf(0.5 + confidence / 2, df))
@@ -419,23 +472,41 @@ def _rank_of(result, measure, level, init=False):
 
 def run_figures(result, measure="erank", level="masked", excess_max=None, delta=None,
                 tol=None, spearman_max=None, top2_share=None, rest_max=None):
-    """The figures and per-run verdicts of one run (a :class:`rgflow.experiments.Result`):
-    ``gate`` (:func:`gate`), ``R`` and ``R_init`` (collapse ratio trained and at
-    initialisation, ``measure`` at ``level``), ``collapse`` and ``plateau`` statuses ("holds"
-    or "fails", whatever the gate: the caller counts only gated runs), and the plateau's
-    ``top2_share``. Thresholds default to the module constants, but for Spearman's rho,
-    reported and not judged unless ``spearman_max`` is given: with every rise held within
-    ``tol``, the rank correlation only ranks the noise of a profile's flat tail."""
+    """The figures and per-run verdicts of one run (a :class:`rgflow.experiments.Result`),
+    ``measure`` at ``level``:
+
+    - ``gate``: :func:`gate_of`.
+    - ``R``, ``collapse``: rank[K]/rank[1] and claim (i) from layer 1
+      (:func:`monotone_collapse`).
+    - ``R_peak``, ``peak_layer``, ``collapse_peak``: claim (i) from the peak
+      (:func:`collapse_after_peak`).
+    - ``R_init``, ``R_peak_init``: the same ratios of the untrained network on the same batch
+      (when stored).
+    - ``plateau``, ``top2_share``: claim (iii) on the stream drift; ``plateau_masked``,
+      ``top2_share_masked`` on the drift of the masked tokens' representations (when stored).
+
+    Statuses are "holds" or "fails" whatever the gate: the caller counts only gated runs.
+    Thresholds default to the module constants, but for Spearman's rho, reported and not
+    judged unless ``spearman_max`` is given: with every rise held within ``tol``, the rank
+    correlation only ranks the noise of a profile's flat tail."""
     spearman_max = 1.0 if spearman_max is None else spearman_max
-    g = gate(result.masked_ce, result.bayes_floor, result.adjacent_ce, excess_max)
     rank = _rank_of(result, measure, level)
-    out = {"seed": result.config.seed, "gate": g, "R": collapse_ratio(rank),
+    peak = collapse_after_peak(rank, delta=delta, tol=tol)
+    out = {"seed": result.config.seed, "gate": gate_of(result, excess_max),
+           "R": collapse_ratio(rank),
            "collapse": monotone_collapse(rank, delta=delta, tol=tol,
-                                         spearman_max=spearman_max).status}
+                                         spearman_max=spearman_max).status,
+           "R_peak": peak.figures["ratio"], "peak_layer": peak.figures["peak_layer"],
+           "collapse_peak": peak.status}
     if result.init:
-        out["R_init"] = collapse_ratio(_rank_of(result, measure, level, init=True))
+        init = _rank_of(result, measure, level, init=True)
+        out["R_init"] = collapse_ratio(init)
+        out["R_peak_init"] = collapse_after_peak(init).figures["ratio"]
     p = plateau(result.drift, top2_share=top2_share, rest_max=rest_max)
     out["plateau"], out["top2_share"] = p.status, p.figures["top2_share"]
+    if result.measures and "drift_masked" in result.measures:
+        p = plateau(result.measures["drift_masked"], top2_share=top2_share, rest_max=rest_max)
+        out["plateau_masked"], out["top2_share_masked"] = p.status, p.figures["top2_share"]
     return out
 
 
@@ -443,49 +514,61 @@ def _count(statuses):
     return {"holds": sum(s == HOLDS for s in statuses), "of": len(statuses)}
 
 
+# per-run figures cell_verdicts summarises: statuses counted, ratios given an interval
+RUN_STATUSES = ("collapse", "collapse_peak", "plateau", "plateau_masked")
+RUN_RATIOS = ("R", "R_init", "R_peak", "R_peak_init", "top2_share", "top2_share_masked")
+
+
 def cell_verdicts(results, **options):
     """Claims (i) and (iii) over the seeds of one cell (one ξ, one configuration).
 
     ``options`` are those of :func:`run_figures`. Returns a dict: ``n_runs``; ``n_gated``;
-    ``runs`` (every run's figures, gated or not); ``R`` and ``R_init`` (:func:`interval` over
-    the gated runs; None without any); ``collapse`` and ``plateau`` (``holds`` k ``of`` n
-    gated); ``enough`` (n_gated >= MIN_SEEDS)."""
+    ``runs`` (every run's figures, gated or not); for each status of RUN_STATUSES (``holds``
+    k ``of`` n gated runs that have it) and each figure of RUN_RATIOS (:func:`interval` over
+    the gated runs; None when none has it); ``enough`` (n_gated >= MIN_SEEDS)."""
     runs = [run_figures(r, **options) for r in sorted(results, key=lambda r: r.config.seed)]
     gated = [f for f in runs if f["gate"]["passed"]]
     out = {"n_runs": len(runs), "n_gated": len(gated), "runs": runs,
-           "enough": len(gated) >= MIN_SEEDS,
-           "collapse": _count([f["collapse"] for f in gated]),
-           "plateau": _count([f["plateau"] for f in gated]),
-           "R": interval([f["R"] for f in gated]) if gated else None,
-           "R_init": (interval([f["R_init"] for f in gated])
-                      if gated and all("R_init" in f for f in gated) else None)}
+           "enough": len(gated) >= MIN_SEEDS}
+    for name in RUN_STATUSES:
+        out[name] = _count([f[name] for f in gated if name in f])
+    for name in RUN_RATIOS:
+        values = [f[name] for f in gated if name in f]
+        out[name] = interval(values) if values and len(values) == len(gated) else None
     return out
+
+
+def _selective(cells, ratio, delta):
+    """Claim (ii) on one ratio ("R" or "R_peak") of the gated runs of both cells."""
+    rs = [f[ratio] for f in cells["short"]["runs"] if f["gate"]["passed"]]
+    rl = [f[ratio] for f in cells["long"]["runs"] if f["gate"]["passed"]]
+    diff = compare(rs, rl) if len(rs) >= 2 and len(rl) >= 2 else None
+    short_ok = sum(r <= 1 - delta for r in rs)
+    long_ok = sum(r >= 1 - delta / 3 for r in rl)
+    holds = bool(diff is not None and cells["short"]["enough"] and cells["long"]["enough"]
+                 and short_ok == len(rs) and long_ok == len(rl) and diff["lo"] > 0)
+    return {"delta_R": diff, "short_collapses": {"holds": short_ok, "of": len(rs)},
+            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds}
 
 
 def verdicts(results, measure="erank", level="masked", **options):
     """The three claims over seeds at short and long ξ, for one measure and level.
 
-    Returns a dict: ``short`` and ``long`` (:func:`cell_verdicts`), and ``selectivity``:
-    ``delta_R`` (:func:`compare` of the gated collapse ratios, long minus short; None with fewer
-    than 2 gated runs on a side), ``short_collapses`` and ``long_flat`` (k of n gated runs with
-    R <= 1 - delta and R >= 1 - delta / 3), and ``holds`` (every gated short run collapses,
-    no gated long run does, the intervals of delta_R above 0, enough seeds on both sides).
+    Returns a dict: ``short`` and ``long`` (:func:`cell_verdicts`), and claim (ii) twice:
+    ``selectivity`` on R = rank[K]/rank[1] and ``selectivity_peak`` on R_peak (from the
+    peak, see :func:`collapse_after_peak`), each with ``delta_R`` (:func:`compare` of the
+    gated ratios, long minus short; None with fewer than 2 gated runs on a side),
+    ``short_collapses`` and ``long_flat`` (k of n gated runs with ratio <= 1 - delta and
+    >= 1 - delta / 3), and ``holds`` (every gated short run collapses, no gated long run
+    does, delta_R's interval above 0, enough seeds on both sides).
     """
     delta = DELTA if options.get("delta") is None else options["delta"]
     cells = {}
     for name, xi in (("short", SHORT_XI), ("long", LONG_XI)):
         runs = [r for r in results if r.config.xi == xi]
         cells[name] = cell_verdicts(runs, measure=measure, level=level, **options)
-    rs = [f["R"] for f in cells["short"]["runs"] if f["gate"]["passed"]]
-    rl = [f["R"] for f in cells["long"]["runs"] if f["gate"]["passed"]]
-    diff = compare(rs, rl) if len(rs) >= 2 and len(rl) >= 2 else None
-    short_ok = sum(r <= 1 - delta for r in rs)
-    long_ok = sum(r >= 1 - delta / 3 for r in rl)
-    holds = bool(diff is not None and cells["short"]["enough"] and cells["long"]["enough"]
-                 and short_ok == len(rs) and long_ok == len(rl) and diff["lo"] > 0)
-    cells["selectivity"] = {"delta_R": diff, "short_collapses": {"holds": short_ok,
-                                                                 "of": len(rs)},
-                            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds}
+    cells["selectivity"] = _selective(cells, "R", delta)
+    cells["selectivity_peak"] = _selective(cells, "R_peak", delta)
     return cells
 
 
@@ -508,20 +591,23 @@ def sensitivity(results, measure="erank", level="masked"):
     """How each verdict moves with each threshold, the others at their defaults.
 
     Returns a list of rows ``(threshold, value, {verdict: statement})`` where the verdicts are
-    ``collapse ξ=1``, ``collapse ξ=7``, ``plateau ξ=1``, ``plateau ξ=7`` ("k/n" gated seeds)
-    and ``selective`` ("holds"/"fails", with ΔR's interval); ``value`` None for
-    ``spearman_max`` means "not judged".
+    ``collapse``, ``after peak`` and ``plateau`` at ``ξ=1`` and ``ξ=7`` ("k/n" gated seeds)
+    and ``selective (R)``, ``selective (R_peak)`` ("holds"/"fails", with the difference's
+    interval); ``value`` None for ``spearman_max`` means "not judged".
     """
     rows = []
     for name, values in SENSITIVITY.items():
         for value in values:
             v = verdicts(results, measure, level, **{name: value})
-            d = v["selectivity"]["delta_R"]
-            rows.append((name, value, {
-                "collapse ξ=1": _statement(v["short"]["collapse"]),
-                "collapse ξ=7": _statement(v["long"]["collapse"]),
-                "plateau ξ=1": _statement(v["short"]["plateau"]),
-                "plateau ξ=7": _statement(v["long"]["plateau"]),
-                "selective": ("holds" if v["selectivity"]["holds"] else "fails") + (
-                    " (ΔR %+.3f [%+.3f, %+.3f])" % (d["diff"], d["lo"], d["hi"]) if d else "")}))
+            row = {}
+            for label, key in (("collapse", "collapse"), ("after peak", "collapse_peak"),
+                               ("plateau", "plateau")):
+                row["%s ξ=1" % label] = _statement(v["short"][key])
+                row["%s ξ=7" % label] = _statement(v["long"][key])
+            for label, key in (("selective (R)", "selectivity"),
+                               ("selective (R_peak)", "selectivity_peak")):
+                d = v[key]["delta_R"]
+                row[label] = ("holds" if v[key]["holds"] else "fails") + (
+                    " (Δ %+.3f [%+.3f, %+.3f])" % (d["diff"], d["lo"], d["hi"]) if d else "")
+            rows.append((name, value, row))
     return rows

@@ -134,41 +134,78 @@ def _ci(r, digits=3):
     return "%s [%s, %s]" % (_fmt(r["mean"], digits), _fmt(r["lo"], digits), _fmt(r["hi"], digits))
 
 
+def _range(values, digits=0):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    lo, hi = min(values), max(values)
+    return _fmt(lo, digits) if lo == hi else "%s–%s" % (_fmt(lo, digits), _fmt(hi, digits))
+
+
+def _pm(value, se, digits=4):
+    return ("%+.*f" % (digits, value)) + ("" if se is None else " ± %.*f" % (digits, se))
+
+
+def _diff(d):
+    if d is None:
+        return "—", "—"
+    return "%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), "%.2f" % d["hedges_g"]
+
+
 def gated_markdown(results):
-    """The verdicts over gated seeds (:func:`rgflow.findings.verdicts`) for every measure and
-    level of MEASURE_LEVELS, and the sensitivity table of the masked erank verdicts, as markdown
-    lines. Needs runs that store every measure (``Result.measures``)."""
-    gate_runs = [(r.config.xi, r.config.seed,
-                  findings.gate(r.masked_ce, r.bayes_floor, r.adjacent_ce)) for r in results]
+    """The gate, the verdicts over gated seeds (:func:`rgflow.findings.verdicts`) for every
+    measure and level of MEASURE_LEVELS, claim (ii) on both ratios, and the sensitivity table
+    of the masked erank verdicts, as markdown lines. Needs runs that store every measure
+    (``Result.measures``)."""
     lines = ["## The gate", "",
              "A run is evidence when its held-out masked CE is within %g nats of the Bayes "
-             "floor and below the adjacent-token rule's CE. Runs that fail it are listed, "
-             "never counted." % findings.GATE_EXCESS, "",
-             "| ξ | seed | excess over floor (nats) | margin over adjacent rule (nats) | gated |",
-             "| --- | --- | --- | --- | --- |"]
-    for xi, seed, g in sorted(gate_runs, key=lambda t: t[:2]):
-        lines.append("| %g | %d | %.4f | %+.4f | %s |" % (xi, seed, g["excess"],
-                     g["adjacent_margin"], "yes" if g["passed"] else "**no**"))
+             "floor and below the adjacent-token rule's CE, both judged on the run's gate "
+             "batch (± one standard error, sequences as clusters). Runs that fail it are "
+             "listed, never counted." % findings.GATE_EXCESS, "",
+             "| ξ | seed | sequences | excess over floor (nats) | margin over adjacent rule "
+             "(nats) | gated |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(results, key=lambda r: (r.config.xi, r.config.seed)):
+        g = findings.gate_of(r)
+        lines.append("| %g | %d | %d | %s | %s | %s |" % (
+            r.config.xi, r.config.seed, g["sequences"], _pm(g["excess"], g["excess_se"]),
+            _pm(g["adjacent_margin"], g["margin_se"]), "yes" if g["passed"] else "**no**"))
     lines += ["", "## Verdicts over gated seeds", "",
-              "R = rank[K]/rank[1] (mean [95 %% t-interval] over gated seeds), beside R at "
-              "initialisation on the same batch; (i) holds in k of n gated seeds; (ii) ΔR = "
-              "R(ξ=%g) − R(ξ=%g) with its Welch interval and Hedges' g; a verdict needs %d "
-              "gated seeds per ξ." % (findings.LONG_XI, findings.SHORT_XI, findings.MIN_SEEDS),
-              "",
-              "| measure | level | ξ | (i) collapse | R | R at init | (iii) plateau | "
-              "(ii) ΔR | g | (ii) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- "
-              "| --- |"]
+              "Claim (i) is read two ways: from layer 1 (R = rank[K]/rank[1], as the paper "
+              "states it) and from the layer p where the rank peaks (R_peak = rank[K]/rank[p], "
+              "<= 1 by construction: only its size says anything, against the same figure at "
+              "initialisation). Each ratio is a mean [95 %% t-interval] over gated seeds; "
+              "claims hold in k of n gated seeds; a verdict needs %d gated seeds per ξ."
+              % findings.MIN_SEEDS, "",
+              "| measure | level | ξ | gated | (i) from layer 1 | R | R at init | "
+              "(i) from the peak | peak layer | R_peak | R_peak at init | (iii) plateau, "
+              "stream | (iii) plateau, masked tokens |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    selective = []
     for measure, level in MEASURE_LEVELS:
         v = findings.verdicts(results, measure, level)
-        d = v["selectivity"]["delta_R"]
         for name, xi in (("short", findings.SHORT_XI), ("long", findings.LONG_XI)):
             c = v[name]
-            sel = ("%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), "%.2f" % d["hedges_g"],
-                   "holds" if v["selectivity"]["holds"] else "fails") \
-                if d and name == "short" else ("", "", "")
-            lines.append("| %s | %s | %g | %d/%d | %s | %s | %d/%d | %s | %s | %s |" % (
-                measure, level, xi, c["collapse"]["holds"], c["collapse"]["of"], _ci(c["R"]),
-                _ci(c["R_init"]), c["plateau"]["holds"], c["plateau"]["of"], *sel))
+            gated = [f for f in c["runs"] if f["gate"]["passed"]]
+            lines.append("| %s | %s | %g | %d/%d | %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                         % (measure, level, xi, c["n_gated"], c["n_runs"],
+                            findings._statement(c["collapse"]), _ci(c["R"]), _ci(c["R_init"]),
+                            findings._statement(c["collapse_peak"]),
+                            _range([f["peak_layer"] for f in gated]), _ci(c["R_peak"]),
+                            _ci(c["R_peak_init"]), findings._statement(c["plateau"]),
+                            findings._statement(c["plateau_masked"])))
+        selective.append((measure, level, v["selectivity"], v["selectivity_peak"]))
+    lines += ["", "Claim (ii), selectivity: Δ = ratio(ξ=%g) − ratio(ξ=%g) over gated seeds, "
+              "Welch 95 %% interval and Hedges' g; it holds when every ξ=%g seed collapses "
+              "(ratio <= %g), no ξ=%g seed does (ratio >= %.3g), Δ's interval lies above 0 and "
+              "both ξ have enough gated seeds." % (
+                  findings.LONG_XI, findings.SHORT_XI, findings.SHORT_XI, 1 - findings.DELTA,
+                  findings.LONG_XI, 1 - findings.DELTA / 3), "",
+              "| measure | level | Δ R | g | (ii) on R | Δ R_peak | g | (ii) on R_peak |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for measure, level, first, peak in selective:
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            measure, level, *_diff(first["delta_R"]), "holds" if first["holds"] else "fails",
+            *_diff(peak["delta_R"]), "holds" if peak["holds"] else "fails"))
     rows = findings.sensitivity(results)
     keys = list(rows[0][2])
     lines += ["", "## Sensitivity (masked positions, centred erank)", "",

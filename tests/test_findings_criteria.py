@@ -157,5 +157,56 @@ def test_sensitivity_rows_move_with_thresholds():
     # excess 0.003 s: a 0.005 gate keeps seeds 0, 1; 0.01 keeps 0..3
     assert rows[("excess_max", 0.005)]["collapse ξ=1"] == "2/2"
     assert rows[("excess_max", 0.01)]["collapse ξ=1"] == "4/4"
-    assert rows[("excess_max", F.GATE_EXCESS)]["selective"].startswith("fails")  # 7 < 10 seeds
-    assert rows[("excess_max", 0.1)]["selective"].startswith("holds (ΔR +0.0")
+    assert rows[("excess_max", F.GATE_EXCESS)]["selective (R)"].startswith("fails")  # 7 < 10
+    assert rows[("excess_max", 0.1)]["selective (R)"].startswith("holds (Δ +0.0")
+    # a linear decline from layer 1 peaks at layer 1: both readings of claim (i) agree
+    assert rows[("delta", 0.1)]["after peak ξ=1"] == "1/7"
+
+
+def test_collapse_after_peak_cases():
+    # an idle block 1 then a decline from block 2 (the gated small networks' shape)
+    v = F.collapse_after_peak([0.0, 2.4, 11.7, 10.4, 10.4, 10.3])
+    assert v.status == "holds" and v.figures["peak_layer"] == 2
+    assert v.figures["ratio"] == pytest.approx(10.3 / 11.7)
+    assert F.monotone_collapse([0.0, 2.4, 11.7, 10.4, 10.4, 10.3]).status == "fails"
+    # a rise after the peak beyond tolerance breaks it; one within tolerance does not
+    assert F.collapse_after_peak([0.0, 12.0, 10.0, 10.5, 10.0]).status == "fails"
+    assert F.collapse_after_peak([0.0, 12.0, 10.0, 10.1, 10.0]).status == "holds"
+    # too shallow a fall, and a maximum at the last layer (nothing after it)
+    v = F.collapse_after_peak([0.0, 12.0, 11.9, 11.7])
+    assert v.status == "fails" and v.figures["ratio"] == pytest.approx(11.7 / 12.0)
+    v = F.collapse_after_peak([0.0, 10.0, 11.0, 12.0])
+    assert v.status == "fails" and v.figures["peak_layer"] == 3 and v.figures["ratio"] == 1.0
+    # ties: the first maximal layer
+    assert F.collapse_after_peak([0.0, 12.0, 12.0, 10.0]).figures["peak_layer"] == 1
+    assert F.collapse_after_peak([0.0, 12.0, 12.0, 10.0], delta=0.2).status == "fails"
+
+
+def test_gate_of_prefers_the_gate_batch():
+    r = fake_result(1.0, 0, 0.9, excess=0.005, margin=0.01)
+    g = F.gate_of(r)
+    assert g["passed"] and g["sequences"] == r.config.eval_size and g["margin_se"] is None
+    # the large batch says the network is worse than the adjacent rule: that decides
+    r.gate = {"size": 65536, "masked_ce": 1.51, "bayes_floor": 1.5, "adjacent_ce": 1.509,
+              "excess_se": 1e-4, "margin_se": 2e-4}
+    g = F.gate_of(r)
+    assert not g["passed"] and g["adjacent_margin"] == pytest.approx(-0.001)
+    assert g["sequences"] == 65536 and g["margin_se"] == 2e-4
+    assert F.run_figures(r)["gate"] == g
+
+
+def test_run_figures_reads_the_peak_the_init_and_the_masked_drift():
+    r = fake_result(7.0, 0, 0.9, init_ratio=1.02)
+    r.measures["rank"]["erank"]["masked"] = [0.0, 2.0, 12.0, 11.0, 10.8, 10.8]
+    r.measures["drift_masked"] = [0.1, 0.1, 0.1, 0.1, 0.1]
+    f = F.run_figures(r)
+    assert f["collapse"] == "fails" and f["R"] == pytest.approx(5.4)
+    assert f["collapse_peak"] == "holds" and f["R_peak"] == pytest.approx(0.9)
+    assert f["peak_layer"] == 2
+    assert f["R_init"] == pytest.approx(1.02) and f["R_peak_init"] == 1.0
+    assert f["plateau"] == "holds" and f["plateau_masked"] == "fails"
+    assert f["top2_share_masked"] == pytest.approx(0.4)
+    cell = F.cell_verdicts([r])
+    assert cell["collapse_peak"] == {"holds": 1, "of": 1}
+    assert cell["plateau_masked"] == {"holds": 0, "of": 1}
+    assert cell["R_peak"]["mean"] == pytest.approx(0.9)

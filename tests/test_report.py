@@ -78,8 +78,10 @@ def test_gated_markdown_states_counts_intervals_and_sensitivity(monkeypatch):
     long_ = [fake_result(7.0, s, 0.99 + 0.001 * s) for s in range(10)]
     long_.append(fake_result(7.0, 10, 0.5, margin=-0.001))
     text = "\n".join(report.gated_markdown(short + long_))
-    assert "| 7 | 10 | 0.0050 | -0.0010 | **no** |" in text
-    assert ("| erank | masked | 1 | 10/10 | 0.859 [0.855, 0.863] | 1.000 [1.000, 1.000] | "
-            "10/10 | +0.136 [+0.131, +0.140] | 27.11 | holds |") in text
-    assert "| erank | masked | 7 | 0/10 | 0.995 [0.992, 0.997] |" in text
+    assert "| 7 | 10 | 2048 | +0.0050 | -0.0010 | **no** |" in text
+    assert ("| erank | masked | 1 | 10/10 | 10/10 | 0.859 [0.855, 0.863] | 1.000 [1.000, 1.000] "
+            "| 10/10 | 1 | 0.859 [0.855, 0.863] | 1.000 [1.000, 1.000] | 10/10 |") in text
+    assert "| erank | masked | 7 | 10/11 | 0/10 | 0.995 [0.992, 0.997] |" in text
+    assert ("| erank | masked | +0.136 [+0.131, +0.140] | 27.11 | holds | "
+            "+0.136 [+0.131, +0.140] | 27.11 | holds |") in text
     assert "| spearman_max | not judged | 10/10 | 0/10 |" in text
