@@ -28,7 +28,8 @@ import numpy as np
 __all__ = [
     "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
     "collapse_crossover", "collapse_after_peak", "gate", "gate_of", "interval", "compare",
-    "run_figures", "cell_verdicts", "verdicts", "sensitivity", "summarize", "GATE_EXCESS",
+    "run_figures", "cell_verdicts", "verdicts", "sensitivity", "flow_figures",
+    "excess_curve", "summarize", "GATE_EXCESS",
     "SHORT_XI", "LONG_XI",
     "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
     "LEARNED_MIN",
@@ -570,6 +571,77 @@ def verdicts(results, measure="erank", level="masked", **options):
     cells["selectivity"] = _selective(cells, "R", delta)
     cells["selectivity_peak"] = _selective(cells, "R_peak", delta)
     return cells
+
+
+# -- the flow during training: verdict figures as a function of the excess -----------------
+
+EXCESS_LEVELS = (0.2, 0.1, 0.05, 0.03, GATE_EXCESS, 0.015)  # nats above the floor
+
+
+def flow_figures(result, delta=None, tol=None, top2_share=None, rest_max=None):
+    """The verdict figures of a run at every point of its flow during training
+    (``result.history["flow"]``, see :func:`rgflow.train.flow_point`), on its measurement
+    batch: a list of dicts ``step``, ``excess`` (masked CE - Bayes floor, nats), ``R``,
+    ``R_peak``, ``peak_layer``, ``collapse``, ``collapse_peak`` (masked-position centred
+    erank), ``plateau``, ``top2_share`` (stream drift), ``plateau_masked``,
+    ``top2_share_masked``. Empty for runs stored without a flow."""
+    floor = result.bayes_floor
+    out = []
+    for point in result.history.get("flow", []):
+        rank = point["erank_masked"]
+        peak = collapse_after_peak(rank, delta=delta, tol=tol)
+        stream = plateau(point["drift"], top2_share=top2_share, rest_max=rest_max)
+        masked = plateau(point["drift_masked"], top2_share=top2_share, rest_max=rest_max)
+        out.append({"step": point["step"], "excess": point["loss"] - floor,
+                    "R": collapse_ratio(rank) if rank[1] > 0 else float("nan"),
+                    "R_peak": peak.figures["ratio"], "peak_layer": peak.figures["peak_layer"],
+                    "collapse": monotone_collapse(rank, delta=delta, tol=tol,
+                                                  spearman_max=1.0).status,
+                    "collapse_peak": peak.status,
+                    "plateau": stream.status, "top2_share": stream.figures["top2_share"],
+                    "plateau_masked": masked.status,
+                    "top2_share_masked": masked.figures["top2_share"]})
+    return out
+
+
+def excess_curve(results, levels=EXCESS_LEVELS, **options):
+    """Each verdict as a function of how far training got: every run is read at the first
+    point of its flow whose excess over the Bayes floor is <= each level (as if
+    ``train(target_excess=level)`` had stopped it there; the flow's log-spaced steps make the
+    stopping point approximate) and at its end.
+
+    Returns a list of rows, one per ξ and level (then ``"end"``): ``xi``, ``level``, ``runs``
+    (runs that reached it), ``step`` (median step), ``excess`` / ``R`` / ``R_peak`` /
+    ``top2_share`` (:func:`interval` over those runs, None without any), ``collapse``,
+    ``collapse_peak``, ``plateau``, ``plateau_masked`` (k of n), ``shift_R_peak`` and
+    ``shift_top2_share`` (mean absolute change from there to the end of training, to set
+    beside the seed SD of the end figures)."""
+    rows = []
+    for xi in sorted({r.config.xi for r in results}):
+        curves = [(flow_figures(r, **options), r) for r in results if r.config.xi == xi]
+        curves = [(c, r) for c, r in curves if c]
+        for level in tuple(levels) + ("end",):
+            picked = []
+            for curve, _ in curves:
+                if level == "end":
+                    picked.append((curve[-1], curve[-1]))
+                    continue
+                hit = next((p for p in curve if p["excess"] <= level), None)
+                if hit is not None:
+                    picked.append((hit, curve[-1]))
+            row = {"xi": xi, "level": level, "runs": len(picked),
+                   "step": int(np.median([p["step"] for p, _ in picked])) if picked else None}
+            for name in ("excess", "R", "R_peak", "top2_share"):
+                values = [p[name] for p, _ in picked if np.isfinite(p[name])]
+                row[name] = interval(values) if values else None
+            for name in ("collapse", "collapse_peak", "plateau", "plateau_masked"):
+                row[name] = _count([p[name] for p, _ in picked])
+            for name in ("R_peak", "top2_share"):
+                row["shift_" + name] = (float(np.mean([abs(p[name] - e[name])
+                                                       for p, e in picked]))
+                                        if picked else None)
+            rows.append(row)
+    return rows
 
 
 # Threshold values the sensitivity table tries, the module's own value among them.

@@ -210,3 +210,35 @@ def test_run_figures_reads_the_peak_the_init_and_the_masked_drift():
     assert cell["collapse_peak"] == {"holds": 1, "of": 1}
     assert cell["plateau_masked"] == {"holds": 0, "of": 1}
     assert cell["R_peak"]["mean"] == pytest.approx(0.9)
+
+
+def fake_flow(excesses, ratios, floor=1.5):
+    """Flow points whose masked erank falls from 10 at layer 1 to 10 x ratio at layer K."""
+    return [{"step": 10 * (i + 1), "loss": floor + e,
+             "erank_masked": [0.0] + list(np.linspace(10.0, 10.0 * r, 4)),
+             "drift": [0.5, 0.01, 0.01, 0.3], "drift_masked": [0.2, 0.2, 0.2, 0.2]}
+            for i, (e, r) in enumerate(zip(excesses, ratios))]
+
+
+def test_excess_curve_reads_each_run_where_it_first_reaches_a_level():
+    runs = []
+    for seed, shift in enumerate((0.0, 0.01)):
+        r = fake_result(1.0, seed, 0.9)
+        r.history = {"flow": fake_flow([0.3, 0.08, 0.04 + shift, 0.012],
+                                       [1.0, 0.97, 0.92, 0.9])}
+        runs.append(r)
+    f = F.flow_figures(runs[0])
+    assert [p["step"] for p in f] == [10, 20, 30, 40]
+    assert f[1]["excess"] == pytest.approx(0.08) and f[1]["R_peak"] == pytest.approx(0.97)
+    assert f[-1]["collapse_peak"] == "holds" and f[0]["collapse_peak"] == "fails"
+    assert f[0]["plateau"] == "holds" and f[0]["plateau_masked"] == "fails"
+    rows = {row["level"]: row for row in F.excess_curve(runs, levels=(0.1, 0.05, 0.03, 0.01))}
+    assert rows[0.1]["runs"] == 2 and rows[0.1]["R_peak"]["mean"] == pytest.approx(0.97)
+    assert rows[0.1]["shift_R_peak"] == pytest.approx(0.07)
+    # seed 1 reaches 0.05 only at its last point (excess 0.012), seed 0 at its third
+    assert rows[0.05]["step"] == 35 and rows[0.05]["collapse_peak"] == {"holds": 2, "of": 2}
+    assert rows[0.1]["collapse_peak"] == {"holds": 0, "of": 2}  # R_peak 0.97 > 0.95
+    assert rows[0.03]["runs"] == 2 and rows[0.01]["runs"] == 0 and rows[0.01]["R"] is None
+    assert rows["end"]["runs"] == 2 and rows["end"]["shift_R_peak"] == 0.0
+    # runs stored without a flow are left out
+    assert F.excess_curve([fake_result(1.0, 5, 0.9)]) == []
