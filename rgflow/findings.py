@@ -620,6 +620,8 @@ def excess_curve(results, levels=EXCESS_LEVELS, **options):
     for xi in sorted({r.config.xi for r in results}):
         curves = [(flow_figures(r, **options), r) for r in results if r.config.xi == xi]
         curves = [(c, r) for c, r in curves if c]
+        if not curves:
+            continue
         for level in tuple(levels) + ("end",):
             picked = []
             for curve, _ in curves:
