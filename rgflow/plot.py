@@ -13,7 +13,7 @@ over seeds and its band (or error bar) the min..max over them, as each legend sa
 import numpy as np
 
 __all__ = ["plot_rank_profiles", "plot_drift", "plot_cka_matrix", "plot_phase_diagram",
-           "report_figures", "LEVEL_NAMES"]
+           "flow_figure", "report_figures", "LEVEL_NAMES"]
 
 # what each rank level measures, in the report's words
 LEVEL_NAMES = {"position": "all positions", "masked": "masked positions",
@@ -266,11 +266,87 @@ def _seeds(results):
     return "%s seeds" % "–".join(map(str, counts))
 
 
+def flow_figure(results):
+    """The flow during training (``Result.history["flow"]``) as a Figure, one row per ξ:
+
+    1. masked-position effective rank against layer at every checkpoint, mean over seeds,
+       coloured by training step (log scale);
+    2. against step: excess over the Bayes floor, R_peak and the plateau's top-2 share
+       (stream and masked tokens), median over seeds with a min–max band;
+    3. each block's relative update ``||z_{k+1} - z_k|| / ||z_k||``, median over seeds;
+    4. each block's gradient norm on the held-out batch, median over seeds.
+
+    Raises ValueError when no run stores a flow.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    from .findings import flow_figures
+
+    runs = [r for r in results if r.history.get("flow")]
+    if not runs:
+        raise ValueError("no run stores a flow (runs from before train(flow_at=...))")
+    xis = sorted({r.config.xi for r in runs})
+    fig, axes = plt.subplots(len(xis), 4, figsize=(19, 4.3 * len(xis)), squeeze=False,
+                             layout="constrained")
+    for row, xi in zip(axes, xis):
+        cell = sorted((r for r in runs if r.config.xi == xi), key=lambda r: r.config.seed)
+        # checkpoints every seed of the cell has (equal configs share their flow steps)
+        steps = sorted(set.intersection(*({p["step"] for p in r.history["flow"]}
+                                          for r in cell)))
+        at = [{p["step"]: p for p in r.history["flow"]} for r in cell]
+        norm = LogNorm(vmin=steps[0], vmax=steps[-1])
+        cmap = plt.get_cmap("viridis")
+        for step in steps:
+            rank = np.mean([a[step]["erank_masked"] for a in at], axis=0)
+            row[0].plot(np.arange(len(rank)), rank, color=cmap(norm(step)), lw=1)
+        fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=row[0],
+                     label="training step")
+        row[0].set_xlabel("layer (0 = embedding)")
+        row[0].xaxis.get_major_locator().set_params(integer=True)
+        row[0].set_ylabel("effective rank, masked positions")
+        row[0].set_title("ξ = %g: rank by layer during training (mean of %d seeds)"
+                         % (xi, len(cell)), fontsize=10)
+
+        figs = [{f["step"]: f for f in flow_figures(r)} for r in cell]
+        for name, label, colour in (("excess", "excess over floor (nats)", "k"),
+                                    ("R_peak", "R_peak = rank[K]/rank[peak]", "C0"),
+                                    ("top2_share", "top-2 drift share, stream", "C1"),
+                                    ("top2_share_masked", "top-2 drift share, masked", "C2")):
+            v = np.array([[f[step][name] for step in steps] for f in figs])
+            row[1].plot(steps, np.median(v, axis=0), color=colour, label=label)
+            row[1].fill_between(steps, v.min(axis=0), v.max(axis=0), color=colour, alpha=0.2)
+        row[1].set_xscale("log")
+        row[1].set_ylim(0, 1.05)
+        row[1].set_xlabel("training step")
+        row[1].set_ylabel("ratio or share; excess in nats (clipped at 1)")
+        row[1].set_title("verdict figures during training (median, min–max band)",
+                         fontsize=10)
+        row[1].legend(fontsize=8, loc="upper left")
+
+        for col, key, title in ((2, "update", "relative update of each block"),
+                                (3, "grad_blocks", "gradient norm of each block")):
+            v = np.array([[a[step][key] for step in steps] for a in at])  # seed, step, block
+            med = np.median(v, axis=0)
+            for k in range(med.shape[1]):
+                row[col].plot(steps, med[:, k], color=plt.get_cmap("plasma")(
+                    k / max(1, med.shape[1] - 1)), label="block %d" % (k + 1))
+            row[col].set_xscale("log")
+            row[col].set_yscale("log")
+            row[col].set_xlabel("training step")
+            row[col].set_title("%s (median over seeds)" % title, fontsize=10)
+            row[col].legend(fontsize=7, ncol=2)
+    fig.suptitle("The flow during training: where the representation forms, and whether the "
+                 "later blocks converge or stop learning", fontsize=11)
+    return fig
+
+
 def report_figures(results):
     """The report's figures for a set of runs (:class:`rgflow.experiments.Result`, any ξ and
     seeds), as ``{name: matplotlib Figure}``; ``rgflow reproduce`` saves each as name.png.
 
-    ``rank_<level>`` for every rank level, ``drift``, ``cka``, ``loss`` and ``relevance``: one
+    ``rank_<level>`` for every rank level, ``drift``, ``cka``, ``loss``, ``relevance`` and,
+    for runs that store it, ``flow`` (:func:`flow_figure`): one
     panel (or line) per ξ, shared scales where panels are compared, layer 0 out of the
     y-range, the thresholds of the findings and the Bayes floor drawn, seeds counted.
     """
@@ -391,4 +467,6 @@ def report_figures(results):
                       "unexplained", fontsize=10)
     fig.suptitle("Relevance decomposition at masked positions, %s" % seeds, fontsize=10)
     figs["relevance"] = fig
+    if any(r.history.get("flow") for r in res):
+        figs["flow"] = flow_figure(res)
     return figs

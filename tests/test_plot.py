@@ -169,3 +169,32 @@ def test_cka_matrix_colour_limits_fit_the_data():
     ax = plot.plot_cka_matrix([[1.0, 0.72], [0.72, 1.0]], vmin=0.0)
     assert ax.images[0].get_clim() == (0.0, 1.0)
     plt.close("all")
+
+
+def test_flow_figure_draws_every_checkpoint_and_block():
+    from test_findings_criteria import fake_flow, fake_result
+
+    runs = []
+    for xi in (1.0, 7.0):
+        for seed in range(2):
+            r = fake_result(xi, seed, 0.9)
+            r.history = {"flow": fake_flow([0.3, 0.08, 0.04, 0.012], [1.0, 0.97, 0.92, 0.9])}
+            for k, p in enumerate(r.history["flow"]):
+                p["update"] = [0.5 / (k + 1), 0.1, 0.01, 1e-3]
+                p["grad_blocks"] = [0.1, 0.05, 0.01, 1e-3]
+            runs.append(r)
+    fig = plot.flow_figure(runs)
+    axes = fig.axes
+    assert len([a for a in axes if a.get_title()]) == 8  # 2 rows of 4 panels (+ colour bars)
+    rank_ax = axes[0]
+    assert len(rank_ax.lines) == 4  # one curve per checkpoint
+    # the mean of the seeds' profiles at the last checkpoint
+    np.testing.assert_allclose(rank_ax.lines[-1].get_ydata(), [0, 10, 9.667, 9.333, 9],
+                               atol=1e-3)
+    update_ax = [a for a in axes if a.get_title().startswith("relative update")][0]
+    assert [l.get_label() for l in update_ax.lines] == ["block %d" % k for k in range(1, 5)]
+    np.testing.assert_allclose(update_ax.lines[0].get_ydata(), [0.5, 0.25, 0.5 / 3, 0.125])
+    assert "flow" in plot.report_figures.__doc__
+    plt.close(fig)
+    with pytest.raises(ValueError, match="flow"):
+        plot.flow_figure([fake_result(1.0, 0, 0.9)])
