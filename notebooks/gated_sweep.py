@@ -1,10 +1,11 @@
-"""The seeds behind the README's gated verdicts (issue 12): ξ ∈ {1, 7} × 10 seeds at the small
-size with the recipe the recipe study chose (cosine learning rate 3e-3, 500 warm-up steps,
-30,000 steps; see notebooks/recipe_study.py), every run storing every measure, its
-initialisation baseline, the adjacent-token rule and its gate figures. Records go to
-notebooks/results/gated-small/ (resumable: finished runs are not recomputed).
+"""The seeds behind the README's gated verdicts (issue 12): ξ ∈ {1, 7} × 10 seeds with the
+recipe the recipe study chose at the small size (cosine learning rate 3e-3, 500 warm-up steps,
+30,000 steps; see notebooks/recipe_study.py), at the small size and at the paper's size. Every
+run stores every measure, its initialisation baseline, the flow during training, and the gate's
+figures on 65,536 fresh sequences. Records go to notebooks/results/gated-<size>/ (resumable:
+finished runs are not recomputed; Ctrl-C stops at the next chunk and keeps what finished).
 
-    python notebooks/gated_sweep.py [--workers 2] [--seeds 10]
+    python notebooks/gated_sweep.py [--size small|paper] [--workers 2] [--seeds 10]
 """
 import argparse
 from pathlib import Path
@@ -12,19 +13,29 @@ from pathlib import Path
 from rgflow.experiments import Config
 from rgflow.sweep import grid, process_pool, sweep
 
-STORE = Path(__file__).resolve().parent / "results" / "gated-small"
-RECIPE = Config(length=16, width=16, hidden=256, depth=8, steps=30000, lr=3e-3,
-                schedule="cosine", warmup=500)
+RESULTS = Path(__file__).resolve().parent / "results"
+RECIPE = dict(steps=30000, lr=3e-3, schedule="cosine", warmup=500)
+SIZES = {"small": Config(length=16, width=16, hidden=256, depth=8, **RECIPE),
+         "paper": Config(length=32, width=16, hidden=512, depth=12, **RECIPE)}
+
+
+def store(size):
+    return RESULTS / ("gated-" + size)
+
+
+def configs(size, seeds=10):
+    return grid(SIZES[size], seed=list(range(seeds)), xi=[1.0, 7.0])
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=10)
     args = ap.parse_args()
-    configs = grid(RECIPE, seed=list(range(args.seeds)), xi=[1.0, 7.0])
     with process_pool(args.workers) as ex:
-        sweep(configs, executor=ex, store=STORE, progress=True)
+        sweep(configs(args.size, args.seeds), executor=ex, store=store(args.size),
+              progress=True)
 
 
 if __name__ == "__main__":

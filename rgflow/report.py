@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from . import findings
-from .experiments import Config, Result
+from .experiments import Config
 from .findings import COLLAPSE_SETS, LONG_XI, SHORT_XI, summarize
-from .sweep import grid, load_record, process_pool, sweep
+from .sweep import grid, load_results, process_pool, sweep
 
 __all__ = ["CONFIGS", "write_report", "reproduce"]
 
@@ -270,10 +270,4 @@ def reproduce(out="rgflow-report", quick=False, seeds=3, workers=2, progress=Tru
             sweep(configs, executor=ex, store=store, progress=progress)
     else:
         sweep(configs, store=store, progress=progress)
-    results = []
-    for c in configs:
-        payload = load_record(store / (c.key() + ".json"), c.key())
-        if payload is None or payload["status"] != "ok":
-            raise RuntimeError("run %s failed: %s" % (c.key(), payload and payload.get("error")))
-        results.append(Result.from_json(json.dumps(payload["result"])))
-    return write_report(results, out, config=base)
+    return write_report(load_results(store, configs), out, config=base)

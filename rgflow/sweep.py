@@ -26,7 +26,7 @@ from .experiments import Config, Result, run
 from .findings import collapse_ratio
 from .train import TrainingInterrupted, _stop_when
 
-__all__ = ["grid", "sweep", "load_record", "process_pool", "SweepInterrupted"]
+__all__ = ["grid", "sweep", "load_record", "load_results", "process_pool", "SweepInterrupted"]
 
 RECORD_FORMAT = 1
 # After Ctrl-C, how long a sweep waits for its running runs to reach a chunk boundary (or to
@@ -103,6 +103,36 @@ def load_record(path, key=None):
         return payload
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def load_results(store, configs=None):
+    """The stored runs of a sweep as :class:`rgflow.experiments.Result` objects.
+
+    store : the sweep's directory. configs : iterable of Config (their results in that order;
+    RuntimeError naming the first that is missing or ended in an error), or None (every valid
+    record that ended well, sorted by ξ, seed and key).
+
+    >>> load_results("no-such-directory")
+    []
+    """
+    store = Path(store)
+    if configs is not None:
+        out = []
+        for c in configs:
+            payload = load_record(store / (c.key() + ".json"), c.key())
+            if payload is None or payload["status"] != "ok":
+                raise RuntimeError("run %s is %s in %s" % (
+                    c.key(), "missing" if payload is None else "an error (%s)"
+                    % payload.get("error"), store))
+            out.append(Result.from_json(json.dumps(payload["result"])))
+        return out
+    found = []
+    for path in sorted(store.glob("*.json")):
+        payload = load_record(path, path.stem)
+        if payload is not None and payload["status"] == "ok":
+            found.append((payload["key"], Result.from_json(json.dumps(payload["result"]))))
+    found.sort(key=lambda kr: (kr[1].config.xi, kr[1].config.seed, kr[0]))
+    return [r for _, r in found]
 
 
 # -- stopping runs wherever they run ----------------------------------------------------------

@@ -1,7 +1,6 @@
 """The figures say what they show: properties a reader relies on, read off the matplotlib
 objects the plot functions return (layer 0 out of the y-range, shared scales, colour limits
 that fit the data, the floor and the thresholds drawn, seeds counted)."""
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,9 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rgflow import plot  # noqa: E402
-from rgflow.experiments import Result  # noqa: E402
 from rgflow.findings import DELTA, LEARNED_MIN, PLATEAU_REST_MAX  # noqa: E402
 from rgflow.report import CONFIGS  # noqa: E402
-from rgflow.sweep import grid, load_record  # noqa: E402
+from rgflow.sweep import grid, load_results  # noqa: E402
 
 # the quick configuration's ξ = 1 and 7 runs, stored by the regime search
 STORE = Path(__file__).resolve().parent.parent / "notebooks" / "results" / "regime"
@@ -23,12 +21,7 @@ STORE = Path(__file__).resolve().parent.parent / "notebooks" / "results" / "regi
 
 @pytest.fixture(scope="module")
 def results():
-    out = []
-    for c in grid(CONFIGS["quick"], xi=[1.0, 7.0], seed=[0, 1, 2]):
-        payload = load_record(STORE / (c.key() + ".json"), c.key())
-        assert payload is not None and payload["status"] == "ok", c
-        out.append(Result.from_json(json.dumps(payload["result"])))
-    return out
+    return load_results(STORE, grid(CONFIGS["quick"], xi=[1.0, 7.0], seed=[0, 1, 2]))
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Leaks, thread safety, Ctrl-C and memory bounds (issue 7)."""
 import gc
-import json
 import os
 import sys
 import threading
