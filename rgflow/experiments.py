@@ -166,7 +166,9 @@ class Result:
     ``init`` are :func:`measure_stream` of the trained and the untrained network on it;
     ``grad_norms`` has ``blocks`` (K,) and ``other`` (embeddings and head) gradient norms of
     the held-out loss at the end of training; ``gate`` is :func:`gate_evaluation` on
-    GATE_SIZE fresh sequences (the figures the training gate judges).
+    GATE_SIZE fresh sequences (the figures the training gate judges); ``inactive_units``
+    (K,) each block's share of switched-off hidden units
+    (:meth:`rgflow.ResidualMLP.inactive_units`) on the measurement batch.
     """
     config: Config
     history: dict
@@ -187,6 +189,7 @@ class Result:
     init: dict = field(default_factory=dict)      # measure_stream() of the untrained network
     grad_norms: dict = field(default_factory=dict)  # per-block gradient norm at the end
     gate: dict = field(default_factory=dict)  # gate_evaluation(); {} if older
+    inactive_units: list = field(default_factory=list)  # per block; [] if older
 
     def to_json(self):
         d = asdict(self)
@@ -343,6 +346,7 @@ def run(config, progress=True):
     log_post = np.log(np.maximum(chain.posterior(masked, mask), POSTERIOR_FLOOR))
     relevance = relevance_decomposition(stream, log_post, mask)
     grad_norms = model.block_grad_norms(masked, tokens, mask)
+    inactive = model.inactive_units(masked, stream=stream).tolist()
     gate = gate_evaluation(model, chain, c)
     untrained = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
                             block_ln=c.block_ln)
@@ -362,4 +366,4 @@ def run(config, progress=True):
                   cka_matrix=cka, relevance=relevance, verdicts=verdicts,
                   wall_time=time.perf_counter() - t0, computed_on=where_computed(),
                   adjacent_ce=float(chain.adjacent_loss(tokens, mask)), measures=measures,
-                  init=init, grad_norms=grad_norms, gate=gate)
+                  init=init, grad_norms=grad_norms, gate=gate, inactive_units=inactive)

@@ -232,6 +232,39 @@ class ResidualMLP:
                                    masked_tokens, tokens, mask)
         return loss, self._views(grads)
 
+    def inactive_units(self, tokens, below=-3.0, share=0.99, stream=None):
+        """Share of each block's hidden units that are switched off on a batch: units whose
+        pre-activation ``fc1(LN(z_k))`` is below ``below`` (GELU(-3) = -0.004) for at least
+        ``share`` of the sequences, so the block's output barely depends on them.
+
+        tokens : (n, length) ids in [0, n_states]. stream : this model's
+        ``residual_stream(tokens)`` when already at hand. Returns float64 (depth,), each in
+        [0, 1]. Computed in float64 NumPy from the parameters (LayerNorm eps 1e-5).
+
+        >>> m = ResidualMLP(8, 4, 2, 8, 3)
+        >>> m.inactive_units(np.zeros((5, 4), dtype=np.int32)).shape
+        (3,)
+        """
+        below = float(below)
+        if not (0.0 < share <= 1.0):
+            raise ValueError("share must lie in (0, 1], got %r" % (share,))
+        z = self.residual_stream(tokens) if stream is None else np.asarray(stream)
+        if z.shape[0] != self.depth + 1 or z.shape[2:] != (self.length, self.width):
+            raise ValueError("stream must be this model's residual stream, shape (%d, n, %d, "
+                             "%d), got %s" % (self.depth + 1, self.length, self.width, z.shape))
+        sd = self.state_dict()
+        out = np.empty(self.depth)
+        for k in range(self.depth):
+            x = z[k].reshape(z.shape[1], -1).astype(np.float64)
+            if self.block_ln:
+                x = x - x.mean(axis=1, keepdims=True)
+                x = x / np.sqrt((x ** 2).mean(axis=1, keepdims=True) + 1e-5)
+                x = x * sd["blocks.%d.ln.weight" % k] + sd["blocks.%d.ln.bias" % k]
+            h = x @ sd["blocks.%d.fc1.weight" % k].T.astype(np.float64) + \
+                sd["blocks.%d.fc1.bias" % k]
+            out[k] = np.mean(np.mean(h < below, axis=0) >= share)
+        return out
+
     def block_grad_norms(self, masked_tokens, tokens, mask):
         """Gradient norm of the loss per block and of everything else (embeddings, final
         LayerNorm, head). Arguments as for :meth:`loss`. Returns a dict ``blocks`` (depth,)

@@ -59,7 +59,8 @@ def flow_point(model, tokens, masked, mask):
     batch (tokens, masked, mask each (n, length)), a dict of ``step``, ``loss`` (masked CE),
     position-level centred erank profiles ``erank_masked`` and ``erank_position`` (depth+1,),
     stream-level ``drift`` and masked-token ``drift_masked`` (depth,), each block's relative
-    ``update`` (:func:`rgflow.analysis.block_updates`) and gradient norm ``grad_blocks``
+    ``update`` (:func:`rgflow.analysis.block_updates`), gradient norm ``grad_blocks`` and
+    share of switched-off hidden units ``inactive_units`` (:meth:`ResidualMLP.inactive_units`)
     (depth,), as JSON-ready lists.
 
     >>> m = ResidualMLP(8, 8, 8, 16, 2, seed=0)
@@ -76,6 +77,7 @@ def flow_point(model, tokens, masked, mask):
             "drift": drift_profile(stream).tolist(),
             "drift_masked": drift_profile(stream[:, mask]).tolist(),
             "update": block_updates(stream).tolist(),
+            "inactive_units": model.inactive_units(masked, stream=stream).tolist(),
             "grad_blocks": model.block_grad_norms(masked, tokens, mask)["blocks"]}
 
 

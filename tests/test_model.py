@@ -425,3 +425,36 @@ def test_non_contiguous_and_other_int_dtypes_give_the_same_results():
     m2 = np.zeros((6, 16), dtype=bool)
     m2[:, 1::2] = mask
     assert model.loss(x, t, m2[:, 1::2]) == model.loss(x, t, mask)
+
+
+@pytest.mark.parametrize("block_ln", [True, False])
+def test_inactive_units_against_torch_hidden_activations(block_ln):
+    """The share of switched-off units from PyTorch's own fc1 outputs (forward hooks on the
+    equivalent module), on a model whose blocks have units pushed off by hand."""
+    torch = pytest.importorskip("torch")
+    from rgflow.torch_ref import to_torch
+    m = rg.ResidualMLP(8, 6, 4, 32, 3, seed=2, block_ln=block_ln)
+    sd = m.state_dict()
+    sd["blocks.1.fc1.bias"][:20] = -50.0   # 20 of 32 units off in block 2
+    sd["blocks.2.fc1.bias"][:5] = -2.5     # near the threshold: data decide
+    m.load_state_dict(sd)
+    x = rg.MarkovChain.lazy(8, 2.0).sample(400, 6, seed=0)
+    masked, _ = rg.mask_tokens(x, rate=0.3, seed=1, mask_id=8)
+    net = to_torch(m).double()
+    pre = []
+    hooks = [b.fc1.register_forward_hook(lambda mod, i, o: pre.append(o.detach().numpy()))
+             for b in net.blocks]
+    net(torch.from_numpy(masked.astype(np.int64)))
+    for h in hooks:
+        h.remove()
+    for below, share in ((-3.0, 0.99), (-1.0, 0.9), (0.0, 0.5)):
+        ref = [np.mean(np.mean(p < below, axis=0) >= share) for p in pre]
+        np.testing.assert_array_equal(m.inactive_units(masked, below, share), ref)
+    got = m.inactive_units(masked)
+    assert got[1] >= 20 / 32 and got[0] < 20 / 32
+    stream = m.residual_stream(masked)
+    np.testing.assert_array_equal(m.inactive_units(masked, stream=stream), got)
+    with pytest.raises(ValueError, match="share"):
+        m.inactive_units(masked, share=0.0)
+    with pytest.raises(ValueError, match="stream"):
+        m.inactive_units(masked, stream=stream[1:])
