@@ -29,7 +29,7 @@ __all__ = [
     "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
     "collapse_crossover", "collapse_after_peak", "gate", "gate_of", "interval", "compare",
     "run_figures", "cell_verdicts", "verdicts", "sensitivity", "flow_figures",
-    "excess_curve", "summarize", "GATE_EXCESS",
+    "excess_curve", "block_activity", "summarize", "GATE_EXCESS",
     "SHORT_XI", "LONG_XI",
     "DELTA", "MONOTONE_TOL", "SPEARMAN_MAX", "PLATEAU_TOP2_SHARE", "PLATEAU_REST_MAX",
     "LEARNED_MIN",
@@ -361,7 +361,7 @@ def collapse_crossover(xis, ratios, threshold=None):
     return None
 
 
-def gate(masked_ce, bayes_floor, adjacent_ce, excess_max=None):
+def gate(masked_ce, bayes_floor, adjacent_ce, excess_max=None, require_adjacent=True):
     """The training gate in nats: is a run good enough to count as evidence?
 
     A run passes when its held-out masked CE is within ``excess_max`` (default
@@ -370,7 +370,8 @@ def gate(masked_ce, bayes_floor, adjacent_ce, excess_max=None):
     beat two-token lookup has not learned the task the claims are about.
 
     Returns a dict: ``excess`` (CE - floor), ``adjacent_margin`` (adjacent CE - CE, > 0 when
-    the network beats the rule), ``passed``.
+    the network beats the rule), ``passed``. ``require_adjacent=False`` drops the second
+    condition (for the sensitivity table only).
 
     >>> gate(1.58, 1.57, 1.584)
     {'excess': 0.01, 'adjacent_margin': 0.004, 'passed': True}
@@ -381,10 +382,10 @@ def gate(masked_ce, bayes_floor, adjacent_ce, excess_max=None):
     excess = round(float(masked_ce) - float(bayes_floor), 12)
     margin = round(float(adjacent_ce) - float(masked_ce), 12)
     return {"excess": excess, "adjacent_margin": margin,
-            "passed": bool(excess <= excess_max and margin > 0)}
+            "passed": bool(excess <= excess_max and (margin > 0 or not require_adjacent))}
 
 
-def gate_of(result, excess_max=None):
+def gate_of(result, excess_max=None, require_adjacent=True):
     """:func:`gate` of a stored run (a :class:`rgflow.experiments.Result`), judged on its gate
     batch (``result.gate``: GATE_SIZE fresh sequences) when it has one, else on its
     measurement batch (records from before the gate batch). Adds ``excess_se`` and
@@ -392,7 +393,8 @@ def gate_of(result, excess_max=None):
     g = result.gate or {}
     source = g if g else {"masked_ce": result.masked_ce, "bayes_floor": result.bayes_floor,
                           "adjacent_ce": result.adjacent_ce}
-    out = gate(source["masked_ce"], source["bayes_floor"], source["adjacent_ce"], excess_max)
+    out = gate(source["masked_ce"], source["bayes_floor"], source["adjacent_ce"], excess_max,
+               require_adjacent)
     out.update(excess_se=g.get("excess_se"), margin_se=g.get("margin_se"),
                sequences=g.get("size", result.config.eval_size))
     return out
@@ -472,7 +474,8 @@ def _rank_of(result, measure, level, init=False):
 
 
 def run_figures(result, measure="erank", level="masked", excess_max=None, delta=None,
-                tol=None, spearman_max=None, top2_share=None, rest_max=None):
+                tol=None, spearman_max=None, top2_share=None, rest_max=None,
+                require_adjacent=True):
     """The figures and per-run verdicts of one run (a :class:`rgflow.experiments.Result`),
     ``measure`` at ``level``:
 
@@ -489,11 +492,12 @@ def run_figures(result, measure="erank", level="masked", excess_max=None, delta=
     Statuses are "holds" or "fails" whatever the gate: the caller counts only gated runs.
     Thresholds default to the module constants, but for Spearman's rho, reported and not
     judged unless ``spearman_max`` is given: with every rise held within ``tol``, the rank
-    correlation only ranks the noise of a profile's flat tail."""
+    correlation only ranks the noise of a profile's flat tail. ``require_adjacent=False``
+    gates on the excess alone (the sensitivity table's row)."""
     spearman_max = 1.0 if spearman_max is None else spearman_max
     rank = _rank_of(result, measure, level)
     peak = collapse_after_peak(rank, delta=delta, tol=tol)
-    out = {"seed": result.config.seed, "gate": gate_of(result, excess_max),
+    out = {"seed": result.config.seed, "gate": gate_of(result, excess_max, require_adjacent),
            "R": collapse_ratio(rank),
            "collapse": monotone_collapse(rank, delta=delta, tol=tol,
                                          spearman_max=spearman_max).status,
@@ -646,9 +650,44 @@ def excess_curve(results, levels=EXCESS_LEVELS, **options):
     return rows
 
 
+def block_activity(results, steps=(100, 1000, 10000), excess_max=None):
+    """What each block does at the end of training and when it stopped: per ξ and block
+    over the gated runs (:func:`gate_of`), medians of the relative update
+    ``||z_{k+1} - z_k|| / ||z_k||``, the gradient norm and the share of switched-off hidden
+    units at the end, and the relative update at the flow checkpoints nearest to ``steps``.
+
+    Returns a list of rows ``xi``, ``block`` (1-based), ``runs``, ``update``,
+    ``grad_norm``, ``inactive_units`` (None when no run stores it) and ``update_at``
+    ({step: median update}, the checkpoint steps actually used)."""
+    rows = []
+    for xi in sorted({r.config.xi for r in results}):
+        runs = [r for r in results if r.config.xi == xi and gate_of(r, excess_max)["passed"]
+                and r.measures.get("update") and r.grad_norms]
+        if not runs:
+            continue
+        flows = [r.history.get("flow") or [] for r in runs]
+        marks = {}
+        if all(flows):
+            have = [p["step"] for p in flows[0]]
+            for want in steps:
+                at = min(have, key=lambda h: abs(np.log(h / want)))
+                marks[at] = [next(p for p in f if p["step"] == at) for f in flows]
+        for k in range(runs[0].config.depth):
+            inactive = [r.inactive_units[k] for r in runs if r.inactive_units]
+            rows.append({
+                "xi": xi, "block": k + 1, "runs": len(runs),
+                "update": float(np.median([r.measures["update"][k] for r in runs])),
+                "grad_norm": float(np.median([r.grad_norms["blocks"][k] for r in runs])),
+                "inactive_units": float(np.median(inactive)) if inactive else None,
+                "update_at": {at: float(np.median([p["update"][k] for p in points]))
+                              for at, points in sorted(marks.items())}})
+    return rows
+
+
 # Threshold values the sensitivity table tries, the module's own value among them.
 SENSITIVITY = {
     "excess_max": (0.005, 0.01, GATE_EXCESS, 0.05, 0.1),
+    "require_adjacent": (True, False),
     "delta": (0.02, DELTA, 0.1),
     "tol": (0.005, MONOTONE_TOL, 0.02, 0.05),
     "spearman_max": (None, SPEARMAN_MAX),

@@ -206,6 +206,44 @@ def gated_markdown(results):
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
             measure, level, *_diff(first["delta_R"]), "holds" if first["holds"] else "fails",
             *_diff(peak["delta_R"]), "holds" if peak["holds"] else "fails"))
+    curve = findings.excess_curve(results)
+    if curve:
+        lines += ["", "## Verdicts as a function of the excess (masked positions, centred "
+                  "erank)", "",
+                  "Every run read at the first checkpoint of its flow during training whose "
+                  "masked CE is within the level of the Bayes floor (measurement batch; "
+                  "log-spaced checkpoints, so the stopping point is approximate), then at the "
+                  "end. 'moves' is the mean absolute change of a figure from there to the end "
+                  "of training, to compare with the seed SD of the end figures.", "",
+                  "| ξ | excess level (nats) | runs | median step | R_peak | (i) from the peak "
+                  "| moves | top-2 share | (iii) plateau | moves |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for row in curve:
+            lines.append("| %g | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+                row["xi"], row["level"] if row["level"] == "end" else "≤ %g" % row["level"],
+                row["runs"], row["step"] if row["step"] is not None else "—",
+                _ci(row["R_peak"]), findings._statement(row["collapse_peak"]),
+                _fmt(row["shift_R_peak"]) if row["shift_R_peak"] is not None else "—",
+                _ci(row["top2_share"]), findings._statement(row["plateau"]),
+                _fmt(row["shift_top2_share"]) if row["shift_top2_share"] is not None else "—"))
+    activity = findings.block_activity(results)
+    if activity:
+        marks = sorted({at for row in activity for at in row["update_at"]})
+        lines += ["", "## What each block does (gated runs, medians)", "",
+                  "Relative update ||z_k − z_{k−1}|| / ||z_{k−1}|| (centred over sequences) "
+                  "along training and at the end, the block's gradient norm on the held-out "
+                  "batch at the end, and its share of switched-off hidden units (pre-activation "
+                  "below −3 on 99 % of sequences).", "",
+                  "| ξ | block | runs | " + " | ".join("update at step %d" % m for m in marks)
+                  + " | update at the end | gradient norm | switched-off units |",
+                  "| --- | --- | --- | " + " | ".join("---" for _ in marks) + " | --- | --- | --- |"]
+        for row in activity:
+            lines.append("| %g | %d | %d | %s%s | %s | %s |" % (
+                row["xi"], row["block"], row["runs"],
+                "".join("%.3g | " % row["update_at"][m] if m in row["update_at"] else "— | "
+                        for m in marks),
+                "%.3g" % row["update"], "%.2g" % row["grad_norm"],
+                "—" if row["inactive_units"] is None else "%.0f %%" % (100 * row["inactive_units"])))
     rows = findings.sensitivity(results)
     keys = list(rows[0][2])
     lines += ["", "## Sensitivity (masked positions, centred erank)", "",
@@ -213,7 +251,8 @@ def gated_markdown(results):
               "| threshold | value | " + " | ".join(keys) + " |",
               "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
     for name, value, out in rows:
-        shown = "not judged" if value is None else "%g" % value
+        shown = ("not judged" if value is None else "yes" if value is True else
+                 "no" if value is False else "%g" % value)
         lines.append("| %s | %s | %s |" % (name, shown, " | ".join(out[k] for k in keys)))
     return lines
 

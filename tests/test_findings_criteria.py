@@ -81,6 +81,8 @@ def test_gate_interval_and_compare_against_scipy():
     assert not gate(1.6001, 1.58, 1.61)["passed"]            # above the floor by > 0.02
     assert not gate(1.59, 1.58, 1.585)["passed"]             # worse than the adjacent rule
     assert gate(1.59, 1.58, 1.585, excess_max=0.5)["adjacent_margin"] == -0.005
+    assert gate(1.59, 1.58, 1.585, require_adjacent=False)["passed"]
+    assert not gate(1.61, 1.58, 1.7, require_adjacent=False)["passed"]
     rng = np.random.default_rng(3)
     a, b = rng.normal(0.0, 1.0, 10), rng.normal(0.4, 2.0, 13)
     r = interval(a)
@@ -159,6 +161,8 @@ def test_sensitivity_rows_move_with_thresholds():
     assert rows[("excess_max", 0.01)]["collapse ξ=1"] == "4/4"
     assert rows[("excess_max", F.GATE_EXCESS)]["selective (R)"].startswith("fails")  # 7 < 10
     assert rows[("excess_max", 0.1)]["selective (R)"].startswith("holds (Δ +0.0")
+    # the adjacent-rule condition: every fake run beats the rule, so dropping it changes nothing
+    assert rows[("require_adjacent", False)] == rows[("require_adjacent", True)]
     # a linear decline from layer 1 peaks at layer 1: both readings of claim (i) agree
     assert rows[("delta", 0.1)]["after peak ξ=1"] == "1/7"
 
@@ -242,3 +246,20 @@ def test_excess_curve_reads_each_run_where_it_first_reaches_a_level():
     assert rows["end"]["runs"] == 2 and rows["end"]["shift_R_peak"] == 0.0
     # runs stored without a flow are left out
     assert F.excess_curve([fake_result(1.0, 5, 0.9)]) == []
+
+
+def test_block_activity_medians_over_gated_runs():
+    runs = []
+    for seed in range(3):
+        r = fake_result(1.0, seed, 0.9)
+        r.measures["update"] = [0.01 * (seed + 1), 1.0, 0.0, 0.0, 0.0]
+        r.grad_norms = {"blocks": [0.1, 0.2, 0.3, 0.4, 0.5 + seed]}
+        r.inactive_units = [0.5, 0.0, 0.9, 0.9, 0.9]
+        r.history = {"flow": [{"step": s, "update": [s / 1000.0] * 5} for s in (90, 1100, 9000)]}
+        runs.append(r)
+    runs.append(fake_result(1.0, 9, 0.9, margin=-0.01))  # not gated: left out
+    rows = F.block_activity(runs)
+    assert len(rows) == 5 and all(row["runs"] == 3 for row in rows)
+    assert rows[0]["update"] == pytest.approx(0.02) and rows[4]["grad_norm"] == 1.5
+    assert rows[2]["inactive_units"] == 0.9
+    assert rows[0]["update_at"] == {90: 0.09, 1100: 1.1, 9000: 9.0}  # nearest in log step
