@@ -10,13 +10,11 @@ finished runs are not recomputed; Ctrl-C stops at the next chunk and keeps what 
 import argparse
 from pathlib import Path
 
-from rgflow.experiments import Config
+from rgflow.report import CONFIGS
 from rgflow.sweep import grid, process_pool, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RECIPE = dict(steps=30000, lr=3e-3, schedule="cosine", warmup=500)
-SIZES = {"small": Config(length=16, width=16, hidden=256, depth=8, **RECIPE),
-         "paper": Config(length=32, width=16, hidden=512, depth=12, **RECIPE)}
+SIZES = {"small": CONFIGS["quick"], "paper": CONFIGS["paper"]}
 
 
 def store(size):

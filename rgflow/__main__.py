@@ -36,40 +36,51 @@ def demo(args):
 
 
 def reproduce(args):
+    from .findings import MIN_SEEDS
     from .report import reproduce as run_reproduce
 
     summary = run_reproduce(out=args.out, quick=args.quick, seeds=args.seeds,
-                            workers=args.workers, progress=not args.no_progress)
+                            workers=args.workers, progress=not args.no_progress,
+                            store=args.store)
     print("\nreport written to %s/report.md" % args.out)
-    for xi, entry in summary["per_xi"].items():
-        print("xi = %s: collapse (masked / visible / all positions): %s / %s / %s; "
-              "plateau: %s; learned share %s" % (
-                  xi, entry["collapse_masked"]["status"], entry["collapse_visible"]["status"],
-                  entry["collapse_all"]["status"], entry["plateau"]["status"],
-                  ", ".join("%.2f" % x for x in entry["learned"])))
-    print("selectivity (all positions): %s; at masked positions: %s"
-          % (summary["selectivity"]["status"], summary["selectivity_masked"]["status"]))
+    v = summary["erank/masked"]
+    for name in ("short", "long"):
+        c = v[name]
+        xi = 1 if name == "short" else 7
+        print("xi = %d: %d of %d runs pass the gate%s; collapse from layer 1 in %d/%d, from "
+              "the peak in %d/%d; plateau in %d/%d" % (
+                  xi, c["n_gated"], c["n_runs"],
+                  "" if c["enough"] else " (fewer than %d: no verdict)" % MIN_SEEDS,
+                  c["collapse"]["holds"], c["collapse"]["of"], c["collapse_peak"]["holds"],
+                  c["collapse_peak"]["of"], c["plateau"]["holds"], c["plateau"]["of"]))
+    print("selectivity (masked positions, centred erank): on R %s, on R_peak %s" % (
+        "holds" if v["selectivity"]["holds"] else "fails",
+        "holds" if v["selectivity_peak"]["holds"] else "fails"))
 
 
 def sweep_table(rows):
     """The lines ``rgflow sweep`` prints for table rows (see :func:`rgflow.sweep`)."""
-    from .findings import DELTA, LEARNED_MIN
+    from .findings import DELTA, GATE_EXCESS
 
-    lines = ["%6s %5s %8s %8s %8s %10s %8s  %s" % ("xi", "seed", "CE", "floor", "learned",
-                                                   "R(masked)", "R(all)", "note")]
+    lines = ["%6s %5s %8s %8s %8s %8s %10s %8s  %s" % (
+        "xi", "seed", "CE", "floor", "excess", "margin", "R(masked)", "R(all)", "note")]
     for r in rows:
         if r["status"] == "ok":
-            note = "undertrained" if r["learned"] < LEARNED_MIN else ""
-            lines.append("%6g %5d %8.4f %8.4f %8.2f %10.3f %8.3f  %s" % (
-                r["xi"], r["seed"], r["masked_ce"], r["bayes_floor"], r["learned"],
+            note = "" if r.get("gated", True) else "not gated"
+            lines.append("%6g %5d %8.4f %8.4f %8.4f %8s %10.3f %8.3f  %s" % (
+                r["xi"], r["seed"], r["masked_ce"], r["bayes_floor"],
+                r.get("excess", r["masked_ce"] - r["bayes_floor"]),
+                "%+.4f" % r["adjacent_margin"] if r.get("adjacent_margin") is not None else "—",
                 r.get("ratio_masked", math.nan), r.get("ratio_position", math.nan), note))
         else:
             lines.append("%6g %5d  error: %s" % (r["xi"], r["seed"], r["error"]))
-    lines += ["R = rank[K]/rank[1], the position-level effective rank after the last block over "
+    lines += ["excess: masked CE above the Bayes floor (nats); margin: the adjacent-token rule's "
+              "CE minus the network's; both on the run's gate batch when it has one (CE and "
+              "floor: the measurement batch). A run is gated (evidence) when excess <= %g and "
+              "margin > 0." % GATE_EXCESS,
+              "R = rank[K]/rank[1], the position-level effective rank after the last block over "
               "that after the first, at masked positions and at all positions; R <= %g is a "
-              "collapse." % (1 - DELTA),
-              "undertrained: the run closed less than %d%% of the gap from the unigram entropy "
-              "to the Bayes floor; its R is no evidence either way." % round(100 * LEARNED_MIN)]
+              "collapse." % (1 - DELTA)]
     return lines
 
 
@@ -189,21 +200,26 @@ def make_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
-        "reproduce", help="train xi = 1 and 7 over seeds, judge the paper's three claims, write "
-        "report.md, report.json and figures",
-        description="Train xi = 1 and xi = 7 for each seed, judge the paper's three claims and "
-        "write OUT/report.md, OUT/report.json and PNG figures. Finished runs are stored in "
-        "OUT/runs: an interrupted run resumes where it stopped.")
+        "reproduce", help="train xi = 1 and 7 over seeds, judge the paper's three claims over "
+        "the runs that pass the training gate, write report.md, report.json and figures",
+        description="Train xi = 1 and xi = 7 for each seed with the documented recipe, judge "
+        "the paper's three claims over the runs that pass the training gate and write "
+        "OUT/report.md, OUT/report.json and PNG figures. Finished runs are stored in STORE "
+        "(default OUT/runs) and reused: an interrupted run resumes where it stopped, and "
+        "--store notebooks/results/gated-small (with --quick) judges the committed records "
+        "without training.")
     p.add_argument("--quick", action="store_true",
-                   help="the quick configuration (L %d, m %d, K %d, %d steps; about 1.5 minutes "
-                   "with 2 workers) instead of the paper size (L %d, m %d, K %d, %d steps; about "
-                   "20 minutes) (default: paper size)" % (
-                       quick.length, quick.hidden, quick.depth, quick.steps, paper.length,
-                       paper.hidden, paper.depth, paper.steps))
-    p.add_argument("--seeds", type=_integer(1), default=3, metavar="N",
+                   help="the small size (L %d, m %d, K %d; about 9 minutes per run on one core) "
+                   "instead of the paper size (L %d, m %d, K %d; about 40 minutes per run), "
+                   "both %d steps (default: paper size)" % (
+                       quick.length, quick.hidden, quick.depth, paper.length, paper.hidden,
+                       paper.depth, paper.steps))
+    p.add_argument("--seeds", type=_integer(1), default=10, metavar="N",
                    help="train seeds 0..N-1 at each xi (default: %(default)s)")
     p.add_argument("--out", type=_directory, default="rgflow-report", metavar="DIR",
                    help="report directory, created if missing (default: %(default)s)")
+    p.add_argument("--store", type=_directory, metavar="DIR",
+                   help="directory of stored runs, created if missing (default: OUT/runs)")
     p.add_argument("--workers", type=_integer(1), default=2, metavar="N",
                    help="runs in parallel, each in its own process with 1 BLAS thread; 1 runs "
                    "them in this process (default: %(default)s)")
@@ -216,8 +232,9 @@ def make_parser():
         "table.json and phase_diagram.png into the store",
         description="Run every (xi, seed) of a grid, store each finished run in STORE (a "
         "re-run computes only what is missing), print the table and write STORE/table.json "
-        "and STORE/phase_diagram.png. Without --quick every run is paper size (about 6.5 "
-        "minutes per run on one core).")
+        "and STORE/phase_diagram.png. Every run follows the documented recipe (--steps "
+        "to shorten it); without --quick it is paper size (about 40 minutes per run on one "
+        "core; about 9 with --quick).")
     p.add_argument("--xi", type=_xi(low_open=True), nargs="+", default=[1.0, 7.0],
                    metavar="XI", help="correlation lengths, > 0 (default: 1 7)")
     p.add_argument("--seeds", type=_integer(1), default=3, metavar="N",
@@ -238,9 +255,10 @@ def make_parser():
     for name, what in (("steps", "training steps"), ("depth", "residual blocks K"),
                        ("hidden", "MLP hidden width m"), ("width", "per-position width d"),
                        ("length", "sequence length L")):
+        both = getattr(paper, name), getattr(quick, name)
         p.add_argument("--" + name, type=_integer(1), metavar="N",
-                       help="%s (default: %d, or %d with --quick)" % (
-                           what, getattr(paper, name), getattr(quick, name)))
+                       help="%s (default: %s)" % (what, "%d" % both[0] if both[0] == both[1]
+                                                  else "%d, or %d with --quick" % both))
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: show one)")
     p.set_defaults(func=sweep)
@@ -268,7 +286,7 @@ def make_parser():
 
 def _store_of(args):
     if args.command == "reproduce":
-        return os.path.join(args.out, "runs")
+        return args.store or os.path.join(args.out, "runs")
     return getattr(args, "store", None)
 
 

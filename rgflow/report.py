@@ -1,8 +1,9 @@
 """The findings report: ξ ∈ {1, 7} × seeds at a documented configuration, every claim judged
-by :mod:`rgflow.findings`, written as report.json, report.md and PNG figures.
+over the seeds that pass the training gate, written as report.json, report.md and PNG figures.
 
 The ``rgflow reproduce`` command calls :func:`reproduce`. The verdicts come from
-:func:`rgflow.findings.summarize`; this module only formats them.
+:func:`rgflow.findings.verdicts` (per measure and level) and the gate from
+:func:`rgflow.findings.gate_of`; this module only formats them.
 """
 import json
 from datetime import datetime, timezone
@@ -12,17 +13,27 @@ import numpy as np
 
 from . import findings
 from .experiments import Config
-from .findings import COLLAPSE_SETS, LONG_XI, SHORT_XI, summarize
+from .findings import LONG_XI, SHORT_XI
 from .sweep import grid, load_results, process_pool, sweep
 
-__all__ = ["CONFIGS", "write_report", "reproduce"]
+__all__ = ["CONFIGS", "CONFIGS_V1", "MEASURE_LEVELS", "write_report", "reproduce",
+           "gated_markdown"]
 
-# The documented configurations (README, "Findings"). "paper" is the abstract's setting at
-# the pilot's default size; "quick" is the small setting the test suite and --quick use.
+# The documented configurations (README, "Findings"): the training recipe that reaches the
+# gate (notebooks/04_training_recipe.ipynb: cosine learning rate 3e-3, 500 warm-up steps,
+# 30,000 steps) at the paper's size and at the small size ("quick").
+RECIPE = dict(steps=30000, lr=3e-3, schedule="cosine", warmup=500)
 CONFIGS = {
+    "paper": Config(**RECIPE),
+    "quick": Config(length=16, width=16, hidden=256, depth=8, **RECIPE),
+}
+# The configurations of the first findings (3 seeds, 3,000 and 2,000 steps, an 80 %-of-the-gap
+# gate; docs/findings-v1.md), kept to read their stored records.
+CONFIGS_V1 = {
     "paper": Config(),
     "quick": Config(length=16, width=16, hidden=256, depth=8, steps=2000),
 }
+
 
 def computed_on_lines(places):
     """One line per distinct place in ``places`` (``Result.computed_on`` dicts) that runs were
@@ -45,79 +56,54 @@ def _transitions(indices):
     return ", ".join("%d→%d" % (l, l + 1) for l in indices)
 
 
-def _markdown(summary, results, config, header):
+def summary_of(results):
+    """What report.json's ``summary`` holds: ``"<measure>/<level>"`` ->
+    :func:`rgflow.findings.verdicts` for every pair of MEASURE_LEVELS the runs store."""
+    return {"%s/%s" % (m, l): findings.verdicts(results, m, l) for m, l in MEASURE_LEVELS}
+
+
+def _markdown(results, config, header):
     lines = ["# rgflow findings report", "",
              "rgflow %s, written %s." % (header["rgflow_version"], header["created_utc"]), "",
              "Configuration (ξ and seed vary): `%s`" % json.dumps(
                  {k: v for k, v in config.to_dict().items() if k not in ("xi", "seed")}), ""]
     lines += ["Computed on: " + "; ".join(computed_on_lines(r.computed_on for r in results)),
               ""]
-    lines += ["## Training", "", "| ξ | seed | masked CE | Bayes floor | learned share |",
-              "| --- | --- | --- | --- | --- |"]
+    lines += gated_markdown(results)
+    lines += ["", "## Every run (masked positions, centred erank; stream and masked-token "
+              "drift)", "",
+              "Peak: the layer where the rank is largest. Transition l→l+1 is the drift "
+              "1 − CKA(z_l, z_{l+1}) between layers l and l+1; layers count from 0, the "
+              "embedding, to K = %d." % config.depth, "",
+              "| ξ | seed | gated | rank[1] | peak | rank[peak] | rank[K] | R | R_peak | "
+              "top-2 share | top-2 transitions | top-2 share, masked |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(results, key=lambda r: (r.config.xi, r.config.seed)):
-        lines.append("| %g | %d | %s | %s | %s |" % (r.config.xi, r.config.seed,
-                     _fmt(r.masked_ce), _fmt(r.bayes_floor), _fmt(r.learned, 2)))
-    lines += ["", "Runs that closed less than %d%% of the gap from the unigram entropy to the "
-              "Bayes floor are judged *undertrained*." % round(100 * findings.LEARNED_MIN), ""]
-    lines += ["## (i) Monotone collapse of the position-level effective rank", "",
-              "Criterion: " + next(iter(summary["per_xi"].values()))["collapse_all"]["runs"][0]
-              ["criterion"] + ". Layer 0 (the embedding) is reported, not judged.", "",
-              "Largest step: the largest change rank[l+1] − rank[l] between consecutive layers "
-              "1..K; negative means the rank fell at every step. The criterion allows a rise of "
-              "up to %g × rank[1]." % findings.MONOTONE_TOL, "",
-              "| ξ | positions | seed | rank[0] | rank[1] | rank[K] | ratio | largest step | "
-              "Spearman | verdict |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for xi, entry in summary["per_xi"].items():
-        for key, level in COLLAPSE_SETS:
-            for seed, v in zip(entry["seeds"], entry[key]["runs"]):
-                f = v["figures"]
-                lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
-                    xi, level if level != "position" else "all", seed, _fmt(f["embedding_rank"], 2),
-                    _fmt(f["rank_1"], 2), _fmt(f["rank_K"], 2), _fmt(f["ratio"]),
-                    _fmt(f["max_rise"]), _fmt(f["spearman"], 2), v["status"]))
-            lines.append("| %s | %s | all seeds | | | | | | | **%s** |" % (
-                xi, level if level != "position" else "all", entry[key]["status"]))
-    lines += ["", "## (ii) Selective collapse", ""]
-    for name, label in (("selectivity", "all positions"), ("selectivity_masked",
-                                                           "masked positions")):
-        v = summary[name]
-        f = v["figures"]
-        lines += ["Position level, %s. Criterion: %s." % (label, v["criterion"]), "",
-                  "| ξ | R = rank[K]/rank[1] per seed | pooled-level R (not judged) |",
-                  "| --- | --- | --- |",
-                  "| %g | %s | %s |" % (SHORT_XI, ", ".join(_fmt(x) for x in f["short_ratios"]),
-                                        ", ".join(_fmt(x) for x in f.get("pooled_short_ratios", []))),
-                  "| %g | %s | %s |" % (LONG_XI, ", ".join(_fmt(x) for x in f["long_ratios"]),
-                                        ", ".join(_fmt(x) for x in f.get("pooled_long_ratios", []))),
-                  "", "Verdict: **%s**" % v["status"], ""]
-    lines += ["## (iii) Fixed-point plateau of the kernel drift", "",
-              "Criterion: " + next(iter(summary["per_xi"].values()))["plateau"]["runs"][0]
-              ["criterion"] + ".", "",
-              "Transition l→l+1 is the drift 1 − CKA(z_l, z_{l+1}) between layers l and l+1; "
-              "layers count from 0, the embedding, to K = %d." % config.depth, "",
-              "| ξ | seed | top-2 share | top-2 transitions | rest max / largest | verdict |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for xi, entry in summary["per_xi"].items():
-        for seed, v in zip(entry["seeds"], entry["plateau"]["runs"]):
-            f = v["figures"]
-            lines.append("| %s | %d | %s | %s | %s | %s |" % (
-                xi, seed, _fmt(f["top2_share"], 2), _transitions(f["top2_transitions"]),
-                _fmt(f["rest_max_over_largest"], 3), v["status"]))
-        lines.append("| %s | all seeds | | | | **%s** |" % (xi, entry["plateau"]["status"]))
-    lines += ["", "## Relevance decomposition (masked positions)", "",
-              "Share of the representation's variance linearly explained by the exact Bayes "
-              "log-posterior, and the effective rank of what it leaves (irrelevant degrees of "
-              "freedom), per layer, mean over seeds.", "",
+        f = findings.run_figures(r)
+        rank = findings._rank_of(r, "erank", "masked")
+        p = findings.plateau(r.drift)
+        lines.append("| %g | %d | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            r.config.xi, r.config.seed, "yes" if f["gate"]["passed"] else "no",
+            _fmt(rank[1], 2), f["peak_layer"], _fmt(rank[f["peak_layer"]], 2),
+            _fmt(rank[-1], 2), _fmt(f["R"]), _fmt(f["R_peak"]), _fmt(f["top2_share"], 2),
+            _transitions(p.figures["top2_transitions"]),
+            _fmt(f["top2_share_masked"], 2) if "top2_share_masked" in f else "—"))
+    lines += ["", "## Relevance decomposition (masked positions, gated runs, mean over seeds)",
+              "",
+              "Variance of the masked tokens' representations linearly explained by the exact "
+              "Bayes log-posterior (relevant) and left over (irrelevant), in absolute units, "
+              "with the effective rank of the leftover beside them.", "",
               "| ξ | quantity | " + " | ".join("z%d" % l for l in range(config.depth + 1)) + " |",
               "| --- | --- | " + " | ".join("---" for _ in range(config.depth + 1)) + " |"]
     for xi in (SHORT_XI, LONG_XI):
-        runs = [r for r in results if r.config.xi == xi]
-        for q in ("relevant_share", "irrelevant_rank"):
-            mean = np.mean([r.relevance[q] for r in runs], axis=0)
-            lines.append("| %g | %s | %s |" % (xi, q, " | ".join(_fmt(x, 2) for x in mean)))
-    if all(r.measures and r.adjacent_ce is not None for r in results):
-        lines += [""] + gated_markdown(results)
-    lines += ["", "Figures: rank_*.png, drift.png, cka.png, loss.png, relevance.png.", ""]
+        runs = [r for r in results if r.config.xi == xi and findings.gate_of(r)["passed"]]
+        for q in ("relevant_variance", "irrelevant_variance", "irrelevant_rank"):
+            if runs and all(q in r.relevance for r in runs):
+                mean = np.mean([r.relevance[q] for r in runs], axis=0)
+                lines.append("| %g | %s | %s |" % (xi, q.replace("_", " "),
+                                                   " | ".join("%.3g" % x for x in mean)))
+    lines += ["", "Figures: rank_*.png, drift.png, cka.png, loss.png, relevance.png%s." % (
+        ", flow.png" if any(r.history.get("flow") for r in results) else ""), ""]
     return "\n".join(lines)
 
 
@@ -227,7 +213,9 @@ def gated_markdown(results):
                 _ci(row["top2_share"]), findings._statement(row["plateau"]),
                 _fmt(row["shift_top2_share"]) if row["shift_top2_share"] is not None else "—"))
     activity = findings.block_activity(results)
-    if activity:
+    if not activity:
+        lines += ["", "## What each block does", "", "No run passed the gate."]
+    else:
         marks = sorted({at for row in activity for at in row["update_at"]})
         lines += ["", "## What each block does (gated runs, medians)", "",
                   "Relative update ||z_k − z_{k−1}|| / ||z_{k−1}|| (centred over sequences) "
@@ -272,13 +260,20 @@ def _figures(results, out):
 def write_report(results, out, config=None, figures=True):
     """Write report.json, report.md and (with ``figures``) PNGs for ``results`` into ``out``.
 
-    report.json holds ``rgflow_version``, ``created_utc`` (ISO 8601, e.g.
-    "2026-01-31T12:00:00Z"), ``summary`` and ``runs``, in that order. Returns the summary dict
-    (see :func:`summarize`).
+    ``results`` are runs that store every measure and their gate figures (runs of this
+    version of :func:`rgflow.experiments.run`). report.json holds ``rgflow_version``,
+    ``created_utc`` (ISO 8601, e.g. "2026-01-31T12:00:00Z"), ``summary`` (:func:`summary_of`)
+    and ``runs``, in that order. Returns the summary.
     """
+    if not results:
+        raise ValueError("results must hold at least one run")
+    old = [r.config.seed for r in results if not r.measures or r.adjacent_ce is None]
+    if old:
+        raise ValueError("runs stored before every measure and the gate were recorded cannot "
+                         "be judged (seeds %s); rerun them" % sorted(set(old)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(results)
+    summary = summary_of(results)
     config = config or results[0].config
     from ._version import __version__
     header = {"rgflow_version": __version__,
@@ -286,24 +281,26 @@ def write_report(results, out, config=None, figures=True):
     (out / "report.json").write_text(json.dumps(
         dict(header, summary=summary, runs=[json.loads(r.to_json()) for r in results]),
         indent=1))
-    (out / "report.md").write_text(_markdown(summary, results, config, header))
+    (out / "report.md").write_text(_markdown(results, config, header))
     if figures:
         _figures(results, out)
     return summary
 
 
-def reproduce(out="rgflow-report", quick=False, seeds=3, workers=2, progress=True,
-              config=None):
+def reproduce(out="rgflow-report", quick=False, seeds=10, workers=2, progress=True,
+              config=None, store=None):
     """Train ξ = 1 and ξ = 7 runs for ``seeds`` seeds at the documented configuration and
-    write the report into ``out`` (runs are stored under out/runs and reused on a re-run).
+    write the report into ``out``.
 
-    ``quick`` selects ``CONFIGS["quick"]`` (minutes on 2 cores), else ``CONFIGS["paper"]``.
-    Returns the summary dict.
+    ``quick`` selects ``CONFIGS["quick"]`` (the small size), else ``CONFIGS["paper"]``.
+    Runs are stored in ``store`` (default ``out/runs``) and reused: pointing ``store`` at the
+    records committed in notebooks/results/gated-<size>/ judges them without training.
+    Returns the summary (:func:`summary_of`).
     """
     base = config or CONFIGS["quick" if quick else "paper"]
     configs = grid(base, xi=[SHORT_XI, LONG_XI], seed=list(range(seeds)))
     out = Path(out)
-    store = out / "runs"
+    store = out / "runs" if store is None else Path(store)
     if workers > 1:
         with process_pool(workers) as ex:
             sweep(configs, executor=ex, store=store, progress=progress)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ._util import atomic_write
 from .experiments import Config, Result, run
-from .findings import collapse_ratio
+from .findings import collapse_ratio, gate_of
 from .train import TrainingInterrupted, _stop_when
 
 __all__ = ["grid", "sweep", "load_record", "load_results", "process_pool", "SweepInterrupted"]
@@ -374,6 +374,9 @@ def _flat(payload):
             row["ratio_" + level] = collapse_ratio(profile) if profile[1] else float("nan")
     for name, verdict in res.verdicts.items():
         row["verdict_" + name] = verdict["status"]
+    if res.adjacent_ce is not None:
+        g = gate_of(res)
+        row.update(excess=g["excess"], adjacent_margin=g["adjacent_margin"], gated=g["passed"])
     return row
 
 
@@ -407,8 +410,10 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     -------
     list of dict (a pandas DataFrame if pandas is installed): config fields, ``key``,
     ``status`` ("ok"/"error"), ``masked_ce``, ``bayes_floor``, ``learned``, ``rank_<level>``
-    profiles, ``ratio_<level>`` (rank_K / rank_1), ``drift``, ``verdict_<name>`` and
-    ``computed_on`` (:func:`rgflow.where_computed` of the run; empty for older records).
+    profiles, ``ratio_<level>`` (rank_K / rank_1), ``drift``, ``verdict_<name>``,
+    ``computed_on`` (:func:`rgflow.where_computed` of the run; empty for older records) and,
+    for runs that store the adjacent rule, the gate's ``excess``, ``adjacent_margin`` and
+    ``gated`` (:func:`rgflow.findings.gate_of`).
     """
     configs = list(configs)
     for c in configs:

@@ -34,10 +34,10 @@ def test_every_option_says_its_default():
         for action in options:
             text = (action.help or "") % vars(action)  # as --help shows it
             assert "(default: " in text or "(required)" in text, (name, action.dest, text)
-    for name in ("reproduce", "sweep"):
+    for name, n in (("reproduce", 10), ("sweep", 3)):
         seeds = next(a for a in commands[name]._actions if a.dest == "seeds")
-        assert seeds.help % vars(seeds) == "train seeds 0..N-1 at each xi (default: 3)"
-    assert "Without --quick every run is paper size" in commands["sweep"].description
+        assert seeds.help % vars(seeds) == "train seeds 0..N-1 at each xi (default: %d)" % n
+    assert "without --quick it is paper size" in commands["sweep"].description
 
 
 def test_help_and_version(capsys):
@@ -46,7 +46,8 @@ def test_help_and_version(capsys):
     code, out, _ = run(["sweep", "--help"], capsys)
     assert code == 0
     assert "--seeds N            train seeds 0..N-1 at each xi (default: 3)" in out
-    assert "--steps N            training steps (default: 3000, or 2000 with --quick)" in out
+    assert "--steps N            training steps (default: 30000)" in out
+    assert "--depth N            residual blocks K (default: 12, or 8 with --quick)" in out
 
 
 @pytest.fixture
@@ -102,23 +103,27 @@ def test_store_and_out_must_be_directories(a_file, capsys):
                                     "created: %s is a file" % (a_file / "runs", a_file))
 
 
-def test_sweep_table_names_its_level_and_flags_undertrained_runs():
-    rows = [dict(status="ok", xi=1.0, seed=0, masked_ce=1.65, bayes_floor=1.6, learned=0.85,
-                 ratio_masked=0.8876, ratio_position=1.2012),
-            dict(status="ok", xi=0.5, seed=1, masked_ce=2.0, bayes_floor=1.9, learned=0.55,
-                 ratio_masked=0.95, ratio_position=1.13),
+def test_sweep_table_names_its_level_and_flags_runs_that_fail_the_gate():
+    rows = [dict(status="ok", xi=1.0, seed=0, masked_ce=1.61, bayes_floor=1.6, excess=0.01,
+                 adjacent_margin=0.0012, gated=True, ratio_masked=0.8876,
+                 ratio_position=1.2012),
+            dict(status="ok", xi=0.5, seed=1, masked_ce=2.0, bayes_floor=1.9,  # no gate batch
+                 adjacent_margin=-0.05, gated=False, ratio_masked=0.95, ratio_position=1.13),
             dict(status="error", xi=1e9, seed=2, error="FloatingPointError: loss is nan")]
     lines = sweep_table(rows)
-    assert lines[0].split() == ["xi", "seed", "CE", "floor", "learned", "R(masked)", "R(all)",
-                                "note"]
-    assert lines[1].split() == ["1", "0", "1.6500", "1.6000", "0.85", "0.888", "1.201"]
-    assert lines[2].split() == ["0.5", "1", "2.0000", "1.9000", "0.55", "0.950", "1.130",
-                                "undertrained"]
+    assert lines[0].split() == ["xi", "seed", "CE", "floor", "excess", "margin", "R(masked)",
+                                "R(all)", "note"]
+    assert lines[1].split() == ["1", "0", "1.6100", "1.6000", "0.0100", "+0.0012", "0.888",
+                                "1.201"]
+    assert lines[2].split() == ["0.5", "1", "2.0000", "1.9000", "0.1000", "-0.0500", "0.950",
+                                "1.130", "not", "gated"]
     assert lines[3].split() == ["1e+09", "2", "error:", "FloatingPointError:", "loss", "is",
                                 "nan"]
-    assert lines[4].startswith("R = rank[K]/rank[1], the position-level effective rank")
-    assert "R <= 0.95 is a collapse" in lines[4]
-    assert lines[5].startswith("undertrained: the run closed less than 80% of the gap")
+    assert lines[4].startswith("excess: masked CE above the Bayes floor (nats); margin: the "
+                               "adjacent-token rule's CE minus the network's")
+    assert "gated (evidence) when excess <= 0.02 and margin > 0" in lines[4]
+    assert lines[5].startswith("R = rank[K]/rank[1], the position-level effective rank")
+    assert "R <= 0.95 is a collapse" in lines[5]
 
 
 def test_sweep_command_end_to_end(tmp_path, capsys):
@@ -128,13 +133,14 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
                           "--store", str(store), "--no-progress"], capsys)
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split()[5:7] == ["R(masked)", "R(all)"]
+    assert lines[0].split()[6:8] == ["R(masked)", "R(all)"]
     rows = json.loads((store / "table.json").read_text())
     assert [(r["xi"], r["seed"]) for r in rows] == [(1.0, 0), (1.0, 1)]
     for line, row in zip(lines[1:3], rows):
-        assert row["learned"] < 0.8  # 30 steps: far from trained
-        assert line.split()[5:] == ["%.3f" % row["ratio_masked"], "%.3f" % row["ratio_position"],
-                                    "undertrained"]
+        assert not row["gated"]  # 30 steps: far from trained
+        assert line.split()[4:] == ["%.4f" % row["excess"], "%+.4f" % row["adjacent_margin"],
+                                    "%.3f" % row["ratio_masked"], "%.3f" % row["ratio_position"],
+                                    "not", "gated"]
 
 
 def test_too_large_for_this_machine_is_one_line(capsys):

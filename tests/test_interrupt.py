@@ -85,7 +85,7 @@ def seed_quick_records(store, wanted):
     """Copy stored runs of the quick configuration into ``store`` under the current version's
     keys (what an earlier, interrupted `rgflow reproduce --quick` would have left)."""
     store.mkdir(parents=True)
-    for path in sorted(RESULTS.glob("phase-small/*.json")):
+    for path in sorted(RESULTS.glob("gated-small/*.json")):
         payload = json.loads(path.read_text())["payload"]
         config = Config.from_dict(payload["result"]["config"])
         if (config.xi, config.seed) in wanted and \
@@ -98,7 +98,7 @@ def seed_quick_records(store, wanted):
 
 def test_reproduce_with_two_workers_stops_on_ctrl_c(tmp_path):
     out_dir = tmp_path / "report"
-    seed_quick_records(out_dir / "runs", {(1.0, 0), (7.0, 1)})
+    seed_quick_records(out_dir / "runs", {(1.0, 0), (7.0, 0)})
     kept = {p: p.read_bytes() for p in records(out_dir / "runs")}
     started = []
 
@@ -112,8 +112,8 @@ def test_reproduce_with_two_workers_stops_on_ctrl_c(tmp_path):
         ready, tmp_path)
     assert_clean_stop(code, elapsed, out, err, alive)
     assert err.strip() == (
-        "rgflow reproduce: interrupted; 2 of 6 runs finished and are kept in report/runs; run "
-        "the same command again to compute only the other 4")
+        "rgflow reproduce: interrupted; 2 of 20 runs finished and are kept in report/runs; run "
+        "the same command again to compute only the other 18")
     assert {p: p.read_bytes() for p in records(out_dir / "runs")} == kept
     assert sorted(os.listdir(out_dir / "runs")) == sorted(p.name for p in kept)  # no temp files
     print("reproduce --quick, 2 workers: stopped %.2f s after SIGINT" % elapsed)

@@ -11,8 +11,8 @@ mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rgflow import plot  # noqa: E402
-from rgflow.findings import DELTA, LEARNED_MIN, PLATEAU_REST_MAX  # noqa: E402
-from rgflow.report import CONFIGS  # noqa: E402
+from rgflow.findings import DELTA, GATE_EXCESS, PLATEAU_REST_MAX  # noqa: E402
+from rgflow.report import CONFIGS_V1  # noqa: E402
 from rgflow.sweep import grid, load_results  # noqa: E402
 
 # the quick configuration's ξ = 1 and 7 runs, stored by the regime search
@@ -21,7 +21,7 @@ STORE = Path(__file__).resolve().parent.parent / "notebooks" / "results" / "regi
 
 @pytest.fixture(scope="module")
 def results():
-    return load_results(STORE, grid(CONFIGS["quick"], xi=[1.0, 7.0], seed=[0, 1, 2]))
+    return load_results(STORE, grid(CONFIGS_V1["quick"], xi=[1.0, 7.0], seed=[0, 1, 2]))
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_cka_heatmaps_show_the_seed_mean_on_one_fitted_colour_scale(figs, result
     assert "mean over 3 seeds" in figs["cka"]._suptitle.get_text()
 
 
-def test_loss_figure_gives_each_xi_its_range_and_draws_floor_gate_and_unigram(figs, results):
-    ax1, ax7, share = figs["loss"].axes
+def test_loss_figure_gives_each_xi_its_range_and_draws_floor_and_gate(figs, results):
+    ax1, ax7, excess = figs["loss"].axes
     for ax, xi in ((ax1, 1.0), (ax7, 7.0)):
         runs = [r for r in results if r.config.xi == xi]
         y0, y1 = ax.get_ylim()
@@ -119,16 +119,20 @@ def test_loss_figure_gives_each_xi_its_range_and_draws_floor_gate_and_unigram(fi
         floors = sorted(line.get_ydata()[0] for line in ax.lines
                         if line.get_linestyle() == ":" and len(line.get_xdata()) == 2)
         assert floors == sorted(r.bayes_floor for r in runs)
-        gate = [r.unigram_entropy - LEARNED_MIN * (r.unigram_entropy - r.bayes_floor)
-                for r in runs]
+        gate = [r.bayes_floor + GATE_EXCESS for r in runs]
         band, = ax.patches  # the gate: one edge per seed's floor
         assert (band.get_y(), band.get_y() + band.get_height()) == (
             pytest.approx(min(gate), rel=1e-12), pytest.approx(max(gate), rel=1e-12))
     assert ax1.get_ylim() != ax7.get_ylim()
-    # the share panel: the unigram entropy at 0, the floor at 1 and the gate drawn
-    levels = sorted(line.get_ydata()[0] for line in share.lines if len(line.get_xdata()) == 2)
-    assert levels == [0.0, LEARNED_MIN, 1.0]
-    assert any("unigram entropy" in t for t in legend_texts(share))
+    # the excess panel: log scale, the gate drawn, one curve per run
+    assert excess.get_yscale() == "log"
+    levels = [line.get_ydata()[0] for line in excess.lines if line.get_linestyle() == "--"]
+    assert levels == [GATE_EXCESS]
+    curves = [line for line in excess.lines if line.get_linestyle() == "-"]
+    assert len(curves) == len(results)
+    r = results[0]
+    np.testing.assert_allclose(curves[0].get_ydata(),
+                               np.asarray(r.history["eval_loss"]) - r.bayes_floor)
 
 
 def test_relevance_panels_have_titles(figs):

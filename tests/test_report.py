@@ -1,6 +1,6 @@
-"""The report's details (issue 16): report.json starts with the rgflow version and a UTC
-timestamp, the tables say what their columns mean, thresholds are printed readably and drift
-transitions are named by the layers they join."""
+"""The report's details: report.json starts with the rgflow version and a UTC timestamp, the
+tables say what their columns mean, thresholds are printed readably and drift transitions are
+named by the layers they join."""
 import json
 import re
 from datetime import datetime, timezone
@@ -15,9 +15,13 @@ TINY = Config(steps=20, hidden=32, depth=3, width=8, length=8, eval_size=128, ba
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    results = [run(TINY.replace(xi=xi, seed=seed), progress=False)
-               for xi in (1.0, 7.0) for seed in (0, 1)]
+def results():
+    return [run(TINY.replace(xi=xi, seed=seed), progress=False)
+            for xi in (1.0, 7.0) for seed in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, results):
     out = tmp_path_factory.mktemp("report")
     before = datetime.now(timezone.utc).replace(microsecond=0)
     summary = write_report(results, out, figures=False)
@@ -40,33 +44,48 @@ def test_report_json_starts_with_version_and_utc_time(report):
                                                                        doc["created_utc"])
 
 
-def test_largest_step_column_is_explained(report):
+def test_every_run_table_says_what_its_columns_mean(report):
     md = report["md"]
-    assert "max rise" not in md
-    assert "| ratio | largest step | Spearman |" in md
-    assert ("Largest step: the largest change rank[l+1] − rank[l] between consecutive layers "
-            "1..K; negative means the rank fell at every step. The criterion allows a rise of "
-            "up to 0.01 × rank[1].") in md
+    assert "| ξ | seed | gated | rank[1] | peak | rank[peak] | rank[K] | R | R_peak |" in md
+    assert "Peak: the layer where the rank is largest." in md
+    assert "## The gate" in md and "## Verdicts over gated seeds" in md
+    assert "## Verdicts as a function of the excess" in md
+    assert "## What each block does" in md and "## Sensitivity" in md
 
 
 def test_thresholds_are_printed_readably(report):
-    crit = report["summary"]["selectivity"]["criterion"]
-    assert crit == ("R = rank[K]/rank[1] at the position level: every short-xi run R <= 0.95, "
-                    "every long-xi run R >= 0.983 (= 1 - 0.05/3), ranges disjoint")
-    assert "0.983333" not in report["md"] and "Criterion: %s." % crit in report["md"]
+    md = report["md"]
+    assert "(ratio <= 0.95), no ξ=7 seed does (ratio >= 0.983)" in md
+    assert "0.983333" not in md and "0.950000" not in md
 
 
-def test_transitions_are_named_by_the_layers_they_join(report):
+def test_transitions_are_named_by_the_layers_they_join(report, results):
     md = report["md"]
     assert ("Transition l→l+1 is the drift 1 − CKA(z_l, z_{l+1}) between layers l and l+1; "
             "layers count from 0, the embedding, to K = 3.") in md
-    per_xi = report["summary"]["per_xi"]
-    for xi, entry in per_xi.items():
-        for seed, verdict in zip(entry["seeds"], entry["plateau"]["runs"]):
-            a, b = verdict["figures"]["top2_transitions"]
-            row = next(line for line in md.splitlines()
-                       if line.startswith("| %s | %d | " % (xi, seed)) and "→" in line)
-            assert row.split(" | ")[3] == "%d→%d, %d→%d" % (a, a + 1, b, b + 1)
+    for r in results:
+        a, b = rg.findings.plateau(r.drift).figures["top2_transitions"]
+        row = next(line for line in md.splitlines()
+                   if line.startswith("| %g | %d | " % (r.config.xi, r.config.seed))
+                   and "→" in line)
+        assert row.split(" | ")[10] == "%d→%d, %d→%d" % (a, a + 1, b, b + 1)
+
+
+def test_summary_is_the_verdicts_per_measure(report, results):
+    from rgflow.report import MEASURE_LEVELS
+    summary = report["summary"]
+    assert list(summary) == ["%s/%s" % ml for ml in MEASURE_LEVELS]
+    assert summary["erank/masked"]["short"]["n_runs"] == 2
+
+
+def test_old_records_are_refused(results, tmp_path):
+    import copy
+    old = copy.deepcopy(results[0])
+    old.measures = {}
+    with pytest.raises(ValueError, match="rerun"):
+        write_report([old], tmp_path, figures=False)
+    with pytest.raises(ValueError, match="at least one"):
+        write_report([], tmp_path, figures=False)
 
 
 def test_gated_markdown_states_counts_intervals_and_sensitivity(monkeypatch):
