@@ -7,7 +7,7 @@ TESTS ?= tests
 ASAN_ENV := LD_PRELOAD="$(ASAN_RT) $(UBSAN_RT)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(CURDIR)/build/asan
 
-.PHONY: inplace sanitize bench notebooks clean
+.PHONY: inplace sanitize bench notebooks findings clean
 
 # Build the extension next to the sources (PYTHONPATH=. then imports it).
 inplace:
@@ -29,6 +29,10 @@ sanitize:
 # change that moves their numbers); `make notebooks NOTEBOOKS=01_quickstart.ipynb` for one.
 notebooks: inplace
 	cd notebooks && PYTHONPATH=$(CURDIR) $(PYTHON) execute.py $(NOTEBOOKS)
+
+# The README's findings tables and docs/findings-*.md, from the gated sweeps' stored records.
+findings:
+	PYTHONPATH=$(CURDIR) $(PYTHON) notebooks/findings_docs.py
 
 bench:
 	for b in benchmarks/bench_*.py; do PYTHONPATH=. $(PYTHON) $$b || exit 1; done

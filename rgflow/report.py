@@ -17,7 +17,7 @@ from .findings import LONG_XI, SHORT_XI
 from .sweep import grid, load_results, process_pool, sweep
 
 __all__ = ["CONFIGS", "CONFIGS_V1", "MEASURE_LEVELS", "write_report", "reproduce",
-           "gated_markdown"]
+           "gated_markdown", "headline_markdown"]
 
 # The documented configurations (README, "Findings"): the training recipe that reaches the
 # gate (notebooks/04_training_recipe.ipynb: cosine learning rate 3e-3, 500 warm-up steps,
@@ -242,6 +242,54 @@ def gated_markdown(results):
         shown = ("not judged" if value is None else "yes" if value is True else
                  "no" if value is False else "%g" % value)
         lines.append("| %s | %s | %s |" % (name, shown, " | ".join(out[k] for k in keys)))
+    return lines
+
+
+def headline_markdown(results):
+    """The README's compact table of the verdicts (masked positions, centred erank; the gate,
+    claim (i) both ways, (ii) on both ratios, (iii) on both drifts), as markdown lines."""
+    v = findings.verdicts(results)
+    short, long_ = v["short"], v["long"]
+
+    def cells(key, ratio=None, label=None):
+        out = []
+        for c in (short, long_):
+            text = findings._statement(c[key])
+            if ratio and c[ratio] is not None:
+                text += ", %s %s" % (label or ratio, _ci(c[ratio]))
+            out.append(text)
+        return out
+
+    def selective(key):
+        sel = v[key]
+        d = sel["delta_R"]
+        return "**%s**%s" % ("holds" if sel["holds"] else "fails", "" if d is None else
+                             ": Δ = %+.3f [%+.3f, %+.3f], g = %.2f" % (
+                                 d["diff"], d["lo"], d["hi"], d["hedges_g"]))
+
+    lines = ["| claim | reading | ξ = %g | ξ = %g |" % (SHORT_XI, LONG_XI),
+             "| --- | --- | --- | --- |",
+             "| gate | runs within %g nats of the floor that beat the adjacent rule | %d/%d | "
+             "%d/%d |" % (findings.GATE_EXCESS, short["n_gated"], short["n_runs"],
+                          long_["n_gated"], long_["n_runs"]),
+             "| (i) collapse | from layer 1, gated seeds where it holds | %s | %s |"
+             % tuple(cells("collapse", "R")),
+             "| (i) collapse | from the peak | %s | %s |" % tuple(cells("collapse_peak",
+                                                                      "R_peak")),
+             "| (i) at initialisation | R_peak of the untrained network | %s | %s |" % (
+                 _ci(short["R_peak_init"]), _ci(long_["R_peak_init"])),
+             "| (ii) selectivity | on R (ξ = %g − ξ = %g) | %s | |" % (
+                 LONG_XI, SHORT_XI, selective("selectivity")),
+             "| (ii) selectivity | on R_peak | %s | |" % selective("selectivity_peak"),
+             "| (iii) plateau | stream drift | %s | %s |" % tuple(cells("plateau", "top2_share",
+                                                                      "top-2 share")),
+             "| (iii) plateau | masked-token drift | %s | %s |" % tuple(
+                 cells("plateau_masked", "top2_share_masked", "top-2 share"))]
+    if not (short["enough"] and long_["enough"]):
+        lines += ["", "Fewer than %d gated seeds at ξ = %s: no verdict there (counts shown "
+                  "for what they are)." % (findings.MIN_SEEDS, " and ".join(
+                      "%g" % xi for xi, c in ((SHORT_XI, short), (LONG_XI, long_))
+                      if not c["enough"]))]
     return lines
 
 

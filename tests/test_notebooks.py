@@ -36,7 +36,8 @@ def test_phase_diagram():
 
 def test_findings_notebook():
     text = printed(run_notebook("02_findings.ipynb", SIZE="smallest"))
-    assert "rgflow findings report" in text
+    assert "| gate | runs within 0.02 nats of the floor" in text
+    assert "## Verdicts as a function of the excess" in text and "small-long" in text
 
 
 def test_training_recipe_notebook():
