@@ -156,7 +156,7 @@ class Result:
 
     ``history`` holds the training curve (``steps``, ``losses``), the held-out evaluations
     (``eval_steps``, ``eval_loss``, ``eval_bayes``) and ``flow``: :func:`rgflow.train.flow_point`
-    at FLOW_POINTS log-spaced steps (the flow during training).
+    at :func:`flow_steps` (the flow during training).
     Shapes (K = depth): ``profiles[level]`` (K+1,) effective rank per layer for level in
     position (all positions), masked, visible, pooled, stream; ``drift`` (K,);
     ``cka_matrix`` (K+1, K+1); ``relevance["relevant_share"]`` and
@@ -204,6 +204,16 @@ class Result:
 
 
 
+def flow_steps(steps):
+    """Where :func:`run` records the flow: ``min(FLOW_POINTS, steps // FLOW_STEPS)``
+    log-spaced steps (at least the last one).
+
+    >>> flow_steps(30000)[:3], len(flow_steps(30000)), flow_steps(2000)
+    ([10, 14, 20], 24, [10, 2000])
+    """
+    return log_steps(steps, max(1, min(FLOW_POINTS, steps // FLOW_STEPS)))
+
+
 def make_chain(config):
     """The MarkovChain a Config describes."""
     if config.chain == "lazy":
@@ -211,7 +221,8 @@ def make_chain(config):
     return MarkovChain.random(config.n_states, config.xi, seed=config.chain_seed)
 
 
-FLOW_POINTS = 24    # log-spaced checkpoints of the flow during training each run stores
+FLOW_POINTS = 24    # log-spaced checkpoints of the flow during training a long run stores,
+FLOW_STEPS = 1000   # at most one per this many steps (a checkpoint costs ~150 small steps)
 GATE_SIZE = 65536   # held-out sequences the gate is judged on: margins resolved to ~3e-4 nats
 _GATE_STREAM = 0x6A7E  # seeds the gate batch apart from the training and evaluation streams
 
@@ -330,7 +341,7 @@ def run(config, progress=True):
                  weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
                  seed=c.seed, schedule=c.schedule, warmup=c.warmup,
                  max_grad_norm=c.max_grad_norm or None, eval_size=c.eval_size,
-                 progress=progress, flow_at=log_steps(c.steps, FLOW_POINTS))
+                 progress=progress, flow_at=flow_steps(c.steps))
     # the held-out batch train() evaluated on: disjoint from every training stream
     tokens, masked, mask = hist.eval_batch
     # train's final evaluation is on this batch at this step: its loss and floor

@@ -268,14 +268,14 @@ class ResidualMLP:
     def block_grad_norms(self, masked_tokens, tokens, mask):
         """Gradient norm of the loss per block and of everything else (embeddings, final
         LayerNorm, head). Arguments as for :meth:`loss`. Returns a dict ``blocks`` (depth,)
-        list and ``other`` float.
+        list, ``other`` and ``loss`` (floats; the loss is :meth:`loss`'s).
 
         >>> m = ResidualMLP(8, 4, 2, 8, 3)
         >>> x = np.zeros((2, 4), dtype=np.int32); mask = np.ones((2, 4), dtype=bool)
         >>> len(m.block_grad_norms(np.full((2, 4), 8), x, mask)["blocks"])
         3
         """
-        _, grads = self.gradients(masked_tokens, tokens, mask)
+        loss, grads = self.gradients(masked_tokens, tokens, mask)
         blocks = np.zeros(self.depth)
         other = 0.0
         for name, g in grads.items():
@@ -284,7 +284,8 @@ class ResidualMLP:
                 blocks[int(name.split(".")[1])] += sq
             else:
                 other += sq
-        return {"blocks": np.sqrt(blocks).tolist(), "other": float(np.sqrt(other))}
+        return {"blocks": np.sqrt(blocks).tolist(), "other": float(np.sqrt(other)),
+                "loss": float(loss)}
 
     # -- training ---------------------------------------------------------------------------
 

@@ -71,14 +71,15 @@ def flow_point(model, tokens, masked, mask):
     """
     stream = model.residual_stream(masked)
     mask = np.asarray(mask, dtype=bool)
-    return {"step": int(model.step), "loss": float(model.loss(masked, tokens, mask)),
+    grads = model.block_grad_norms(masked, tokens, mask)
+    return {"step": int(model.step), "loss": grads["loss"],
             "erank_masked": rank_profile(stream, "position", mask=mask).masked.tolist(),
             "erank_position": rank_profile(stream, "position").tolist(),
             "drift": drift_profile(stream).tolist(),
             "drift_masked": drift_profile(stream[:, mask]).tolist(),
             "update": block_updates(stream).tolist(),
             "inactive_units": model.inactive_units(masked, stream=stream).tolist(),
-            "grad_blocks": model.block_grad_norms(masked, tokens, mask)["blocks"]}
+            "grad_blocks": grads["blocks"]}
 
 
 def learning_rate(step, lr, schedule="constant", warmup=0, total_steps=None):
@@ -363,7 +364,8 @@ def _flow_steps(flow_at, lo, hi):
 
 def log_steps(steps, points=24, first=10):
     """About ``points`` distinct step counts spaced logarithmically from ``first`` to
-    ``steps`` (both included when ``steps >= first``): where to record the flow.
+    ``steps`` (both included when ``steps >= first`` and ``points >= 2``; one point is
+    ``steps``): where to record the flow.
 
     >>> log_steps(1000, points=4)
     [10, 46, 215, 1000]
@@ -371,6 +373,8 @@ def log_steps(steps, points=24, first=10):
     steps = as_count(steps, "steps")
     points = as_count(points, "points")
     first = min(as_count(first, "first"), steps)
+    if points == 1:
+        return [steps]
     return sorted({int(round(s)) for s in np.geomspace(first, steps, points)})
 
 

@@ -11,7 +11,6 @@ import pytest
 import rgflow as rg
 from rgflow.analysis import relevance_decomposition
 from rgflow.experiments import Config, Result, run
-from rgflow.train import log_steps
 
 TINY = Config(steps=20, hidden=32, depth=3, width=8, length=8, eval_size=128, batch_size=32)
 
@@ -215,8 +214,7 @@ def test_run_stores_the_gate_and_the_flow():
     res = run(TINY.replace(xi=1.0), progress=False)
     assert res.gate["size"] == rg.experiments.GATE_SIZE
     flow = res.history["flow"]
-    assert [f["step"] for f in flow] == log_steps(TINY.steps,
-                                                             rg.experiments.FLOW_POINTS)
+    assert [f["step"] for f in flow] == rg.experiments.flow_steps(TINY.steps) == [TINY.steps]
     last = flow[-1]
     assert last["step"] == TINY.steps
     np.testing.assert_allclose(last["erank_masked"], res.profiles["masked"], rtol=1e-12)

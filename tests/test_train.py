@@ -316,7 +316,7 @@ def test_flow_is_recorded_without_changing_the_run():
 
 def test_log_steps():
     assert log_steps(1000, points=4) == [10, 46, 215, 1000]
-    assert log_steps(5, points=24) == [5]
+    assert log_steps(5, points=24) == [5] and log_steps(300, points=1) == [300]
     steps = log_steps(30000, points=24)
     assert steps[0] == 10 and steps[-1] == 30000 and len(steps) == 24
     with pytest.raises(ValueError, match="points"):
