@@ -1,0 +1,150 @@
+"""rgflow.torch.capture on PyTorch models of different shapes, against activations collected
+by hand: rgflow's own model in PyTorch (flat (n, L*d) stream), a transformer encoder
+((n, L, d)), and blocks that return tuples."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import rgflow as rg  # noqa: E402
+from rgflow.torch import capture, residual_blocks  # noqa: E402
+from rgflow.torch_ref import to_torch  # noqa: E402
+
+nn = torch.nn
+
+
+def no_hooks(module):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+
+
+def test_residual_mlp_stream_equals_rgflow_own():
+    model = rg.ResidualMLP(8, 6, 4, 32, 3, seed=1)
+    x = rg.MarkovChain.lazy(8, 2.0).sample(50, 6, seed=0)
+    masked, mask = rg.mask_tokens(x, rate=0.3, seed=1, mask_id=8)
+    net = to_torch(model)
+    net.train()
+    stream = capture(net, masked.astype(np.int64), batch_size=16)  # 4 batches, the last short
+    assert stream.shape == (4, 50, 24) and stream.dtype == np.float32
+    ours = model.residual_stream(masked).reshape(4, 50, 24)
+    np.testing.assert_allclose(stream, ours, rtol=1e-5, atol=1e-5)
+    assert net.training and no_hooks(net)  # mode restored, hooks removed
+    # rgflow's measures take it as it is
+    assert rg.rank_profile(stream).shape == (4,)
+    assert rg.drift_profile(stream).shape == (3,)
+
+
+class Encoder(nn.Module):
+    """Token + position embedding, a pre-LN transformer encoder, a shared unembedding."""
+
+    def __init__(self, V=8, L=6, d=16, K=2):
+        super().__init__()
+        self.emb = nn.Embedding(V + 1, d)
+        self.pos = nn.Parameter(torch.randn(L, d) * 0.1)
+        layer = nn.TransformerEncoderLayer(d, nhead=2, dim_feedforward=32, dropout=0.1,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, K, enable_nested_tensor=False)
+        self.head = nn.Linear(d, V)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.emb(x) + self.pos))
+
+
+def test_transformer_encoder_blocks_by_hand():
+    torch.manual_seed(0)
+    net = Encoder()
+    x = torch.randint(0, 9, (20, 6))
+    stream = capture(net, x, batch_size=7)
+    assert stream.shape == (3, 20, 6, 16)
+    assert [name for name, _ in residual_blocks(net)] == ["encoder.layers.0",
+                                                          "encoder.layers.1"]
+    net.eval()  # dropout off, as capture runs it
+    with torch.no_grad():
+        z = net.emb(x) + net.pos
+        ref = [z]
+        for block in net.encoder.layers:
+            z = block(z)
+            ref.append(z)
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=1e-6, atol=1e-6)
+    # named layers, without the input; a callable choosing modules
+    two = capture(net, x, layers=["emb", "encoder.layers.1"])
+    np.testing.assert_allclose(two[1], stream[2], rtol=1e-6, atol=1e-6)
+    picked = capture(net, x, layers=lambda m: [m.encoder.layers[0]], include_input=True)
+    np.testing.assert_allclose(picked, stream[:2], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unequal output shapes"):
+        capture(net, x, layers=["emb", "head"])
+    assert no_hooks(net)
+    split = rg.rank_profile(stream, "position", mask=np.zeros((20, 6), bool) | (x.numpy() == 8))
+    assert split.masked.shape == (3,)
+
+
+class TupleBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, z):
+        return z + torch.tanh(self.fc(z)), z.abs().mean()
+
+
+class TupleNet(nn.Module):
+    def __init__(self, d=5, K=3):
+        super().__init__()
+        self.blocks = nn.ModuleList(TupleBlock(d) for _ in range(K))
+
+    def forward(self, z):
+        for b in self.blocks:
+            z, _ = b(z)
+        return z
+
+
+def test_tuple_outputs_need_an_index_and_errors_leave_no_hooks():
+    torch.manual_seed(1)
+    net = TupleNet()
+    x = torch.randn(12, 5)
+    with pytest.raises(ValueError, match=r"'blocks.0' returns a tuple of 2; pass output="):
+        capture(net, x)
+    assert no_hooks(net)
+    stream = capture(net, x, output=0)
+    z, ref = x, [x]
+    with torch.no_grad():
+        for b in net.blocks:
+            z, _ = b(z)
+            ref.append(z)
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=1e-6)
+    assert no_hooks(net)
+
+
+def test_bad_arguments_name_what_is_wrong():
+    net = TupleNet()
+    x = torch.randn(4, 5)
+    with pytest.raises(ValueError, match="'blocks.7' is not a submodule"):
+        capture(net, x, layers=["blocks.7"], output=0)
+    with pytest.raises(ValueError, match="not a submodule"):
+        capture(net, x, layers=[nn.Linear(5, 5)], output=0)
+    with pytest.raises(TypeError, match="layers must hold"):
+        capture(net, x, layers=[3], output=0)
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        capture("net", x)
+    with pytest.raises(ValueError, match="batch dimension"):
+        capture(net, torch.randn(0, 5), output=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        capture(net, x, output=0, batch_size=0)
+    with pytest.raises(ValueError, match="layers is empty"):
+        capture(nn.Sequential(nn.Linear(5, 5)), x, layers=[])
+    assert no_hooks(net)
+
+
+def test_a_layer_that_never_runs_and_a_model_without_blocks():
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 3), nn.Linear(3, 3)
+
+        def forward(self, z):
+            return self.used(z)
+
+    net = Skip()
+    with pytest.raises(ValueError, match="'unused' did not run"):
+        capture(net, torch.randn(2, 3), layers=["used", "unused"])
+    with pytest.raises(ValueError, match="no ModuleList or Sequential"):
+        capture(net, torch.randn(2, 3))
+    assert no_hooks(net)
