@@ -274,7 +274,8 @@ def flow_figure(results):
     2. against step: excess over the Bayes floor, R_peak and the plateau's top-2 share
        (stream and masked tokens), median over seeds with a min–max band;
     3. each block's relative update ``||z_{k+1} - z_k|| / ||z_k||``, median over seeds;
-    4. each block's gradient norm on the held-out batch, median over seeds.
+    4. each block's gradient norm on the held-out batch, median over seeds;
+    5. each block's share of switched-off hidden units (when every checkpoint has it).
 
     Raises ValueError when no run stores a flow.
     """
@@ -287,8 +288,12 @@ def flow_figure(results):
     if not runs:
         raise ValueError("no run stores a flow (runs from before train(flow_at=...))")
     xis = sorted({r.config.xi for r in runs})
-    fig, axes = plt.subplots(len(xis), 4, figsize=(19, 4.3 * len(xis)), squeeze=False,
-                             layout="constrained")
+    panels = [(2, "update", "relative update of each block"),
+              (3, "grad_blocks", "gradient norm of each block")]
+    if all("inactive_units" in p for r in runs for p in r.history["flow"]):
+        panels.append((4, "inactive_units", "share of switched-off hidden units"))
+    fig, axes = plt.subplots(len(xis), 2 + len(panels), figsize=(4.75 * (2 + len(panels)),
+                             4.3 * len(xis)), squeeze=False, layout="constrained")
     for row, xi in zip(axes, xis):
         cell = sorted((r for r in runs if r.config.xi == xi), key=lambda r: r.config.seed)
         # checkpoints every seed of the cell has (equal configs share their flow steps)
@@ -324,15 +329,17 @@ def flow_figure(results):
                          fontsize=10)
         row[1].legend(fontsize=8, loc="upper left")
 
-        for col, key, title in ((2, "update", "relative update of each block"),
-                                (3, "grad_blocks", "gradient norm of each block")):
+        for col, key, title in panels:
             v = np.array([[a[step][key] for step in steps] for a in at])  # seed, step, block
             med = np.median(v, axis=0)
             for k in range(med.shape[1]):
                 row[col].plot(steps, med[:, k], color=plt.get_cmap("plasma")(
                     k / max(1, med.shape[1] - 1)), label="block %d" % (k + 1))
             row[col].set_xscale("log")
-            row[col].set_yscale("log")
+            if key == "inactive_units":
+                row[col].set_ylim(-0.02, 1.02)
+            else:
+                row[col].set_yscale("log")
             row[col].set_xlabel("training step")
             row[col].set_title("%s (median over seeds)" % title, fontsize=10)
             row[col].legend(fontsize=7, ncol=2)
