@@ -75,10 +75,13 @@ def rerun_one(size):
     assert (config.xi, config.seed) == (7.0, 0)
     stored = load_results(store(size), [config])[0]
     fresh = run(config, progress=False)
+    a, b = run_figures(fresh), run_figures(stored)
+    print("%s, computed on %s (stored: %s): masked CE %.5f (%.5f), gate excess %.5f (%.5f), "
+          "R_peak %.4f (%.4f), top-2 share %.4f (%.4f)" % (
+              size, fresh.computed_on.get("core"), stored.computed_on.get("core"),
+              fresh.masked_ce, stored.masked_ce, fresh.gate["excess"], stored.gate["excess"],
+              a["R_peak"], b["R_peak"], a["top2_share"], b["top2_share"]))
     assert_reproduces(fresh, stored)
-    print("%s: %s vs stored %s (computed on %s / %s)" % (
-        size, fresh.masked_ce, stored.masked_ce, fresh.computed_on.get("core"),
-        stored.computed_on.get("core")))
 
 
 def test_quick_configuration_reproduces_its_record():
