@@ -6,6 +6,9 @@ figures on 65,536 fresh sequences. Records go to notebooks/results/gated-<size>/
 finished runs are not recomputed; Ctrl-C stops at the next chunk and keeps what finished).
 
     python notebooks/gated_sweep.py [--size small|paper] [--workers 2] [--seeds 10]
+                                    [--first-seed 0]
+
+Two processes can share a store by taking disjoint seed ranges (--first-seed 5 --seeds 5).
 """
 import argparse
 from pathlib import Path
@@ -21,8 +24,8 @@ def store(size):
     return RESULTS / ("gated-" + size)
 
 
-def configs(size, seeds=10):
-    return grid(SIZES[size], seed=list(range(seeds)), xi=[1.0, 7.0])
+def configs(size, seeds=10, first_seed=0):
+    return grid(SIZES[size], seed=list(range(first_seed, first_seed + seeds)), xi=[1.0, 7.0])
 
 
 def main():
@@ -30,10 +33,11 @@ def main():
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0)
     args = ap.parse_args()
     with process_pool(args.workers) as ex:
-        sweep(configs(args.size, args.seeds), executor=ex, store=store(args.size),
-              progress=True)
+        sweep(configs(args.size, args.seeds, args.first_seed), executor=ex,
+              store=store(args.size), progress=True)
 
 
 if __name__ == "__main__":
