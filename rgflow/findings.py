@@ -16,10 +16,19 @@ report says exactly what was tested. None is tuned to make a claim pass.
      largest transitions carry >= PLATEAU_TOP2_SHARE of the total drift and every other
      transition's drift is <= PLATEAU_REST_MAX of the largest.
 
-Every verdict is gated on how well the runs learned: the share of the gap from the unigram
-entropy H(pi) to the Bayes floor that the final masked cross-entropy closed,
-``(H(pi) - CE) / (H(pi) - floor)``. A run below LEARNED_MIN yields "undertrained", never
-"holds" or "fails": a network that ignores its input collapses trivially.
+The verdicts over seeds (:func:`verdicts`, what ``rgflow reproduce`` states) count only runs
+that pass the training gate (:func:`gate_of`): masked CE within GATE_EXCESS nats of the exact
+Bayes floor and below the adjacent-token rule's, on the run's 65,536-sequence gate batch. They
+read claim (i) also from the rank's peak (:func:`collapse_after_peak`), state "holds in k of n"
+with t-intervals and Welch differences, and need MIN_SEEDS gated seeds per ξ;
+:func:`sensitivity` moves every threshold and :func:`excess_curve` reads the verdicts along
+training.
+
+The per-run Verdict functions and :func:`summarize` are the first findings' pipeline
+(docs/findings-v1.md), gated on the share of the gap from the unigram entropy H(pi) to the
+Bayes floor that the final masked CE closed, ``(H(pi) - CE) / (H(pi) - floor)``: a run below
+LEARNED_MIN is "undertrained". That gate let through networks a two-token lookup beats; it is
+kept to read the v1 records.
 """
 from dataclasses import asdict, dataclass, field
 
