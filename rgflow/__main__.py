@@ -36,7 +36,7 @@ def demo(args):
 
 
 def reproduce(args):
-    from .findings import MIN_SEEDS
+    from .findings import LONG_XI, MIN_SEEDS, SHORT_XI
     from .report import reproduce as run_reproduce
 
     summary = run_reproduce(out=args.out, quick=args.quick, seeds=args.seeds,
@@ -46,8 +46,8 @@ def reproduce(args):
     v = summary["erank/masked"]
     for name in ("short", "long"):
         c = v[name]
-        xi = 1 if name == "short" else 7
-        print("xi = %d: %d of %d runs pass the gate%s; collapse from layer 1 in %d/%d, from "
+        xi = SHORT_XI if name == "short" else LONG_XI
+        print("xi = %g: %d of %d runs pass the gate%s; collapse from layer 1 in %d/%d, from "
               "the peak in %d/%d; plateau in %d/%d" % (
                   xi, c["n_gated"], c["n_runs"],
                   "" if c["enough"] else " (fewer than %d: no verdict)" % MIN_SEEDS,

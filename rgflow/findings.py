@@ -503,23 +503,35 @@ def run_figures(result, measure="erank", level="masked", excess_max=None, delta=
     judged unless ``spearman_max`` is given: with every rise held within ``tol``, the rank
     correlation only ranks the noise of a profile's flat tail. ``require_adjacent=False``
     gates on the excess alone (the sensitivity table's row)."""
+    out = {"seed": result.config.seed, "gate": gate_of(result, excess_max, require_adjacent)}
+    out.update(_profile_figures(
+        _rank_of(result, measure, level), result.drift,
+        result.measures.get("drift_masked") if result.measures else None,
+        delta=delta, tol=tol, spearman_max=spearman_max, top2_share=top2_share,
+        rest_max=rest_max))
+    if result.init:
+        init = _rank_of(result, measure, level, init=True)
+        out["R_init"] = collapse_ratio(init) if init[1] > 0 else float("nan")
+        out["R_peak_init"] = collapse_after_peak(init).figures["ratio"]
+    return out
+
+
+def _profile_figures(rank, drift, drift_masked=None, *, delta=None, tol=None,
+                     spearman_max=None, top2_share=None, rest_max=None):
+    """The per-run figures and statuses of claims (i) and (iii) from a (depth+1,) rank
+    profile and the (depth,) drift profiles (``drift_masked`` optional): what
+    :func:`run_figures` and :func:`flow_figures` report."""
     spearman_max = 1.0 if spearman_max is None else spearman_max
-    rank = _rank_of(result, measure, level)
     peak = collapse_after_peak(rank, delta=delta, tol=tol)
-    out = {"seed": result.config.seed, "gate": gate_of(result, excess_max, require_adjacent),
-           "R": collapse_ratio(rank),
+    out = {"R": collapse_ratio(rank) if rank[1] > 0 else float("nan"),
            "collapse": monotone_collapse(rank, delta=delta, tol=tol,
                                          spearman_max=spearman_max).status,
            "R_peak": peak.figures["ratio"], "peak_layer": peak.figures["peak_layer"],
            "collapse_peak": peak.status}
-    if result.init:
-        init = _rank_of(result, measure, level, init=True)
-        out["R_init"] = collapse_ratio(init)
-        out["R_peak_init"] = collapse_after_peak(init).figures["ratio"]
-    p = plateau(result.drift, top2_share=top2_share, rest_max=rest_max)
+    p = plateau(drift, top2_share=top2_share, rest_max=rest_max)
     out["plateau"], out["top2_share"] = p.status, p.figures["top2_share"]
-    if result.measures and "drift_masked" in result.measures:
-        p = plateau(result.measures["drift_masked"], top2_share=top2_share, rest_max=rest_max)
+    if drift_masked is not None:
+        p = plateau(drift_masked, top2_share=top2_share, rest_max=rest_max)
         out["plateau_masked"], out["top2_share_masked"] = p.status, p.figures["top2_share"]
     return out
 
@@ -546,17 +558,20 @@ def cell_verdicts(results, **options):
            "enough": len(gated) >= MIN_SEEDS}
     for name in RUN_STATUSES:
         out[name] = _count([f[name] for f in gated if name in f])
-    for name in RUN_RATIOS:
-        values = [f[name] for f in gated if name in f]
-        out[name] = interval(values) if values and len(values) == len(gated) else None
+    for name in RUN_RATIOS:  # over the gated runs that have the figure, finite
+        values = [f[name] for f in gated if name in f and np.isfinite(f[name])]
+        out[name] = interval(values) if values else None
     return out
 
 
 def _selective(cells, ratio, delta):
     """Claim (ii) on one ratio ("R" or "R_peak") of the gated runs of both cells."""
+    # a ratio that is not finite (a zero rank[1]) cannot collapse or stay flat: it counts
+    # among the runs but enters no interval
     rs = [f[ratio] for f in cells["short"]["runs"] if f["gate"]["passed"]]
     rl = [f[ratio] for f in cells["long"]["runs"] if f["gate"]["passed"]]
-    diff = compare(rs, rl) if len(rs) >= 2 and len(rl) >= 2 else None
+    fs, fl = [r for r in rs if np.isfinite(r)], [r for r in rl if np.isfinite(r)]
+    diff = compare(fs, fl) if len(fs) >= 2 and len(fl) >= 2 else None
     short_ok = sum(r <= 1 - delta for r in rs)
     long_ok = sum(r >= 1 - delta / 3 for r in rl)
     holds = bool(diff is not None and cells["short"]["enough"] and cells["long"]["enough"]
@@ -598,40 +613,32 @@ def flow_figures(result, delta=None, tol=None, top2_share=None, rest_max=None):
     ``R_peak``, ``peak_layer``, ``collapse``, ``collapse_peak`` (masked-position centred
     erank), ``plateau``, ``top2_share`` (stream drift), ``plateau_masked``,
     ``top2_share_masked``. Empty for runs stored without a flow."""
-    floor = result.bayes_floor
     out = []
     for point in result.history.get("flow", []):
-        rank = point["erank_masked"]
-        peak = collapse_after_peak(rank, delta=delta, tol=tol)
-        stream = plateau(point["drift"], top2_share=top2_share, rest_max=rest_max)
-        masked = plateau(point["drift_masked"], top2_share=top2_share, rest_max=rest_max)
-        out.append({"step": point["step"], "excess": point["loss"] - floor,
-                    "R": collapse_ratio(rank) if rank[1] > 0 else float("nan"),
-                    "R_peak": peak.figures["ratio"], "peak_layer": peak.figures["peak_layer"],
-                    "collapse": monotone_collapse(rank, delta=delta, tol=tol,
-                                                  spearman_max=1.0).status,
-                    "collapse_peak": peak.status,
-                    "plateau": stream.status, "top2_share": stream.figures["top2_share"],
-                    "plateau_masked": masked.status,
-                    "top2_share_masked": masked.figures["top2_share"]})
+        row = {"step": point["step"], "excess": point["loss"] - result.bayes_floor}
+        row.update(_profile_figures(point["erank_masked"], point["drift"],
+                                    point["drift_masked"], delta=delta, tol=tol,
+                                    top2_share=top2_share, rest_max=rest_max))
+        out.append(row)
     return out
 
 
-def excess_curve(results, levels=EXCESS_LEVELS, **options):
-    """Each verdict as a function of how far training got: every run is read at the first
-    point of its flow whose excess over the Bayes floor is <= each level (as if
-    ``train(target_excess=level)`` had stopped it there; the flow's log-spaced steps make the
-    stopping point approximate) and at its end.
+def excess_curve(results, levels=EXCESS_LEVELS, excess_max=None, **options):
+    """Each verdict as a function of how far training got: every gated run (:func:`gate_of`
+    with ``excess_max``) is read at the first point of its flow whose excess over the Bayes
+    floor is <= each level (as if ``train(target_excess=level)`` had stopped it there; the
+    flow's log-spaced steps make the stopping point approximate) and at its end.
 
     Returns a list of rows, one per ξ and level (then ``"end"``): ``xi``, ``level``, ``runs``
     (runs that reached it), ``step`` (median step), ``excess`` / ``R`` / ``R_peak`` /
     ``top2_share`` (:func:`interval` over those runs, None without any), ``collapse``,
     ``collapse_peak``, ``plateau``, ``plateau_masked`` (k of n), ``shift_R_peak`` and
     ``shift_top2_share`` (mean absolute change from there to the end of training, to set
-    beside the seed SD of the end figures)."""
+    beside the seed SD of the end figures, the ``"end"`` row's intervals' ``sd``)."""
     rows = []
     for xi in sorted({r.config.xi for r in results}):
-        curves = [(flow_figures(r, **options), r) for r in results if r.config.xi == xi]
+        curves = [(flow_figures(r, **options), r) for r in results if r.config.xi == xi
+                  and gate_of(r, excess_max)["passed"]]
         curves = [(c, r) for c, r in curves if c]
         if not curves:
             continue
@@ -661,9 +668,10 @@ def excess_curve(results, levels=EXCESS_LEVELS, **options):
 
 def block_activity(results, steps=(100, 1000, 10000), excess_max=None):
     """What each block does at the end of training and when it stopped: per ξ and block
-    over the gated runs (:func:`gate_of`), medians of the relative update
-    ``||z_{k+1} - z_k|| / ||z_k||``, the gradient norm and the share of switched-off hidden
-    units at the end, and the relative update at the flow checkpoints nearest to ``steps``.
+    k = 1..K over the gated runs (:func:`gate_of`), medians of the relative update
+    ``||z_k - z_{k-1}|| / ||z_{k-1}||``, the gradient norm and the share of switched-off hidden
+    units at the end, and the relative update at the flow checkpoints (common to every run)
+    nearest to ``steps``.
 
     Returns a list of rows ``xi``, ``block`` (1-based), ``runs``, ``update``,
     ``grad_norm``, ``inactive_units`` (None when no run stores it) and ``update_at``
@@ -676,11 +684,15 @@ def block_activity(results, steps=(100, 1000, 10000), excess_max=None):
             continue
         flows = [r.history.get("flow") or [] for r in runs]
         marks = {}
-        if all(flows):
-            have = [p["step"] for p in flows[0]]
-            for want in steps:
-                at = min(have, key=lambda h: abs(np.log(h / want)))
-                marks[at] = [next(p for p in f if p["step"] == at) for f in flows]
+        common = sorted(set.intersection(*({p["step"] for p in f} for f in flows))) \
+            if all(flows) else []
+        for want in steps if common else ():
+            at = min(common, key=lambda h: abs(np.log(h / want)))
+            marks[at] = [next(p for p in f if p["step"] == at) for f in flows]
+        depths = {r.config.depth for r in runs}
+        if len(depths) != 1:
+            raise ValueError("block_activity: the runs at xi = %g have depths %s; pass runs of "
+                             "one configuration" % (xi, sorted(depths)))
         for k in range(runs[0].config.depth):
             inactive = [r.inactive_units[k] for r in runs if r.inactive_units]
             rows.append({

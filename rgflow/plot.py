@@ -299,6 +299,9 @@ def flow_figure(results):
         # checkpoints every seed of the cell has (equal configs share their flow steps)
         steps = sorted(set.intersection(*({p["step"] for p in r.history["flow"]}
                                           for r in cell)))
+        if not steps:
+            raise ValueError("the flows of the runs at xi = %g (seeds %s) share no checkpoint"
+                             % (xi, [r.config.seed for r in cell]))
         at = [{p["step"]: p for p in r.history["flow"]} for r in cell]
         norm = LogNorm(vmin=steps[0], vmax=steps[-1])
         cmap = plt.get_cmap("viridis")

@@ -58,7 +58,7 @@ def _transitions(indices):
 
 def summary_of(results):
     """What report.json's ``summary`` holds: ``"<measure>/<level>"`` ->
-    :func:`rgflow.findings.verdicts` for every pair of MEASURE_LEVELS the runs store."""
+    :func:`rgflow.findings.verdicts` for every pair of MEASURE_LEVELS."""
     return {"%s/%s" % (m, l): findings.verdicts(results, m, l) for m, l in MEASURE_LEVELS}
 
 
@@ -193,28 +193,39 @@ def gated_markdown(results):
             measure, level, *_diff(first["delta_R"]), "holds" if first["holds"] else "fails",
             *_diff(peak["delta_R"]), "holds" if peak["holds"] else "fails"))
     curve = findings.excess_curve(results)
-    if curve:
-        lines += ["", "## Verdicts as a function of the excess (masked positions, centred "
-                  "erank)", "",
-                  "Every run read at the first checkpoint of its flow during training whose "
-                  "masked CE is within the level of the Bayes floor (measurement batch; "
+    lines += ["", "## Verdicts as a function of the excess (masked positions, centred erank)",
+              ""]
+    if not curve:
+        lines.append("No gated run stores a flow during training.")
+    else:
+        lines += ["Every gated run read at the first checkpoint of its flow during training "
+                  "whose masked CE is within the level of the Bayes floor (measurement batch; "
                   "log-spaced checkpoints, so the stopping point is approximate), then at the "
                   "end. 'moves' is the mean absolute change of a figure from there to the end "
-                  "of training, to compare with the seed SD of the end figures.", "",
+                  "of training; in the 'end' row it gives the seed SD of the end figures, to "
+                  "compare with.", "",
                   "| ξ | excess level (nats) | runs | median step | R_peak | (i) from the peak "
                   "| moves | top-2 share | (iii) plateau | moves |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+        def moves(row, name):
+            if row["level"] == "end":
+                r = row[name]
+                return "SD %s" % _fmt(r["sd"]) if r is not None and r["n"] > 1 else "—"
+            shift = row["shift_" + name]
+            return _fmt(shift) if shift is not None else "—"
+
         for row in curve:
             lines.append("| %g | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
                 row["xi"], row["level"] if row["level"] == "end" else "≤ %g" % row["level"],
                 row["runs"], row["step"] if row["step"] is not None else "—",
                 _ci(row["R_peak"]), findings._statement(row["collapse_peak"]),
-                _fmt(row["shift_R_peak"]) if row["shift_R_peak"] is not None else "—",
-                _ci(row["top2_share"]), findings._statement(row["plateau"]),
-                _fmt(row["shift_top2_share"]) if row["shift_top2_share"] is not None else "—"))
+                moves(row, "R_peak"), _ci(row["top2_share"]),
+                findings._statement(row["plateau"]), moves(row, "top2_share")))
     activity = findings.block_activity(results)
     if not activity:
-        lines += ["", "## What each block does", "", "No run passed the gate."]
+        lines += ["", "## What each block does", "",
+                  "No gated run stores its blocks' updates and gradient norms."]
     else:
         marks = sorted({at for row in activity for at in row["update_at"]})
         lines += ["", "## What each block does (gated runs, medians)", "",
@@ -305,20 +316,34 @@ def _figures(results, out):
         plt.close(fig)
 
 
+def _finite(obj):
+    """``obj`` with every NaN or infinite float replaced by None (valid JSON)."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_report(results, out, config=None, figures=True):
     """Write report.json, report.md and (with ``figures``) PNGs for ``results`` into ``out``.
 
     ``results`` are runs that store every measure and their gate figures (runs of this
     version of :func:`rgflow.experiments.run`). report.json holds ``rgflow_version``,
     ``created_utc`` (ISO 8601, e.g. "2026-01-31T12:00:00Z"), ``summary`` (:func:`summary_of`)
-    and ``runs``, in that order. Returns the summary.
+    and ``runs``, in that order (NaN, e.g. the SD of a single seed, is written as null).
+    Returns the summary.
     """
     if not results:
         raise ValueError("results must hold at least one run")
-    old = [r.config.seed for r in results if not r.measures or r.adjacent_ce is None]
+    old = [(r.config.xi, r.config.seed) for r in results
+           if not r.measures or r.adjacent_ce is None or not r.gate]
     if old:
-        raise ValueError("runs stored before every measure and the gate were recorded cannot "
-                         "be judged (seeds %s); rerun them" % sorted(set(old)))
+        raise ValueError("runs stored before every measure and the gate batch were recorded "
+                         "cannot be judged (xi, seed: %s); rerun them" % ", ".join(
+                             "(%g, %d)" % t for t in sorted(set(old))))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = summary_of(results)
@@ -326,9 +351,9 @@ def write_report(results, out, config=None, figures=True):
     from ._version import __version__
     header = {"rgflow_version": __version__,
               "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    (out / "report.json").write_text(json.dumps(
-        dict(header, summary=summary, runs=[json.loads(r.to_json()) for r in results]),
-        indent=1))
+    (out / "report.json").write_text(json.dumps(_finite(
+        dict(header, summary=summary, runs=[json.loads(r.to_json()) for r in results])),
+        indent=1, allow_nan=False))
     (out / "report.md").write_text(_markdown(results, config, header))
     if figures:
         _figures(results, out)

@@ -78,7 +78,8 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
 
     Parameters
     ----------
-    module : torch.nn.Module on the CPU. It runs in eval mode; its mode is restored after.
+    module : torch.nn.Module on the CPU. It runs in eval mode; every submodule's mode is
+        restored after.
     inputs : tensor or array, (n, ...): one batch dimension first (e.g. (n, length) tokens).
     layers : None (default: the residual blocks, :func:`residual_blocks`), submodule names,
         submodules, or a callable ``layers(module)`` returning either.
@@ -119,14 +120,14 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
             seen[-1][slot] = _tensor_of(value, name, output).detach()
         return hook
 
-    hooks, out, was_training = [], None, module.training
+    hooks, out = [], None
+    modes = [(m, m.training) for m in module.modules()]  # eval() below sets every submodule
     try:
         slots = len(chosen) + include_input
         if include_input:
             first_name, first = chosen[0]
             hooks.append(first.register_forward_pre_hook(
-                keep(0, first_name + " (input)", lambda args, _: args[0] if len(args) == 1
-                     else args)))
+                keep(0, first_name + " (input)", _first_input)))
         for k, (name, m) in enumerate(chosen):
             hooks.append(m.register_forward_hook(keep(k + include_input, name,
                                                       lambda args, result: result)))
@@ -161,8 +162,18 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     finally:
         for h in hooks:
             h.remove()
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
     return out
+
+
+def _first_input(args, _):
+    """The tensor the first layer receives: its one positional argument."""
+    if len(args) != 1:
+        raise ValueError("the first layer receives %d positional arguments, not one tensor: "
+                         "pass include_input=False (and its input's producer in layers=)"
+                         % len(args))
+    return args[0]
 
 
 def _slot_name(chosen, include_input, slot):

@@ -57,6 +57,7 @@ def assert_reproduces(fresh, stored):
         assert fresh.masked_ce == stored.masked_ce and fresh.gate == stored.gate
         assert fresh.measures == stored.measures
         # records may predate a figure the flow now records: compare what both have
+        assert len(fresh.history["flow"]) == len(stored.history["flow"])
         assert [{k: p[k] for k in q} for p, q in zip(fresh.history["flow"],
                                                      stored.history["flow"])] == \
             stored.history["flow"]

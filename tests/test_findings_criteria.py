@@ -163,6 +163,11 @@ def test_sensitivity_rows_move_with_thresholds():
     assert rows[("excess_max", 0.1)]["selective (R)"].startswith("holds (Δ +0.0")
     # the adjacent-rule condition: every fake run beats the rule, so dropping it changes nothing
     assert rows[("require_adjacent", False)] == rows[("require_adjacent", True)]
+    # a run close to the floor but worse than the rule counts only without the condition
+    worse = fake_result(1.0, 10, 0.85, excess=0.001, margin=-0.002)
+    rows = {(name, value): out for name, value, out in F.sensitivity(short + long_ + [worse])}
+    assert rows[("require_adjacent", True)]["collapse ξ=1"] == "7/7"
+    assert rows[("require_adjacent", False)]["collapse ξ=1"] == "8/8"
     # a linear decline from layer 1 peaks at layer 1: both readings of claim (i) agree
     assert rows[("delta", 0.1)]["after peak ξ=1"] == "1/7"
 
@@ -244,8 +249,11 @@ def test_excess_curve_reads_each_run_where_it_first_reaches_a_level():
     assert rows[0.1]["collapse_peak"] == {"holds": 0, "of": 2}  # R_peak 0.97 > 0.95
     assert rows[0.03]["runs"] == 2 and rows[0.01]["runs"] == 0 and rows[0.01]["R"] is None
     assert rows["end"]["runs"] == 2 and rows["end"]["shift_R_peak"] == 0.0
-    # runs stored without a flow are left out
+    # runs stored without a flow, and runs that fail the gate, are left out
     assert F.excess_curve([fake_result(1.0, 5, 0.9)]) == []
+    bad = fake_result(1.0, 6, 0.9, margin=-0.01)
+    bad.history = runs[0].history
+    assert F.excess_curve(runs + [bad])[0]["runs"] == 2
 
 
 def test_block_activity_medians_over_gated_runs():
@@ -263,3 +271,25 @@ def test_block_activity_medians_over_gated_runs():
     assert rows[0]["update"] == pytest.approx(0.02) and rows[4]["grad_norm"] == 1.5
     assert rows[2]["inactive_units"] == 0.9
     assert rows[0]["update_at"] == {90: 0.09, 1100: 1.1, 9000: 9.0}  # nearest in log step
+    # checkpoints not every run has are skipped, not looked up
+    runs[1].history["flow"] = runs[1].history["flow"][:2]
+    assert F.block_activity(runs)[0]["update_at"] == {90: 0.09, 1100: 1.1}
+    with pytest.raises(ValueError, match="depths"):
+        F.block_activity([runs[0], _deeper(runs[2])])
+
+
+def _deeper(r):
+    import copy
+    out = copy.deepcopy(r)
+    out.config = out.config.replace(depth=6)
+    return out
+
+
+def test_a_zero_rank_1_is_no_ratio_and_no_crash():
+    r = fake_result(1.0, 0, 0.9)
+    r.measures["rank"]["erank"]["masked"] = [0.0, 0.0, 3.0, 2.0, 2.0, 2.0]
+    f = F.run_figures(r)
+    assert np.isnan(f["R"]) and f["R_peak"] == pytest.approx(2 / 3)
+    runs = [fake_result(1.0, s, 0.85) for s in range(10)] + [r]
+    v = F.verdicts(runs + [fake_result(7.0, s, 0.99) for s in range(10)])
+    assert v["short"]["R"]["n"] == 10 and v["short"]["collapse"]["of"] == 11

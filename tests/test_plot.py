@@ -195,3 +195,6 @@ def test_flow_figure_draws_every_checkpoint_and_block():
     plt.close(fig)
     with pytest.raises(ValueError, match="flow"):
         plot.flow_figure([fake_result(1.0, 0, 0.9)])
+    runs[1].history["flow"] = [dict(p, step=p["step"] + 1) for p in runs[1].history["flow"]]
+    with pytest.raises(ValueError, match=r"xi = 1 \(seeds \[0, 1\]\) share no checkpoint"):
+        plot.flow_figure(runs)

@@ -39,7 +39,9 @@ def test_report_json_starts_with_version_and_utc_time(report):
     created = datetime.strptime(doc["created_utc"], "%Y-%m-%dT%H:%M:%SZ").replace(
         tzinfo=timezone.utc)
     assert report["before"] <= created <= report["after"]
-    assert doc["summary"] == json.loads(json.dumps(report["summary"]))
+    from rgflow.report import _finite
+    assert doc["summary"] == json.loads(json.dumps(_finite(report["summary"])))
+    assert "NaN" not in (report["out"] / "report.json").read_text()  # valid JSON
     assert report["md"].splitlines()[2] == "rgflow %s, written %s." % (rg.__version__,
                                                                        doc["created_utc"])
 
@@ -82,8 +84,12 @@ def test_old_records_are_refused(results, tmp_path):
     import copy
     old = copy.deepcopy(results[0])
     old.measures = {}
-    with pytest.raises(ValueError, match="rerun"):
+    with pytest.raises(ValueError, match=r"\(xi, seed: \(1, 0\)\); rerun"):
         write_report([old], tmp_path, figures=False)
+    no_gate = copy.deepcopy(results[0])
+    no_gate.gate = {}
+    with pytest.raises(ValueError, match="gate batch"):
+        write_report([no_gate], tmp_path, figures=False)
     with pytest.raises(ValueError, match="at least one"):
         write_report([], tmp_path, figures=False)
 

@@ -148,3 +148,38 @@ def test_a_layer_that_never_runs_and_a_model_without_blocks():
     with pytest.raises(ValueError, match="no ModuleList or Sequential"):
         capture(net, torch.randn(2, 3))
     assert no_hooks(net)
+
+
+def test_every_submodule_mode_is_restored():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 4))
+    net.train()
+    net[1].eval()  # frozen by the user
+    before = [m.training for m in net.modules()]
+    capture(net, torch.randn(3, 4))
+    assert [m.training for m in net.modules()] == before
+
+
+def test_a_first_layer_called_with_keywords_says_what_to_do():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, z, scale=1.0):
+            return z + scale * self.fc(z)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(z=x)
+            return x
+
+    net = Net()
+    with pytest.raises(ValueError, match="include_input=False"):
+        capture(net, torch.randn(2, 3))
+    assert capture(net, torch.randn(2, 3), include_input=False).shape == (2, 2, 3)
+    assert no_hooks(net)
