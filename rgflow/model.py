@@ -268,7 +268,8 @@ class ResidualMLP:
     def block_grad_norms(self, masked_tokens, tokens, mask):
         """Gradient norm of the loss per block and of everything else (embeddings, final
         LayerNorm, head). Arguments as for :meth:`loss`. Returns a dict ``blocks`` (depth,)
-        list, ``other`` and ``loss`` (floats; the loss is :meth:`loss`'s).
+        list, ``other`` and ``loss`` (floats; the loss of the whole batch in one pass, equal to
+        :meth:`loss` up to the order of summation).
 
         >>> m = ResidualMLP(8, 4, 2, 8, 3)
         >>> x = np.zeros((2, 4), dtype=np.int32); mask = np.ones((2, 4), dtype=bool)

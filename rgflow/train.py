@@ -71,15 +71,16 @@ def flow_point(model, tokens, masked, mask):
     """
     stream = model.residual_stream(masked)
     mask = np.asarray(mask, dtype=bool)
-    grads = model.block_grad_norms(masked, tokens, mask)
-    return {"step": int(model.step), "loss": grads["loss"],
+    # model.loss, not the gradient pass's loss: it sums in another order (one batch, not
+    # chunks of 256 sequences), and the flow's loss is the held-out evaluation's
+    return {"step": int(model.step), "loss": float(model.loss(masked, tokens, mask)),
             "erank_masked": rank_profile(stream, "position", mask=mask).masked.tolist(),
             "erank_position": rank_profile(stream, "position").tolist(),
             "drift": drift_profile(stream).tolist(),
             "drift_masked": drift_profile(stream[:, mask]).tolist(),
             "update": block_updates(stream).tolist(),
             "inactive_units": model.inactive_units(masked, stream=stream).tolist(),
-            "grad_blocks": grads["blocks"]}
+            "grad_blocks": model.block_grad_norms(masked, tokens, mask)["blocks"]}
 
 
 def learning_rate(step, lr, schedule="constant", warmup=0, total_steps=None):

@@ -321,3 +321,12 @@ def test_log_steps():
     assert steps[0] == 10 and steps[-1] == 30000 and len(steps) == 24
     with pytest.raises(ValueError, match="points"):
         log_steps(100, points=0)
+
+
+def test_flow_loss_is_the_evaluation_loss_beyond_one_chunk():
+    """More than 256 held-out sequences: model.loss sums per chunk of 256, the gradient pass in
+    one batch; the flow records the former, as the evaluations do."""
+    chain = rg.MarkovChain.lazy(8, 2.0)
+    m = rg.ResidualMLP(8, 8, 8, 32, 2, seed=0)
+    hist = rg.train(m, chain, 30, progress=False, eval_size=700, flow_at=[30])
+    assert hist.flow[0]["loss"] == hist.eval_loss[-1]
