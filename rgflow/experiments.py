@@ -214,6 +214,20 @@ def flow_steps(steps):
     return log_steps(steps, max(1, min(FLOW_POINTS, steps // FLOW_STEPS)))
 
 
+def train_as(config, model, chain, steps=None, progress=True):
+    """``train`` as :func:`run` calls it for ``config`` (the schedule over ``config.steps``,
+    the flow at :func:`flow_steps`), for its first ``steps`` steps (default all): a prefix of a
+    run, bit for bit, e.g. to check a stored record's early checkpoints. Returns the History.
+    """
+    c = config
+    return train(model, chain, c.steps if steps is None else steps, batch_size=c.batch_size,
+                 lr=c.lr, weight_decay=c.weight_decay, mask_rate=c.mask_rate,
+                 mask_span=c.mask_span, seed=c.seed, schedule=c.schedule, warmup=c.warmup,
+                 total_steps=c.steps, max_grad_norm=c.max_grad_norm or None,
+                 eval_every=max(1, c.steps // 10), eval_size=c.eval_size, progress=progress,
+                 flow_at=flow_steps(c.steps))
+
+
 def make_chain(config):
     """The MarkovChain a Config describes."""
     if config.chain == "lazy":
@@ -337,11 +351,7 @@ def run(config, progress=True):
     chain = make_chain(c)
     model = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
                         block_ln=c.block_ln)
-    hist = train(model, chain, c.steps, batch_size=c.batch_size, lr=c.lr,
-                 weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
-                 seed=c.seed, schedule=c.schedule, warmup=c.warmup,
-                 max_grad_norm=c.max_grad_norm or None, eval_size=c.eval_size,
-                 progress=progress, flow_at=flow_steps(c.steps))
+    hist = train_as(c, model, chain, progress=progress)
     # the held-out batch train() evaluated on: disjoint from every training stream
     tokens, masked, mask = hist.eval_batch
     # train's final evaluation is on this batch at this step: its loss and floor
