@@ -28,6 +28,16 @@ TINY_ARGS = ["--quick", "--steps", "2000", "--depth", "3", "--hidden", "32", "--
 RESULTS = Path(__file__).resolve().parent.parent / "notebooks" / "results"
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_a_terminal_has_it():
+    """Ctrl-C as an interactive Python has it. A shell starts background jobs (``pytest &``)
+    with SIGINT ignored, and Python then keeps it ignored, as do the processes it starts: these
+    tests would see no Ctrl-C at all."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def group_members(pgid):
     """Live (not zombie) processes of process group ``pgid``."""
     members = []
