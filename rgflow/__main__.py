@@ -210,7 +210,7 @@ def make_parser():
         "without training.")
     p.add_argument("--quick", action="store_true",
                    help="the small size (L %d, m %d, K %d; about 9 minutes per run on one core) "
-                   "instead of the paper size (L %d, m %d, K %d; about 40 minutes per run), "
+                   "instead of the paper size (L %d, m %d, K %d; about 50 minutes per run), "
                    "both %d steps (default: paper size)" % (
                        quick.length, quick.hidden, quick.depth, paper.length, paper.hidden,
                        paper.depth, paper.steps))
@@ -233,7 +233,7 @@ def make_parser():
         description="Run every (xi, seed) of a grid, store each finished run in STORE (a "
         "re-run computes only what is missing), print the table and write STORE/table.json "
         "and STORE/phase_diagram.png. Every run follows the documented recipe (--steps "
-        "to shorten it); without --quick it is paper size (about 40 minutes per run on one "
+        "to shorten it); without --quick it is paper size (about 50 minutes per run on one "
         "core; about 9 with --quick).")
     p.add_argument("--xi", type=_xi(low_open=True), nargs="+", default=[1.0, 7.0],
                    metavar="XI", help="correlation lengths, > 0 (default: 1 7)")
