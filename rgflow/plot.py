@@ -442,8 +442,10 @@ def report_figures(results):
         # each ξ its own range, fitted to the second half of training: the last hundredths
         # of a nat to the floor show
         _fit_ylim(ax, shown)
-        ax.set_title("ξ = %g: %s nats above the floor at the end" % (xi, ", ".join(
-            "%.3f" % (r.masked_ce - r.bayes_floor) for r in runs)), fontsize=10)
+        ends = ["%.3f" % (r.masked_ce - r.bayes_floor) for r in runs]
+        ax.set_title("ξ = %g: %s nats above the floor at the end" % (
+            xi, ", ".join(ends) if len(ends) <= 3 else "%s–%s" % (
+                min(ends, key=float), max(ends, key=float))), fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out masked cross-entropy (nats)")
     for k in range(max(len([r for r in res if r.config.xi == xi]) for xi in xis)):
