@@ -449,7 +449,9 @@ exit:
 /* The training batch's arrays: tokens, masked (int32) and mask (bool), each (B, L). */
 static int batch_arrays(int64_t B, int64_t L, PyArrayObject *out[3])
 {
-    if (rg_py_check_product(B, L, 4, "batch * length") < 0) return -1;
+    if (rg_py_check_product(B, L, 4, "batch * length") < 0 ||
+        rg_py_check_memory(9.0 * (double)B * (double)L, "batch * length tokens and mask") < 0)
+        return -1;
     for (int i = 0; i < 3; i++)
         if (!(out[i] = rg_py_empty(2, (npy_intp[]){B, L},
                                                           i < 2 ? NPY_INT32 : NPY_BOOL)))

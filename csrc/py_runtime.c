@@ -6,26 +6,26 @@
 #include "pool.h"
 
 /* Threads of rgflow's pool for the model kernels (set from Python at import; results do not
- * depend on it).  OpenBLAS itself always runs single-threaded (see pool.h). */
+ * depend on it).  OpenBLAS itself always runs single-threaded (see pool.h).  Read by kernels
+ * without the GIL while set_num_threads may write it: atomic accesses. */
 static int compute_threads = 1;
 
 int rg_py_threads(void)
 {
-    return compute_threads;
+    return __atomic_load_n(&compute_threads, __ATOMIC_RELAXED);
 }
 
 static PyObject *py_blas_info(PyObject *self, PyObject *noargs)
 {
     return Py_BuildValue("sssi", RG_BLAS_PROVIDER, RG_BLAS(openblas_get_config)(),
-                         RG_BLAS(openblas_get_corename)(), compute_threads);
+                         RG_BLAS(openblas_get_corename)(), rg_py_threads());
 }
 
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     rg_size n = RG_SIZE("n_threads", 1, RG_POOL_MAX);
     if (!rg_size_conv(arg, &n)) return NULL;
-    int before = compute_threads;
-    compute_threads = (int)n.v;
+    int before = __atomic_exchange_n(&compute_threads, (int)n.v, __ATOMIC_RELAXED);
     return PyLong_FromLong(before);
 }
 

@@ -12,7 +12,8 @@
  * gradient norm's partial sums are then added in chunk order). */
 #define ARENA_CHUNKS 64
 
-double rg_sumsq(const float *g, int64_t n)
+/* Sum of squares of g (n), in double. */
+static double rg_sumsq(const float *g, int64_t n)
 {
     /* blocks of float partial sums (vectorisable) folded into a double total */
     double total = 0.0;

@@ -15,9 +15,6 @@
 #include "mlp.h"
 #include "pool.h"
 
-/* Sum of squares of g (n), in double. */
-double rg_sumsq(const float *g, int64_t n);
-
 typedef struct {
     double beta1, beta2;    /* AdamW moment decays, in [0, 1) */
     double eps;             /* AdamW denominator term, > 0 */
