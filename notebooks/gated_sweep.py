@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from rgflow.report import CONFIGS
+from rgflow.findings import LONG_XI, SHORT_XI
 from rgflow.sweep import grid, process_pool, sweep
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -25,7 +26,8 @@ def store(size):
 
 
 def configs(size, seeds=10, first_seed=0):
-    return grid(SIZES[size], seed=list(range(first_seed, first_seed + seeds)), xi=[1.0, 7.0])
+    return grid(SIZES[size], seed=list(range(first_seed, first_seed + seeds)),
+                xi=[SHORT_XI, LONG_XI])
 
 
 def main():

@@ -10,13 +10,14 @@ import argparse
 from pathlib import Path
 
 from gated_sweep import SIZES
+from rgflow.findings import LONG_XI, SHORT_XI
 from rgflow.sweep import grid, process_pool, sweep
 
 STORE = Path(__file__).resolve().parent / "results" / "plateau-small"
 
 
 def configs(seeds=1):
-    return grid(SIZES["small"], seed=list(range(seeds)), xi=[1.0, 7.0])
+    return grid(SIZES["small"], seed=list(range(seeds)), xi=[SHORT_XI, LONG_XI])
 
 
 def main():

@@ -198,9 +198,12 @@ class Result:
 
     @classmethod
     def from_json(cls, text):
-        d = json.loads(text)
-        d["config"] = Config.from_dict(d["config"])
-        return cls(**d)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, d):
+        """A Result from the dict of its JSON (as a sweep record stores it)."""
+        return cls(**dict(d, config=Config.from_dict(d["config"])))
 
 
 
@@ -341,7 +344,7 @@ def run(config, progress=True):
     Bayes floor on ``eval_size`` held-out sequences, the rank profiles (position — all,
     masked and visible positions —, pooled, stream), the stream-level drift profile and CKA
     matrix, the relevance decomposition and the per-run verdicts of claims (i) and (iii).
-    Claim (ii) compares runs: see :func:`findings.selectivity`.  ``progress`` is passed to
+    Claim (ii) compares runs: see :func:`findings.verdicts`.  ``progress`` is passed to
     :func:`train` (True: a tqdm bar; a callable: called with the steps done per chunk).
     """
     if not isinstance(config, Config):

@@ -124,13 +124,13 @@ def load_results(store, configs=None):
                 raise RuntimeError("run %s is %s in %s" % (
                     c.key(), "missing" if payload is None else "an error (%s)"
                     % payload.get("error"), store))
-            out.append(Result.from_json(json.dumps(payload["result"])))
+            out.append(Result.from_dict(payload["result"]))
         return out
     found = []
     for path in sorted(store.glob("*.json")):
         payload = load_record(path, path.stem)
         if payload is not None and payload["status"] == "ok":
-            found.append((payload["key"], Result.from_json(json.dumps(payload["result"]))))
+            found.append((payload["key"], Result.from_dict(payload["result"])))
     found.sort(key=lambda kr: (kr[1].config.xi, kr[1].config.seed, kr[0]))
     return [r for _, r in found]
 
@@ -363,7 +363,7 @@ def _flat(payload):
         row = dict(payload["config"])
         row.update(key=payload["key"], status="error", error=payload["error"])
         return row
-    res = Result.from_json(json.dumps(payload["result"]))
+    res = Result.from_dict(payload["result"])
     row = res.config.to_dict()
     row.update(key=payload["key"], status="ok", masked_ce=res.masked_ce,
                bayes_floor=res.bayes_floor, unigram_entropy=res.unigram_entropy,
@@ -371,7 +371,7 @@ def _flat(payload):
     for level, profile in res.profiles.items():
         row["rank_" + level] = profile
         if len(profile) >= 3:
-            row["ratio_" + level] = collapse_ratio(profile) if profile[1] else float("nan")
+            row["ratio_" + level] = collapse_ratio(profile)
     for name, verdict in res.verdicts.items():
         row["verdict_" + name] = verdict["status"]
     if res.adjacent_ce is not None:

@@ -106,9 +106,10 @@ def test_quick_configuration_reproduces_the_start_of_its_record():
     if core == stored.computed_on.get("core"):
         assert {k: fresh[k] for k in point} == point
         return
-    assert fresh["loss"] == pytest.approx(point["loss"], abs=2e-3)
+    # measured SkylakeX vs Haswell: loss 5e-5 apart, final masked erank 1e-4; ten times that
+    assert fresh["loss"] == pytest.approx(point["loss"], abs=5e-4)
     for key in ("erank_masked", "erank_position"):
-        assert fresh[key] == pytest.approx(point[key], abs=0.1)
+        assert fresh[key] == pytest.approx(point[key], abs=0.01)
     assert fresh["drift"] == pytest.approx(point["drift"], abs=0.02)
 
 
