@@ -6,7 +6,7 @@ figures on 65,536 fresh sequences. Records go to notebooks/results/gated-<size>/
 finished runs are not recomputed; Ctrl-C stops at the next chunk and keeps what finished).
 
     python notebooks/gated_sweep.py [--size small|paper] [--workers 2] [--seeds 10]
-                                    [--first-seed 0]
+                                    [--first-seed 0] [--threads N]
 
 Two processes can share a store by taking disjoint seed ranges (--first-seed 5 --seeds 5).
 """
@@ -36,10 +36,13 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="rgflow threads per run (default: the machine's cores); results do "
+                         "not depend on it")
     args = ap.parse_args()
     with process_pool(args.workers) as ex:
         sweep(configs(args.size, args.seeds, args.first_seed), executor=ex,
-              store=store(args.size), progress=True)
+              store=store(args.size), progress=True, blas_threads=args.threads)
 
 
 if __name__ == "__main__":
