@@ -107,8 +107,8 @@ def rgflow_runner(c, steps):
 
     def run():
         t = time.perf_counter()
-        _core.mlp_train_steps(model.shape, arenas, ws, B, chain.transition, chain.stationary, 0,
-                              model.step, lrs, options)
+        _core.mlp_train_steps(model.shape, arenas, ws, B, chain.transition, chain.stationary,
+                              None, 0, model.step, lrs, options)
         model.step += steps
         return (time.perf_counter() - t) / steps
     return run, model

@@ -242,20 +242,27 @@ int rg_chain_eigenvalues(const double *T, int64_t V, double tol, double *re, dou
     return rc == 0 ? RG_OK : RG_ERR_LAPACK;
 }
 
-void rg_sampler_thresholds(const double *T, const double *init, int64_t V, uint64_t *thr)
+/* thr[j] = round(2^32 * sum_{k<=j} p_k), the last forced to 2^32 (V). */
+static void cdf_row(const double *p, int64_t V, uint64_t *thr)
 {
     const double scale = 4294967296.0; /* 2^32 */
-    for (int64_t r = 0; r <= V; r++) {
-        const double *p = r < V ? T + r * V : init;
-        uint64_t *row = thr + r * V;
-        double cdf = 0.0;
-        for (int64_t j = 0; j < V; j++) {
-            cdf += p[j];
-            double t = nearbyint(cdf * scale);
-            row[j] = t >= scale ? (uint64_t)1 << 32 : (uint64_t)t;
-        }
-        row[V - 1] = (uint64_t)1 << 32;
+    double cdf = 0.0;
+    for (int64_t j = 0; j < V; j++) {
+        cdf += p[j];
+        double t = nearbyint(cdf * scale);
+        thr[j] = t >= scale ? (uint64_t)1 << 32 : (uint64_t)t;
     }
+    thr[V - 1] = (uint64_t)1 << 32;
+}
+
+void rg_sampler_thresholds(const double *T, const double *init, int64_t V, uint64_t *thr)
+{
+    for (int64_t r = 0; r <= V; r++) cdf_row(r < V ? T + r * V : init, V, thr + r * V);
+}
+
+void rg_emission_thresholds(const double *E, int64_t H, int64_t V, uint64_t *emit)
+{
+    for (int64_t h = 0; h < H; h++) cdf_row(E + h * V, V, emit + h * V);
 }
 
 /* First j with u < row[j]: a branch-free count for small V, binary search beyond. */
@@ -378,6 +385,27 @@ int rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t firs
     for (; i < n; i++) {
         rg_rng_init(&rng, seed, RG_DOMAIN_SAMPLE, first + (uint64_t)i);
         rg_sample_sequence(thr, V, &rng, L, out + i * L);
+    }
+    return RG_OK;
+}
+
+void rg_emit_sequence(const uint64_t *emit, int64_t V, rg_rng *rng, int64_t L,
+                      const int32_t *states, int32_t *tokens)
+{
+    for (int64_t t = 0; t < L; t++)
+        tokens[t] = draw_state(emit + (int64_t)states[t] * V, V, rg_rng_u32(rng));
+}
+
+int rg_source_sample(const rg_source *src, uint64_t seed, uint64_t first, int64_t n, int64_t L,
+                     int32_t *tokens, int32_t *states)
+{
+    int32_t *hidden = states ? states : tokens;
+    int status = rg_chain_sample(src->thr, src->H, seed, first, n, L, hidden);
+    if (status != RG_OK || !src->emit) return status;
+    rg_rng rng;
+    for (int64_t i = 0; i < n; i++) {
+        rg_rng_init(&rng, seed, RG_DOMAIN_EMIT, first + (uint64_t)i);
+        rg_emit_sequence(src->emit, src->V, &rng, L, hidden + i * L, tokens + i * L);
     }
     return RG_OK;
 }

@@ -52,6 +52,17 @@ int rg_chain_eigenvalues(const double *T, int64_t V, double tol, double *re, dou
  * uniform u selects the first j with u < thr[j], so probabilities are resolved to 2^-32. */
 void rg_sampler_thresholds(const double *T, const double *init, int64_t V, uint64_t *thr);
 
+/* Inverse-CDF tables of the H rows of an emission matrix E (H, V), as above: emit (H, V). */
+void rg_emission_thresholds(const double *E, int64_t H, int64_t V, uint64_t *emit);
+
+/* What the samplers draw: a chain over H states (thr: (H+1, H) from rg_sampler_thresholds)
+ * whose states are the tokens (emit = NULL, V = H), or a hidden Markov task (hmm.h) whose
+ * state h emits token v with probability E[h, v] (emit: rg_emission_thresholds, V tokens). */
+typedef struct {
+    const uint64_t *thr, *emit;
+    int64_t H, V;
+} rg_source;
+
 /* One sequence of length L from the stream rng. */
 void rg_sample_sequence(const uint64_t *thr, int64_t V, rg_rng *rng, int64_t L, int32_t *out);
 
@@ -59,6 +70,17 @@ void rg_sample_sequence(const uint64_t *thr, int64_t V, rg_rng *rng, int64_t L, 
  * index range over calls or threads gives the same tokens. out: (n, L). */
 int rg_chain_sample(const uint64_t *thr, int64_t V, uint64_t seed, uint64_t first,
                     int64_t n, int64_t L, int32_t *out);
+
+/* tokens[t] drawn from emission row states[t], one word of rng each (L); in place when
+ * tokens == states. */
+void rg_emit_sequence(const uint64_t *emit, int64_t V, rg_rng *rng, int64_t L,
+                      const int32_t *states, int32_t *tokens);
+
+/* n token sequences (n, L) of a source: the states exactly as rg_chain_sample, then, if the
+ * source emits, tokens from stream (seed, RG_DOMAIN_EMIT, first + i).  states (n, L) receives
+ * the hidden states when not NULL (it must be NULL for a chain). */
+int rg_source_sample(const rg_source *src, uint64_t seed, uint64_t first, int64_t n, int64_t L,
+                     int32_t *tokens, int32_t *states);
 
 /* Mask one sequence: each position starts a span of `span` masked positions with probability
  * rate/span (span = 1: independent Bernoulli(rate) per position); if nothing was masked, one

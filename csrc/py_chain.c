@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "chain.h"
+#include "hmm.h"
 #include "rng.h"
 #include "status.h"
 
@@ -16,7 +17,7 @@ int rg_transition_conv(PyObject *obj, void *chain)
     const int64_t V = PyArray_DIM(c->T.a, 0), n_cols = PyArray_DIM(c->T.a, 1);
     int64_t row = 0, col = 0;
     double value = 0.0;
-    c->V = V;
+    c->V = c->n_tokens = V;
     if (n_cols != V)
         rg_py_error(PyExc_ValueError, "transition must be square, got shape (%lld, %lld)",
                     (long long)V, (long long)n_cols);
@@ -67,23 +68,64 @@ int rg_stationary_conv(PyObject *obj, void *chain)
     return 0;
 }
 
+int rg_emission_conv(PyObject *obj, void *chain)
+{
+    rg_chain_arg *c = chain;
+    if (!rg_float64_conv(obj, &c->E)) return 0;
+    if (!c->E.a) return 1; /* None: the chain's states are the tokens */
+    const int64_t H = PyArray_DIM(c->E.a, 0), V = PyArray_DIM(c->E.a, 1);
+    const double *E = PyArray_DATA(c->E.a);
+    double sum = 0.0;
+    int64_t h = 0, j = -1;
+    if (H != c->V)
+        rg_py_error(PyExc_ValueError, "emission must have %lld rows (the hidden states), got "
+                    "%lld", (long long)c->V, (long long)H);
+    else if (V < 2 || V > RG_MAX_STATES)
+        rg_py_error(PyExc_ValueError, "emission must have between 2 and %d columns (tokens), "
+                    "got %lld", RG_MAX_STATES, (long long)V);
+    else {
+        for (h = 0; h < H; h++)
+            if ((j = first_negative(E + h * V, V, &sum)) >= 0 || fabs(sum - 1.0) > c->tol) break;
+        if (h == H) {
+            c->n_tokens = V;
+            return 1;
+        }
+        if (j >= 0)
+            rg_py_error(PyExc_ValueError, "emission[%lld, %lld] = %.17g is negative",
+                        (long long)h, (long long)j, E[h * V + j]);
+        else
+            rg_py_error(PyExc_ValueError, "emission row %lld sums to %.17g, not 1 (tolerance "
+                        "%g)", (long long)h, sum, c->tol);
+    }
+    Py_CLEAR(c->E.a);
+    return 0;
+}
+
 void rg_chain_arg_clear(rg_chain_arg *c)
 {
     Py_CLEAR(c->T.a);
     Py_CLEAR(c->pi.a);
+    Py_CLEAR(c->E.a);
 }
 
-uint64_t *rg_py_thresholds(const rg_chain_arg *c)
+uint64_t *rg_py_source(const rg_chain_arg *c, rg_source *src)
 {
-    uint64_t *thr = PyMem_Malloc(sizeof(uint64_t) * (size_t)((c->V + 1) * c->V));
+    const int64_t H = c->V, V = c->n_tokens, n_emit = c->E.a ? H * V : 0;
+    uint64_t *thr = PyMem_Malloc(sizeof(uint64_t) * (size_t)((H + 1) * H + n_emit));
     if (!thr) return (uint64_t *)PyErr_NoMemory();
-    rg_sampler_thresholds(PyArray_DATA(c->T.a), PyArray_DATA(c->pi.a), c->V, thr);
+    rg_sampler_thresholds(PyArray_DATA(c->T.a), PyArray_DATA(c->pi.a), H, thr);
+    *src = (rg_source){thr, NULL, H, V};
+    if (c->E.a) {
+        src->emit = thr + (H + 1) * H;
+        rg_emission_thresholds(PyArray_DATA(c->E.a), H, V, thr + (H + 1) * H);
+    }
     return thr;
 }
 
 /* ---- converters: observed sequences ------------------------------------------------------- */
 
-/* The arguments of chain_posterior and chain_bayes_nll: a chain, tokens and their mask. */
+/* The arguments of chain_posterior and chain_bayes_nll: a chain (with its emission, for a
+ * hidden Markov task), tokens and their mask. */
 typedef struct {
     rg_chain_arg chain;
     rg_array tokens, mask;
@@ -94,13 +136,14 @@ static int observed_tokens_conv(PyObject *obj, void *arg)
 {
     observed *o = arg;
     /* masked positions may hold the mask id V; the kernel checks visible ones are < V */
-    o->tokens.hi = o->chain.V;
+    const int64_t width = o->chain.V > o->chain.n_tokens ? o->chain.V : o->chain.n_tokens;
+    o->tokens.hi = o->chain.n_tokens;
     if (!rg_int32_conv(obj, &o->tokens)) return 0;
     o->n = PyArray_DIM(o->tokens.a, 0);
     o->L = PyArray_DIM(o->tokens.a, 1);
     if (rg_py_check_nonempty(o->tokens.a, "tokens") < 0)
         return 0;
-    else if (o->n > INT32_MAX || o->L * o->chain.V > INT32_MAX)
+    else if (o->n > INT32_MAX || o->L * width > INT32_MAX)
         PyErr_SetString(PyExc_ValueError, "tokens is too large for the posterior kernel");
     else
         return 1;
@@ -123,7 +166,8 @@ static int observed_parse(PyObject *args, const char *format, observed *o)
     *o = (observed){RG_CHAIN_ARG, RG_ARRAY("tokens", 2, "of shape (n, length)"),
                     RG_ARRAY("mask", 2, "of shape (n, length)"), 0, 0};
     return PyArg_ParseTuple(args, format, rg_transition_conv, &o->chain, rg_stationary_conv,
-                            &o->chain, observed_tokens_conv, o, observed_mask_conv, o);
+                            &o->chain, rg_emission_conv, &o->chain, observed_tokens_conv, o,
+                            observed_mask_conv, o);
 }
 
 static void observed_clear(observed *o)
@@ -137,10 +181,10 @@ static void observed_clear(observed *o)
 static void observed_error(int status, int64_t seq, int64_t pos, const observed *o)
 {
     if (status == RG_ERR_VALUE)
-        rg_py_error(PyExc_ValueError, "tokens[%lld, %lld] = %d is not a state in [0, %lld)",
+        rg_py_error(PyExc_ValueError, "tokens[%lld, %lld] = %d is not a token in [0, %lld)",
                     (long long)seq, (long long)pos,
                     ((int32_t *)PyArray_DATA(o->tokens.a))[seq * o->L + pos],
-                    (long long)o->chain.V);
+                    (long long)o->chain.n_tokens);
     else if (status == RG_ERR_ZERO_PROB)
         rg_py_error(PyExc_ValueError, "the visible tokens of sequence %lld have probability "
                     "zero under the chain (first impossible at position %lld)", (long long)seq,
@@ -233,32 +277,47 @@ static int check_sample_size(int64_t n, int64_t L)
 
 static PyObject *py_chain_sample(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"transition", "stationary", "n", "length", "seed", "first", NULL};
+    static char *kwlist[] = {"transition", "stationary", "n", "length", "seed", "first",
+                             "emission", "hidden_states", NULL};
     rg_chain_arg c = RG_CHAIN_ARG;
     rg_size n = RG_SIZE("n", 1, INT64_MAX), L = RG_SIZE("length", 1, INT64_MAX);
     rg_size first = RG_SIZE("first", 0, INT64_MAX);
+    rg_source src;
     uint64_t seed, *thr = NULL;
-    PyArrayObject *out = NULL;
-    int status = RG_OK;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&O&O&O&|O&:chain_sample", kwlist,
+    PyArrayObject *out[2] = {NULL, NULL};
+    PyObject *result = NULL;
+    int status = RG_OK, with_states = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O&O&O&O&O&|O&O&p:chain_sample", kwlist,
                                      rg_transition_conv, &c, rg_stationary_conv, &c,
                                      rg_size_conv, &n, rg_size_conv, &L, rg_seed_conv, &seed,
-                                     rg_size_conv, &first) ||
-        check_sample_size(n.v, L.v) < 0 || !(thr = rg_py_thresholds(&c)))
+                                     rg_size_conv, &first, rg_emission_conv, &c, &with_states) ||
+        check_sample_size(n.v, L.v) < 0 ||
+        (with_states && (check_sample_size(n.v, 2 * L.v) < 0)) ||
+        !(thr = rg_py_source(&c, &src)))
         goto exit;
-    if (!(out = rg_py_empty(2, (npy_intp[]){n.v, L.v}, NPY_INT32)))
+    if (with_states && !c.E.a) {
+        PyErr_SetString(PyExc_ValueError, "hidden_states needs an emission matrix");
         goto exit;
+    }
+    for (int k = 0; k < 1 + with_states; k++)
+        if (!(out[k] = rg_py_empty(2, (npy_intp[]){n.v, L.v}, NPY_INT32))) goto exit;
     Py_BEGIN_ALLOW_THREADS
-    status = rg_chain_sample(thr, c.V, seed, (uint64_t)first.v, n.v, L.v, PyArray_DATA(out));
+    status = rg_source_sample(&src, seed, (uint64_t)first.v, n.v, L.v, PyArray_DATA(out[0]),
+                              out[1] ? PyArray_DATA(out[1]) : NULL);
     Py_END_ALLOW_THREADS
-    if (status != RG_OK) {
+    if (status != RG_OK)
         rg_py_status(status, "sample");
-        Py_CLEAR(out);
+    else if (with_states)
+        result = Py_BuildValue("OO", out[0], out[1]);
+    else {
+        result = (PyObject *)out[0];
+        Py_INCREF(result);
     }
 exit:
     PyMem_Free(thr);
     rg_chain_arg_clear(&c);
-    return (PyObject *)out;
+    for (int k = 0; k < 2; k++) Py_XDECREF(out[k]);
+    return result;
 }
 
 /* mask_tokens' tokens (ids below mask_id) and its outputs (masked int32, mask bool). */
@@ -304,17 +363,32 @@ exit:
 /* The posterior's output and workspace (checked against the memory available); -1 if not. */
 static int posterior_buffers(const observed *o, PyArrayObject **out, double **work)
 {
-    const int64_t n = o->n, L = o->L, V = o->chain.V;
+    const int64_t n = o->n, L = o->L, H = o->chain.V, V = o->chain.n_tokens;
+    const int64_t n_work = o->chain.E.a ? rg_hmm_work_size(H, n, L) : 2 * n * V;
     char what[200];
     snprintf(what, sizeof what, "posterior of tokens: n * length * V = %lld x %lld x %lld "
              "float64", (long long)n, (long long)L, (long long)V);
     if (rg_py_check_product(n * L, V, 8, "n * length * V") < 0 ||
-        rg_py_check_memory(((double)n * L + 2.0 * n) * (double)V * 8.0, what) < 0)
+        rg_py_check_product(n * (L + 2), H, 8, "n * length * n_hidden") < 0 ||
+        rg_py_check_memory(((double)n * L * V + (double)n_work) * 8.0, what) < 0)
         return -1;
     *out = rg_py_empty(3, (npy_intp[]){n, L, V}, NPY_FLOAT64);
-    *work = PyMem_Malloc(sizeof(double) * 2 * (size_t)(n * V));
+    *work = PyMem_Malloc(sizeof(double) * (size_t)n_work);
     if (!*work && *out) PyErr_NoMemory();
     return *out && *work ? 0 : -1;
+}
+
+static int posterior_run(const observed *o, double *out, double *work, int64_t *seq,
+                         int64_t *pos)
+{
+    const rg_chain_arg *c = &o->chain;
+    const double *T = PyArray_DATA(c->T.a), *pi = PyArray_DATA(c->pi.a);
+    const int32_t *tokens = PyArray_DATA(o->tokens.a);
+    const uint8_t *mask = PyArray_DATA(o->mask.a);
+    if (c->E.a)
+        return rg_hmm_posterior(T, pi, PyArray_DATA(c->E.a), c->V, c->n_tokens, tokens, mask,
+                                o->n, o->L, out, work, seq, pos);
+    return rg_chain_posterior(T, pi, c->V, tokens, mask, o->n, o->L, out, work, seq, pos);
 }
 
 static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
@@ -324,15 +398,13 @@ static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
     double *work = NULL;
     int64_t seq = 0, pos = 0;
     int status = RG_OK;
-    if (!observed_parse(args, "O&O&O&O&:chain_posterior", &o) ||
+    if (!observed_parse(args, "O&O&O&O&O&:chain_posterior", &o) ||
         posterior_buffers(&o, &out, &work) < 0) {
         Py_CLEAR(out);
         goto exit;
     }
     Py_BEGIN_ALLOW_THREADS
-    status = rg_chain_posterior(PyArray_DATA(o.chain.T.a), PyArray_DATA(o.chain.pi.a),
-                                o.chain.V, PyArray_DATA(o.tokens.a), PyArray_DATA(o.mask.a),
-                                o.n, o.L, PyArray_DATA(out), work, &seq, &pos);
+    status = posterior_run(&o, PyArray_DATA(out), work, &seq, &pos);
     Py_END_ALLOW_THREADS
     if (status != RG_OK) {
         observed_error(status, seq, pos, &o);
@@ -344,6 +416,19 @@ exit:
     return (PyObject *)out;
 }
 
+static int bayes_nll_run(const observed *o, double *sum, int64_t *count, int64_t *seq,
+                         int64_t *pos)
+{
+    const rg_chain_arg *c = &o->chain;
+    const double *T = PyArray_DATA(c->T.a), *pi = PyArray_DATA(c->pi.a);
+    const int32_t *tokens = PyArray_DATA(o->tokens.a);
+    const uint8_t *mask = PyArray_DATA(o->mask.a);
+    if (c->E.a)
+        return rg_hmm_bayes_nll(T, pi, PyArray_DATA(c->E.a), c->V, c->n_tokens, tokens, mask,
+                                o->n, o->L, sum, count, seq, pos);
+    return rg_chain_bayes_nll(T, pi, c->V, tokens, mask, o->n, o->L, sum, count, seq, pos);
+}
+
 static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
 {
     observed o;
@@ -351,11 +436,9 @@ static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
     int64_t seq = 0, pos = 0, count = 0;
     double sum = 0.0;
     int status = RG_OK;
-    if (!observed_parse(args, "O&O&O&O&:chain_bayes_nll", &o)) goto exit;
+    if (!observed_parse(args, "O&O&O&O&O&:chain_bayes_nll", &o)) goto exit;
     Py_BEGIN_ALLOW_THREADS
-    status = rg_chain_bayes_nll(PyArray_DATA(o.chain.T.a), PyArray_DATA(o.chain.pi.a),
-                                o.chain.V, PyArray_DATA(o.tokens.a), PyArray_DATA(o.mask.a),
-                                o.n, o.L, &sum, &count, &seq, &pos);
+    status = bayes_nll_run(&o, &sum, &count, &seq, &pos);
     Py_END_ALLOW_THREADS
     if (status != RG_OK)
         observed_error(status, seq, pos, &o);
@@ -391,16 +474,20 @@ PyMethodDef rg_chain_methods[] = {
      "((V,) complex128 eigenvalues unsorted, reversible): LAPACK dsyevd if detailed balance "
      "holds within tol, else dgeev."},
     {"chain_sample", KW(py_chain_sample),
-     "chain_sample($module, /, transition, stationary, n, length, seed, first=0)\n--\n\n"
-     "(n, length) int32 sequences first .. first + n - 1 of the seed's stream."},
+     "chain_sample($module, /, transition, stationary, n, length, seed, first=0, "
+     "emission=None, hidden_states=False)\n--\n\n"
+     "(n, length) int32 sequences first .. first + n - 1 of the seed's stream; with an "
+     "emission (n_hidden, n_states), tokens emitted by the chain's states ((tokens, states) "
+     "if hidden_states)."},
     {"mask_tokens", KW(py_mask_tokens),
      "mask_tokens($module, /, tokens, rate, span, seed, mask_id, first=0)\n--\n\n"
      "(masked int32, mask bool), each (n, length)."},
     {"chain_posterior", py_chain_posterior, METH_VARARGS,
-     "chain_posterior($module, transition, stationary, tokens, mask, /)\n--\n\n"
-     "(n, length, V) float64 exact posterior of every position."},
+     "chain_posterior($module, transition, stationary, emission, tokens, mask, /)\n--\n\n"
+     "(n, length, V) float64 exact posterior of every position (emission None: the chain's "
+     "states are the tokens)."},
     {"chain_bayes_nll", py_chain_bayes_nll, METH_VARARGS,
-     "chain_bayes_nll($module, transition, stationary, tokens, mask, /)\n--\n\n"
+     "chain_bayes_nll($module, transition, stationary, emission, tokens, mask, /)\n--\n\n"
      "(sum of -log posterior of the true tokens at masked positions, their count)."},
     {"philox4x32_10", py_philox, METH_VARARGS,
      "philox4x32_10($module, counter, key, /)\n--\n\n"

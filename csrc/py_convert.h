@@ -25,6 +25,8 @@
 
 #include <stdint.h>
 
+#include "chain.h"
+
 /* ---- errors ------------------------------------------------------------------------------- */
 
 /* PyErr_Format knows no floating-point conversions: this formats with vsnprintf. */
@@ -107,20 +109,25 @@ int rg_real_conv(PyObject *obj, void *spec);
 /* seed: a Python int in [0, 2^64), into a uint64_t. */
 int rg_seed_conv(PyObject *obj, void *out);
 
-/* Converters shared across domains (defined in py_chain.c): a validated Markov chain. */
+/* Converters shared across domains (defined in py_chain.c): a validated Markov chain over V
+ * states and, for a hidden Markov task, its emission matrix (V, n_tokens). */
 typedef struct {
-    double tol;          /* row-sum tolerance of the transition matrix */
-    rg_array T, pi;      /* float64 (V, V) transition and (V,) stationary law */
-    int64_t V;           /* out */
+    double tol;          /* row-sum tolerance of the transition and emission matrices */
+    rg_array T, pi, E;   /* float64 (V, V) transition, (V,) stationary law, (V, n_tokens)
+                            emission (optional: None for a plain chain) */
+    int64_t V, n_tokens; /* out: the chain's states; the tokens (V for a plain chain) */
 } rg_chain_arg;
-#define RG_CHAIN_ARG {1e-9, RG_ARRAY("transition", 2, "of shape (V, V)"), \
-                      RG_ARRAY("stationary", 1, "of shape (V,)"), 0}
+#define RG_CHAIN_ARG {1e-9, RG_ARRAY("transition", 2, "of shape (V, V)"),                \
+                      RG_ARRAY("stationary", 1, "of shape (V,)"),                        \
+                      {"emission", 2, 0, "of shape (n_hidden, n_states)", 0, 0, 1, NULL}, \
+                      0, 0}
 int rg_transition_conv(PyObject *obj, void *chain);  /* fills T and V */
 int rg_stationary_conv(PyObject *obj, void *chain);  /* fills pi: after the transition */
+int rg_emission_conv(PyObject *obj, void *chain);    /* fills E and n_tokens: after both */
 void rg_chain_arg_clear(rg_chain_arg *c);
-/* The chain's sampling tables (chain.h: rg_sampler_thresholds) in PyMem memory; NULL with
- * MemoryError. */
-uint64_t *rg_py_thresholds(const rg_chain_arg *c);
+/* The sampling tables of the chain (and emission) in PyMem memory (to PyMem_Free), *src
+ * pointing into them (chain.h: rg_source); NULL with MemoryError. */
+uint64_t *rg_py_source(const rg_chain_arg *c, rg_source *src);
 
 /* ---- the domain tables module.c adds, and the pool's thread count ------------------------- */
 

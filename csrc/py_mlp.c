@@ -467,15 +467,16 @@ static PyObject *py_mlp_train_batch(PyObject *self, PyObject *args)
     rg_real rate = RG_REAL("mask_rate", 0.0, 1.0, 0, 0);
     PyArrayObject *out[3] = {NULL, NULL, NULL};
     PyObject *result = NULL;
+    rg_source src;
     uint64_t seed, *thr = NULL;
-    if (!PyArg_ParseTuple(args, "O&O&O&O&O&O&O&O&:mlp_train_batch", rg_transition_conv, &ch,
-                          rg_stationary_conv, &ch, rg_seed_conv, &seed, rg_size_conv, &step,
-                          rg_size_conv, &B, rg_size_conv, &L, rg_real_conv, &rate,
-                          rg_size_conv, &span) ||
-        batch_arrays(B.v, L.v, out) < 0 || !(thr = rg_py_thresholds(&ch)))
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&O&O&O&O&:mlp_train_batch", rg_transition_conv, &ch,
+                          rg_stationary_conv, &ch, rg_emission_conv, &ch, rg_seed_conv, &seed,
+                          rg_size_conv, &step, rg_size_conv, &B, rg_size_conv, &L,
+                          rg_real_conv, &rate, rg_size_conv, &span) ||
+        batch_arrays(B.v, L.v, out) < 0 || !(thr = rg_py_source(&ch, &src)))
         goto exit;
     Py_BEGIN_ALLOW_THREADS
-    rg_train_batch(thr, ch.V, L.v, B.v, seed, (uint64_t)step.v, rate.v, span.v,
+    rg_train_batch(&src, L.v, B.v, seed, (uint64_t)step.v, rate.v, span.v,
                    PyArray_DATA(out[0]), PyArray_DATA(out[1]), PyArray_DATA(out[2]));
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("OOO", out[0], out[1], out[2]);
@@ -499,15 +500,15 @@ typedef struct {
     {RG_SIZE("batch_size", 1, UINT32_MAX), RG_SIZE("step0", 0, UINT32_MAX), RG_CHAIN_ARG, 0, \
      RG_ARRAY("lrs", 1, "of shape (k,)"), {{0, 0, 0, 0}, 0, 0, 0}, 0}
 
-/* What depends on several arguments: the chain's states, the workspace for the batch, the
+/* What depends on several arguments: the chain's tokens, the workspace for the batch, the
  * range of steps and the learning rates. */
 static int train_checks(model *M, train_args *T, PyObject *ws)
 {
     const double *lr = PyArray_DATA(T->lrs.a);
     T->k = PyArray_DIM(T->lrs.a, 0);
-    if (T->chain.V != M->c.V) {
-        rg_py_error(PyExc_ValueError, "the chain has %lld states but the model has n_states = "
-                    "%lld", (long long)T->chain.V, (long long)M->c.V);
+    if (T->chain.n_tokens != M->c.V) {
+        rg_py_error(PyExc_ValueError, "the task has %lld tokens but the model has n_states = "
+                    "%lld", (long long)T->chain.n_tokens, (long long)M->c.V);
         return -1;
     }
     if (workspace_of(M, ws, T->batch.v) < 0) return -1;
@@ -523,12 +524,12 @@ static int train_checks(model *M, train_args *T, PyObject *ws)
 }
 
 /* The k steps on a pool of rg_py_threads(); without the GIL. */
-static int train_run(const model *M, const train_args *T, const uint64_t *thr, double *losses,
-                     int64_t *done, int *bad)
+static int train_run(const model *M, const train_args *T, const rg_source *src,
+                     double *losses, int64_t *done, int *bad)
 {
     rg_pool pool;
     rg_pool_init(&pool, rg_py_threads());
-    int status = rg_train_steps(&pool, &M->c, &M->ar, M->ws, T->batch.v, thr, T->seed,
+    int status = rg_train_steps(&pool, &M->c, &M->ar, M->ws, T->batch.v, src, T->seed,
                                 (uint64_t)T->step0.v, T->k, PyArray_DATA(T->lrs.a), &T->opts,
                                 losses, done, bad);
     rg_pool_destroy(&pool);
@@ -541,19 +542,20 @@ static PyObject *py_mlp_train_steps(PyObject *self, PyObject *args)
     train_args T = TRAIN_ARGS;
     PyObject *ws, *result = NULL;
     PyArrayObject *losses = NULL;
+    rg_source src;
     uint64_t *thr = NULL;
     int64_t done = 0;
     int bad = 0, status;
-    if (!PyArg_ParseTuple(args, "O&O&OO&O&O&O&O&O&O&:mlp_train_steps", config_conv, &M,
+    if (!PyArg_ParseTuple(args, "O&O&OO&O&O&O&O&O&O&O&:mlp_train_steps", config_conv, &M,
                           arenas_conv, &M, &ws, rg_size_conv, &T.batch, rg_transition_conv,
-                          &T.chain, rg_stationary_conv, &T.chain, rg_seed_conv, &T.seed,
-                          rg_size_conv, &T.step0, rg_float64_conv, &T.lrs, options_conv,
-                          &T.opts) ||
-        train_checks(&M, &T, ws) < 0 || !(thr = rg_py_thresholds(&T.chain)) ||
+                          &T.chain, rg_stationary_conv, &T.chain, rg_emission_conv, &T.chain,
+                          rg_seed_conv, &T.seed, rg_size_conv, &T.step0, rg_float64_conv,
+                          &T.lrs, options_conv, &T.opts) ||
+        train_checks(&M, &T, ws) < 0 || !(thr = rg_py_source(&T.chain, &src)) ||
         !(losses = rg_py_zeros(1, (npy_intp[]){T.k}, NPY_FLOAT64)))
         goto exit;
     Py_BEGIN_ALLOW_THREADS
-    status = train_run(&M, &T, thr, PyArray_DATA(losses), &done, &bad);
+    status = train_run(&M, &T, &src, PyArray_DATA(losses), &done, &bad);
     Py_END_ALLOW_THREADS
     if (status == RG_OK || status == RG_ERR_NOT_FINITE) /* bad says which and where */
         result = Py_BuildValue("OLi", losses, (long long)done, bad);
@@ -586,12 +588,12 @@ PyMethodDef rg_mlp_methods[] = {
      "\n--\n\n"
      "Mean masked cross-entropy of one batch; its gradient overwrites grads."},
     {"mlp_train_batch", py_mlp_train_batch, METH_VARARGS,
-     "mlp_train_batch($module, transition, stationary, seed, step, batch, length, mask_rate, "
-     "mask_span, /)\n--\n\n"
+     "mlp_train_batch($module, transition, stationary, emission, seed, step, batch, length, "
+     "mask_rate, mask_span, /)\n--\n\n"
      "(tokens, masked, mask), each (batch, length): the batch of training step `step`."},
     {"mlp_train_steps", py_mlp_train_steps, METH_VARARGS,
      "mlp_train_steps($module, config, arenas, workspace, batch_size, transition, stationary, "
-     "seed, step0, lrs, options, /)\n--\n\n"
+     "emission, seed, step0, lrs, options, /)\n--\n\n"
      "(losses (k,), n_done, bad): k = len(lrs) fused AdamW steps from step step0.  arenas: "
      "(params, grads, adam_m, adam_v); options: dict(betas, eps, weight_decay, max_grad_norm, "
      "mask_rate, mask_span).  bad: 0 ok, 1 non-finite loss at step step0 + n_done (not "

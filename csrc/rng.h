@@ -17,7 +17,10 @@ enum {
     RG_DOMAIN_INIT = 3,        /* parameter initialisation: index = tensor number */
     RG_DOMAIN_TRAIN_SAMPLE = 4,/* training batches: index = (step << 32) | row */
     RG_DOMAIN_TRAIN_MASK = 5,
-    RG_DOMAIN_CHAIN = 6        /* random chain construction */
+    RG_DOMAIN_CHAIN = 6,       /* random chain construction */
+    RG_DOMAIN_EMIT = 7,        /* hidden Markov tasks: tokens from the states sampled under
+                                  RG_DOMAIN_SAMPLE with the same index */
+    RG_DOMAIN_TRAIN_EMIT = 8   /* the same for RG_DOMAIN_TRAIN_SAMPLE */
 };
 
 typedef struct {

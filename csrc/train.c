@@ -119,8 +119,8 @@ static int adamw_step(rg_pool *pool, adamw_job *job, double lr, int64_t t, doubl
 
 /* Batch sampling, one item per row chunk (each row has its own Philox streams). */
 typedef struct {
-    const uint64_t *thr;
-    int64_t V, L;
+    const rg_source *src;
+    int64_t L;
     uint64_t seed, step;
     double rate;
     int64_t span;
@@ -134,10 +134,15 @@ static void batch_rows(const batch_job *j, int64_t b0, int64_t b1)
     rg_rng rng;
     for (int64_t b = b0; b < b1; b++) {
         uint64_t index = (j->step << 32) | (uint64_t)b;
+        int32_t *tokens = j->tokens + b * j->L;
         rg_rng_init(&rng, j->seed, RG_DOMAIN_TRAIN_SAMPLE, index);
-        rg_sample_sequence(j->thr, j->V, &rng, j->L, j->tokens + b * j->L);
+        rg_sample_sequence(j->src->thr, j->src->H, &rng, j->L, tokens);
+        if (j->src->emit) {
+            rg_rng_init(&rng, j->seed, RG_DOMAIN_TRAIN_EMIT, index);
+            rg_emit_sequence(j->src->emit, j->src->V, &rng, j->L, tokens, tokens);
+        }
         rg_rng_init(&rng, j->seed, RG_DOMAIN_TRAIN_MASK, index);
-        rg_mask_sequence(&rng, j->tokens + b * j->L, j->L, j->rate, j->span, (int32_t)j->V,
+        rg_mask_sequence(&rng, tokens, j->L, j->rate, j->span, (int32_t)j->src->V,
                          j->masked + b * j->L, j->mask + b * j->L);
     }
 }
@@ -149,18 +154,17 @@ static void batch_item(const void *arg, int64_t i)
     batch_rows(j, r.b0, r.b1);
 }
 
-void rg_train_batch(const uint64_t *thr, int64_t V, int64_t L, int64_t B, uint64_t seed,
-                    uint64_t step, double rate, int64_t span, int32_t *tokens, int32_t *masked,
-                    uint8_t *mask)
+void rg_train_batch(const rg_source *src, int64_t L, int64_t B, uint64_t seed, uint64_t step,
+                    double rate, int64_t span, int32_t *tokens, int32_t *masked, uint8_t *mask)
 {
-    batch_job j = {thr, V, L, seed, step, rate, span, tokens, masked, mask, {B, 1, 1}};
+    batch_job j = {src, L, seed, step, rate, span, tokens, masked, mask, {B, 1, 1}};
     batch_rows(&j, 0, B);
 }
 
 /* ---- the loop ------------------------------------------------------------------------------ */
 
 int rg_train_steps(rg_pool *pool, const rg_mlp_config *c, const rg_train_arenas *ar, void *ws,
-                   int64_t B, const uint64_t *thr, uint64_t seed, uint64_t step0, int64_t k,
+                   int64_t B, const rg_source *src, uint64_t seed, uint64_t step0, int64_t k,
                    const double *lrs, const rg_train_opts *o, double *losses, int64_t *n_done,
                    int *bad)
 {
@@ -168,10 +172,11 @@ int rg_train_steps(rg_pool *pool, const rg_mlp_config *c, const rg_train_arenas 
     rg_mlp_acts a;
     *n_done = 0;
     *bad = 0;
-    if (rg_mlp_check_config(c, &n_params) != RG_OK || rg_mlp_acts_of(c, B, ws, &a) != RG_OK)
+    if (rg_mlp_check_config(c, &n_params) != RG_OK || rg_mlp_acts_of(c, B, ws, &a) != RG_OK ||
+        src->V != c->V)
         return RG_ERR_VALUE;
     adamw_job job = {ar, n_params, 0, 0.0, 1.0, &o->adamw, {0}, {0}};
-    batch_job bj = {thr, c->V, c->L, seed, 0, o->mask_rate, o->mask_span, a.tokens, a.masked,
+    batch_job bj = {src, c->L, seed, 0, o->mask_rate, o->mask_span, a.tokens, a.masked,
                     a.mask, rg_rows_of(B, 4 * c->L)};
     for (int64_t i = 0; i < k; i++) {
         const uint64_t s = step0 + (uint64_t)i;

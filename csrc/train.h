@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "chain.h"
 #include "mlp.h"
 #include "pool.h"
 
@@ -27,13 +28,13 @@ typedef struct {
 int rg_adamw_update(float *p, const float *g, float *m, float *v, int64_t n, double lr,
                     const rg_adamw_opts *o, int64_t t, double grad_scale);
 
-/* The training batch of step `step`: row b is sampled from stream
- * (seed, RG_DOMAIN_TRAIN_SAMPLE, (step << 32) | b) and masked with stream
- * (seed, RG_DOMAIN_TRAIN_MASK, (step << 32) | b), mask id V.
- * thr: rg_sampler_thresholds of the chain; tokens, masked (B, L) int32, mask (B, L). */
-void rg_train_batch(const uint64_t *thr, int64_t V, int64_t L, int64_t B, uint64_t seed,
-                    uint64_t step, double rate, int64_t span, int32_t *tokens, int32_t *masked,
-                    uint8_t *mask);
+/* The training batch of step `step`: row b's states are sampled from stream
+ * (seed, RG_DOMAIN_TRAIN_SAMPLE, (step << 32) | b), its tokens (if the source emits) from
+ * (seed, RG_DOMAIN_TRAIN_EMIT, same index), and it is masked with stream
+ * (seed, RG_DOMAIN_TRAIN_MASK, same index), mask id V.
+ * tokens, masked (B, L) int32, mask (B, L). */
+void rg_train_batch(const rg_source *src, int64_t L, int64_t B, uint64_t seed, uint64_t step,
+                    double rate, int64_t span, int32_t *tokens, int32_t *masked, uint8_t *mask);
 
 typedef struct {
     rg_adamw_opts adamw;
@@ -52,9 +53,10 @@ typedef struct {
  * *n_done counts completed updates.  RG_ERR_NOT_FINITE if the loss of step s is not finite
  * (*bad = 1, no update applied) or a parameter became non-finite (*bad = 2, update applied);
  * *n_done then locates the step (s = step0 + *n_done for bad = 1, s = step0 + *n_done - 1
- * for bad = 2).  RG_ERR_VALUE if the config or the workspace (for B rows) is invalid. */
+ * for bad = 2).  RG_ERR_VALUE if the config or the workspace (for B rows) is invalid, or if
+ * src->V is not the model's V. */
 int rg_train_steps(rg_pool *pool, const rg_mlp_config *c, const rg_train_arenas *ar, void *ws,
-                   int64_t B, const uint64_t *thr, uint64_t seed, uint64_t step0, int64_t k,
+                   int64_t B, const rg_source *src, uint64_t seed, uint64_t step0, int64_t k,
                    const double *lrs, const rg_train_opts *o, double *losses, int64_t *n_done,
                    int *bad);
 

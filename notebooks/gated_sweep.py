@@ -6,7 +6,7 @@ figures on 65,536 fresh sequences. Records go to notebooks/results/gated-<size>/
 finished runs are not recomputed; Ctrl-C stops at the next chunk and keeps what finished).
 
     python notebooks/gated_sweep.py [--size small|paper] [--workers 2] [--seeds 10]
-                                    [--first-seed 0] [--threads N]
+                                    [--first-seed 0] [--xi 1 7] [--threads N]
 
 Two processes can share a store by taking disjoint seed ranges (--first-seed 5 --seeds 5).
 """
@@ -25,9 +25,8 @@ def store(size):
     return RESULTS / ("gated-" + size)
 
 
-def configs(size, seeds=10, first_seed=0):
-    return grid(SIZES[size], seed=list(range(first_seed, first_seed + seeds)),
-                xi=[SHORT_XI, LONG_XI])
+def configs(size, seeds=10, first_seed=0, xi=(SHORT_XI, LONG_XI)):
+    return grid(SIZES[size], seed=list(range(first_seed, first_seed + seeds)), xi=list(xi))
 
 
 def main():
@@ -36,12 +35,13 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--xi", type=float, nargs="+", default=[SHORT_XI, LONG_XI])
     ap.add_argument("--threads", type=int, default=None,
                     help="rgflow threads per run (default: the machine's cores); results do "
                          "not depend on it")
     args = ap.parse_args()
     with process_pool(args.workers) as ex:
-        sweep(configs(args.size, args.seeds, args.first_seed), executor=ex,
+        sweep(configs(args.size, args.seeds, args.first_seed, args.xi), executor=ex,
               store=store(args.size), progress=True, blas_threads=args.threads)
 
 

@@ -1,7 +1,8 @@
 """rgflow: does a deep residual MLP coarse-grain its input like a renormalization-group flow?
 
-Markov chains with a known spectrum (:class:`MarkovChain`), the masked-token task on their
-sequences (:func:`mask_tokens`) and its exact Bayes-optimal answer, computed by a C core.
+Markov chains with a known spectrum (:class:`MarkovChain`), hidden-Markov tasks built on them
+(:class:`HiddenMarkovTask`), the masked-token task on their sequences (:func:`mask_tokens`) and
+its exact Bayes-optimal answer, computed by a C core.
 """
 try:
     from . import _core
@@ -16,13 +17,13 @@ from .analysis import (cka_matrix, drift_profile, effective_rank, linear_cka, ra
 from ._core import MemoryLimitError
 from ._version import __version__
 from .runtime import get_num_threads, num_threads, set_num_threads, show_config, where_computed
-from .chains import MarkovChain, mask_tokens
+from .chains import HiddenMarkovTask, MarkovChain, mask_tokens, relevant_context
 from .model import ResidualMLP
 from .train import History, TrainingInterrupted, train
 from . import experiments, findings, plot  # noqa: E402  (modules: rg.experiments.Config, ...)
 from .sweep import SweepInterrupted, grid, sweep  # noqa: E402  (rg.sweep is the function)
 
-__all__ = ["MarkovChain", "mask_tokens", "MemoryLimitError", "TrainingInterrupted",
+__all__ = ["MarkovChain", "HiddenMarkovTask", "mask_tokens", "relevant_context", "MemoryLimitError", "TrainingInterrupted",
            "SweepInterrupted", "ResidualMLP", "train", "History", "show_config",
            "where_computed", "set_num_threads", "get_num_threads", "num_threads",
            "__version__", "effective_rank", "singular_values", "rank_profile", "linear_cka",

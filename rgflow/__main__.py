@@ -95,6 +95,8 @@ def sweep(args):
     base = CONFIGS["quick" if args.quick else "paper"]
     overrides = {k: getattr(args, k) for k in ("steps", "depth", "hidden", "width", "length")
                  if getattr(args, k) is not None}
+    if args.task != "chain":
+        overrides.update(task=args.task, noise=args.noise)
     configs = rg.grid(base.replace(**overrides), xi=args.xi, seed=list(range(args.seeds)))
     store = Path(args.store)
     progress = not args.no_progress
@@ -259,6 +261,13 @@ def make_parser():
         p.add_argument("--" + name, type=_integer(1), metavar="N",
                        help="%s (default: %s)" % (what, "%d" % both[0] if both[0] == both[1]
                                                   else "%d, or %d with --quick" % both))
+    p.add_argument("--task", choices=("chain", "hmm", "hmm-random"), default="chain",
+                   metavar="TASK", help="chain, hmm or hmm-random. chain: the tokens are the lazy chain's states; hmm: each is replaced "
+                   "by a uniform token with probability --noise (a hidden Markov task); "
+                   "hmm-random: a random emission mixed with --noise (default: %(default)s)")
+    p.add_argument("--noise", type=_real(0.0, False, 1.0, False), default=0.0, metavar="ETA",
+                   help="the hidden-Markov tasks' emission noise, in [0, 1] (default: "
+                   "%(default)s)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: show one)")
     p.set_defaults(func=sweep)
@@ -309,6 +318,8 @@ def main(argv=None):
     """Entry point of the ``rgflow`` command; returns the exit code."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "noise", 0.0) and args.task == "chain":
+        parser.error("argument --noise: needs --task hmm or hmm-random")
     try:
         args.func(args)
     except KeyboardInterrupt as exc:  # Ctrl-C: SweepInterrupted, TrainingInterrupted, ...

@@ -1,8 +1,11 @@
-"""Markov chains with a known spectrum, and the masked-token task on their sequences.
+"""Markov chains with a known spectrum, hidden-Markov tasks built on them, and the
+masked-token task on their sequences.
 
 The heavy work (sampling, masking, forward-backward) runs in C with the GIL released; this
-module validates arguments and keeps the chain's derived quantities.
+module validates arguments and keeps the derived quantities.
 """
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,7 +13,8 @@ from . import _core
 from ._util import (as_bool_mask, as_count, as_mask_rate, as_real, as_seed, check_memory,
                     shape2, split_map)
 
-__all__ = ["MarkovChain", "mask_tokens"]
+__all__ = ["MarkovChain", "HiddenMarkovTask", "mask_tokens", "relevant_context",
+           "ContextInfluence"]
 
 ROW_SUM_TOL = 1e-9
 # |lambda_2| within this of 1 (or of 0) is treated as exactly 1 (or 0) by correlation_length.
@@ -278,6 +282,10 @@ class MarkovChain:
         return split_map(lambda a, b: _core.chain_sample(self._T, self._pi, b - a, length, seed,
                                                          first=a), n, n_threads)
 
+    def _source(self):
+        """(transition, initial law, emission or None): what the C samplers draw from."""
+        return self._T, self._pi, None
+
     def posterior(self, masked_tokens, mask):
         """Exact posterior of every token given the visible ones (forward-backward).
 
@@ -304,7 +312,7 @@ class MarkovChain:
             check_memory(8.0 * shape[0] * shape[1] * (self.n_states + 1),
                          "posterior of masked_tokens: n * length * V = %d x %d x %d float64"
                          % (shape[0], shape[1], self.n_states))
-        return _core.chain_posterior(self._T, self._pi, masked_tokens, mask)
+        return _core.chain_posterior(self._T, self._pi, None, masked_tokens, mask)
 
     def bayes_loss(self, tokens, mask):
         """Mean cross-entropy (nats) of the true tokens at masked positions under the exact
@@ -321,7 +329,7 @@ class MarkovChain:
         >>> 0 < chain.bayes_loss(tokens, mask) < chain.unigram_entropy
         True
         """
-        total, count = _core.chain_bayes_nll(self._T, self._pi, tokens, mask)
+        total, count = _core.chain_bayes_nll(self._T, self._pi, None, tokens, mask)
         if count == 0:
             raise ValueError("mask hides no token: the loss over masked positions is undefined")
         return total / count
@@ -351,22 +359,315 @@ class MarkovChain:
         >>> chain.adjacent_nll(x, hide).shape
         (3,)
         """
-        tokens, mask = _tokens_and_mask(tokens, mask, self.n_states)
-        rows, pos = np.nonzero(mask)
-        if rows.size == 0:
+        T = self._T
+        return _adjacent_nll(tokens, mask, self.n_states, T, self._pi, T, None)
+
+
+class HiddenMarkovTask:
+    """A hidden Markov task: a chain over H hidden states, started from its stationary law,
+    emits one token per step, token v from state h with probability ``emission[h, v]``.
+
+    With noise in the emission, the exact posterior of a masked token depends on every
+    visible token, with weights that decay over about the hidden chain's correlation length:
+    the relevant context grows with xi (:func:`relevant_context` measures it), which a plain
+    Markov chain's does not (its posterior depends on the nearest visible tokens only).
+    Sampling, the posterior and the Bayes floor run in C, like :class:`MarkovChain`'s;
+    ``train``, ``run`` and the sweeps take either.
+
+    Parameters
+    ----------
+    transition : array_like, shape (H, H)
+        The hidden chain's transition matrix, validated as by :class:`MarkovChain`.
+    emission : array_like, shape (H, V)
+        Row-stochastic (rows summing to 1 within 1e-9), finite, non-negative; 2 <= V <= 65535
+        tokens.
+    stationary : array_like, shape (H,), optional
+        The hidden chain's stationary law if known exactly.
+
+    Examples
+    --------
+    >>> task = HiddenMarkovTask.noisy(n_states=4, xi=7.0, noise=0.3)
+    >>> task.n_hidden, task.n_states, round(task.correlation_length, 6)
+    (4, 4, 7.0)
+    >>> task.sample(n=2, length=5, seed=0).shape
+    (2, 5)
+    """
+
+    def __init__(self, transition, emission, stationary=None):
+        self._init(MarkovChain(transition, stationary=stationary), emission, None)
+
+    def _init(self, hidden, emission, noise):
+        E = np.asarray(emission)
+        if E.dtype.kind not in "fiu":
+            raise TypeError("emission must be a real array, got dtype %s" % E.dtype)
+        H = hidden.n_states
+        if E.ndim != 2 or E.shape[0] != H:
+            raise ValueError("emission must have shape (%d, n_states) (one row per hidden "
+                             "state), got %s" % (H, E.shape))
+        if not 2 <= E.shape[1] <= _core.MAX_STATES:
+            raise ValueError("emission must have between 2 and %d columns (tokens), got %d"
+                             % (_core.MAX_STATES, E.shape[1]))
+        E = np.array(E, dtype=np.float64, order="C", copy=True)
+        if not np.all(np.isfinite(E)):
+            raise ValueError("emission must be finite")
+        if np.any(E < 0):
+            h, v = np.argwhere(E < 0)[0]
+            raise ValueError("emission[%d, %d] = %r is negative" % (h, v, E[h, v]))
+        sums = E.sum(axis=1)
+        if np.any(np.abs(sums - 1.0) > ROW_SUM_TOL):
+            h = int(np.argmax(np.abs(sums - 1.0)))
+            raise ValueError("emission row %d sums to %.17g, not 1 (tolerance %g)"
+                             % (h, sums[h], ROW_SUM_TOL))
+        E.setflags(write=False)
+        marginal = hidden.stationary @ E
+        marginal.setflags(write=False)
+        self._hidden, self._E, self._marginal, self._noise = hidden, E, marginal, noise
+
+    @classmethod
+    def _build(cls, hidden, emission, noise):
+        task = cls.__new__(cls)
+        task._init(hidden, emission, noise)
+        return task
+
+    # -- constructors -------------------------------------------------------------------------
+
+    @classmethod
+    def noisy(cls, n_states, xi, noise, chain="lazy", seed=0):
+        """Tokens are the hidden states, replaced by a uniform token with probability
+        ``noise``: ``emission = (1 - noise) I + noise / V``, H = V = ``n_states``.
+
+        ``noise = 0`` is the hidden chain itself (same samples, same posterior); ``noise = 1``
+        gives i.i.d. uniform tokens. The hidden chain is ``MarkovChain.lazy(n_states, xi)``, or
+        ``MarkovChain.random(n_states, xi, seed=seed)`` with ``chain="random"``.
+
+        >>> task = HiddenMarkovTask.noisy(8, xi=1.0, noise=0.2)
+        >>> task.emission[0, :3].round(6).tolist()
+        [0.825, 0.025, 0.025]
+        """
+        noise = as_real(noise, "noise", low=0.0, high=1.0)
+        hidden = _hidden_chain(chain, n_states, xi, seed)
+        V = hidden.n_states
+        E = (1.0 - noise) * np.eye(V) + noise / V
+        return cls._build(hidden, E, noise)
+
+    @classmethod
+    def random(cls, n_hidden, n_states, xi, noise=0.0, chain="lazy", seed=0):
+        """A random emission: rows drawn from Dirichlet(1, ..., 1) (``numpy.random.
+        default_rng(seed)``), mixed with the uniform law: ``(1 - noise) R + noise / V``.
+        H = ``n_hidden`` hidden states (chain as for :meth:`noisy`), V = ``n_states`` tokens.
+
+        >>> HiddenMarkovTask.random(n_hidden=3, n_states=5, xi=2.0, seed=1).emission.shape
+        (3, 5)
+        """
+        noise = as_real(noise, "noise", low=0.0, high=1.0)
+        hidden = _hidden_chain(chain, n_hidden, xi, seed)
+        V = as_count(n_states, "n_states", minimum=2)
+        if V > _core.MAX_STATES:
+            raise ValueError("n_states must lie in [2, %d], got %d" % (_core.MAX_STATES, V))
+        check_memory(8.0 * hidden.n_states * V, "emission (n_hidden, n_states) float64")
+        R = np.random.default_rng(as_seed(seed)).dirichlet(np.ones(V), size=hidden.n_states)
+        R /= R.sum(axis=1, keepdims=True)
+        return cls._build(hidden, (1.0 - noise) * R + noise / V, noise)
+
+    # -- properties ---------------------------------------------------------------------------
+
+    @property
+    def hidden(self):
+        """The :class:`MarkovChain` of the hidden states."""
+        return self._hidden
+
+    @property
+    def emission(self):
+        """(H, V) float64 read-only: ``emission[h, v] = P(token v | hidden state h)``."""
+        return self._E
+
+    @property
+    def noise(self):
+        """The emission noise of :meth:`noisy` and :meth:`random`; None for a task built
+        from matrices."""
+        return self._noise
+
+    @property
+    def n_hidden(self):
+        """Number of hidden states H."""
+        return self._hidden.n_states
+
+    @property
+    def n_states(self):
+        """Number of tokens V (the model's vocabulary; the mask id is V)."""
+        return self._E.shape[1]
+
+    @property
+    def transition(self):
+        """(H, H) the hidden chain's transition matrix."""
+        return self._hidden.transition
+
+    @property
+    def hidden_stationary(self):
+        """(H,) the hidden chain's stationary law (the law of the first hidden state)."""
+        return self._hidden.stationary
+
+    @property
+    def stationary(self):
+        """(V,) float64 read-only: the law of any one token, ``hidden_stationary @
+        emission``."""
+        return self._marginal
+
+    @property
+    def correlation_length(self):
+        """The hidden chain's correlation length xi: token correlations decay as
+        ``exp(-distance / xi)`` too, unless the emission hides that mode."""
+        return self._hidden.correlation_length
+
+    @property
+    def unigram_entropy(self):
+        """H(stationary) in nats: the masked-token loss of a model that ignores its input."""
+        p = self._marginal[self._marginal > 0]
+        return float(-(p * np.log(p)).sum())
+
+    def __repr__(self):
+        return "HiddenMarkovTask(n_hidden=%d, n_states=%d, correlation_length=%.4g%s)" % (
+            self.n_hidden, self.n_states, self.correlation_length,
+            "" if self._noise is None else ", noise=%g" % self._noise)
+
+    # -- sampling and inference ---------------------------------------------------------------
+
+    def _source(self):
+        """(transition, initial law, emission): what the C samplers draw from."""
+        return self._hidden.transition, self._hidden.stationary, self._E
+
+    def sample(self, n, length, seed=0, n_threads=1, hidden_states=False):
+        """Sample ``n`` token sequences of ``length``.
+
+        The hidden states are exactly ``self.hidden.sample(n, length, seed)``; each token is
+        then drawn from its state's emission row on a stream of its own, so sequence i is a
+        function of (seed, i) alone (prefix-stable in ``n``, independent of ``n_threads``).
+
+        Returns
+        -------
+        tokens : (n, length) int32 in [0, V); with ``hidden_states=True``, ``(tokens,
+        states)``, states (n, length) int32 in [0, H).
+
+        >>> task = HiddenMarkovTask.noisy(4, xi=2.0, noise=0.0)
+        >>> bool((task.sample(3, 6, seed=1) == task.hidden.sample(3, 6, seed=1)).all())
+        True
+        """
+        seed = as_seed(seed)
+        n_threads = as_count(n_threads, "n_threads")
+        n = as_count(n, "n")
+        length = as_count(length, "length")
+        with_states = bool(hidden_states)
+        if n < 2 * n_threads:
+            n_threads = 1
+        T, pi, E = self._source()
+
+        def part(a, b):
+            out = _core.chain_sample(T, pi, b - a, length, seed, first=a, emission=E,
+                                     hidden_states=with_states)
+            return np.stack(out) if with_states else out
+        if not with_states:
+            return split_map(part, n, n_threads)
+        both = split_map(lambda a, b: part(a, b).transpose(1, 0, 2), n, n_threads)
+        return np.ascontiguousarray(both[:, 0]), np.ascontiguousarray(both[:, 1])
+
+    def posterior(self, masked_tokens, mask):
+        """Exact posterior of every token given the visible ones (forward-backward over the
+        hidden states, normalised at every step: no underflow at any length).
+
+        Parameters
+        ----------
+        masked_tokens : (n, length) integer array; visible positions hold tokens in [0, V),
+            masked positions may hold anything in [0, V] (the mask id V, usually).
+        mask : (n, length) bool array, True where the token is hidden.
+
+        Returns
+        -------
+        (n, length, V) float64: rows sum to 1; one-hot at visible positions.
+
+        Raises ValueError if the visible tokens of a sequence are impossible under the task.
+
+        >>> task = HiddenMarkovTask.noisy(3, xi=2.0, noise=0.3)
+        >>> x = task.sample(2, 6, seed=0)
+        >>> masked, mask = mask_tokens(x, rate=0.3, seed=1, mask_id=3)
+        >>> task.posterior(masked, mask).shape
+        (2, 6, 3)
+        """
+        shape = shape2(masked_tokens)
+        if shape is not None:
+            check_memory(8.0 * shape[0] * shape[1] * (self.n_states + self.n_hidden + 2),
+                         "posterior of masked_tokens: n * length * V = %d x %d x %d float64"
+                         % (shape[0], shape[1], self.n_states))
+        T, pi, E = self._source()
+        return _core.chain_posterior(T, pi, E, masked_tokens, mask)
+
+    def bayes_loss(self, tokens, mask):
+        """Mean cross-entropy (nats) of the true tokens at masked positions under the exact
+        posterior given the visible ones: the floor for any model on this masked batch.
+        Arguments as for :meth:`MarkovChain.bayes_loss`.
+
+        >>> task = HiddenMarkovTask.noisy(8, xi=7.0, noise=0.3)
+        >>> x = task.sample(256, 32, seed=0)
+        >>> _, mask = mask_tokens(x, rate=0.15, seed=1, mask_id=8)
+        >>> 0 < task.bayes_loss(x, mask) < task.adjacent_loss(x, mask) < task.unigram_entropy
+        True
+        """
+        T, pi, E = self._source()
+        total, count = _core.chain_bayes_nll(T, pi, E, tokens, mask)
+        if count == 0:
             raise ValueError("mask hides no token: the loss over masked positions is undefined")
-        n, length = tokens.shape
-        T, pi = self._T, self._pi
-        has_left = pos > 0
-        has_left[has_left] = ~mask[rows[has_left], pos[has_left] - 1]
-        has_right = pos < length - 1
-        has_right[has_right] = ~mask[rows[has_right], pos[has_right] + 1]
-        left = np.where(has_left, tokens[rows, np.maximum(pos - 1, 0)], 0)
-        right = np.where(has_right, tokens[rows, np.minimum(pos + 1, length - 1)], 0)
-        score = np.where(has_left[:, None], T[left], pi[None, :])
-        score = score * np.where(has_right[:, None], T[:, right].T, 1.0)
-        truth = score[np.arange(rows.size), tokens[rows, pos]] / score.sum(axis=1)
-        return -np.log(truth)
+        return total / count
+
+    def adjacent_loss(self, tokens, mask):
+        """Mean cross-entropy (nats) at masked positions of the adjacent-token rule: the exact
+        prediction from the two neighbouring tokens alone, each used when visible
+        (``p(x_t = j | x_{t-1} = a, x_{t+1} = b)`` under the stationary process, a hidden or
+        missing neighbour marginalised out). Unlike on a plain chain, the rule is not
+        Bayes-optimal even where both neighbours are visible: farther tokens still inform the
+        hidden state. Arguments as for :meth:`MarkovChain.adjacent_loss`."""
+        return float(np.mean(self.adjacent_nll(tokens, mask)))
+
+    def adjacent_nll(self, tokens, mask):
+        """Per-token cross-entropy (nats) of the adjacent-token rule (see
+        :meth:`adjacent_loss`): (count,) float64 over the masked positions in row-major order.
+        """
+        T, pi, E = self._source()
+        # p(state h at t, token a at t-1) ∝ sum_g pi_g E[g, a] T[g, h]; p(token b at t+1 | h)
+        left = (pi[:, None] * E).T @ T
+        right = T @ E
+        return _adjacent_nll(tokens, mask, self.n_states, left, pi, right, E)
+
+
+def _hidden_chain(chain, n_states, xi, seed):
+    if chain == "lazy":
+        return MarkovChain.lazy(n_states, xi)
+    if chain == "random":
+        return MarkovChain.random(n_states, xi, seed=seed)
+    raise ValueError("chain must be 'lazy' or 'random', got %r" % (chain,))
+
+
+def _adjacent_nll(tokens, mask, n_states, left, init, right, emission):
+    """-log p(true token | its visible neighbours) at every masked position, for a process
+    whose hidden state h at a masked position is weighted by ``left[a, h]`` given the token a
+    before it (``init[h]`` when that is hidden or absent) and ``right[h, b]`` given the token b
+    after it (1 when hidden or absent), and emits token j with ``emission[h, j]`` (None: the
+    state is the token)."""
+    tokens, mask = _tokens_and_mask(tokens, mask, n_states)
+    rows, pos = np.nonzero(mask)
+    if rows.size == 0:
+        raise ValueError("mask hides no token: the loss over masked positions is undefined")
+    length = tokens.shape[1]
+    has_left = pos > 0
+    has_left[has_left] = ~mask[rows[has_left], pos[has_left] - 1]
+    has_right = pos < length - 1
+    has_right[has_right] = ~mask[rows[has_right], pos[has_right] + 1]
+    a = np.where(has_left, tokens[rows, np.maximum(pos - 1, 0)], 0)
+    b = np.where(has_right, tokens[rows, np.minimum(pos + 1, length - 1)], 0)
+    score = np.where(has_left[:, None], left[a], init[None, :])
+    score = score * np.where(has_right[:, None], right[:, b].T, 1.0)
+    if emission is not None:
+        score = score @ emission
+    truth = score[np.arange(rows.size), tokens[rows, pos]] / score.sum(axis=1)
+    return -np.log(truth)
 
 
 def _tokens_and_mask(tokens, mask, n_states):
@@ -415,3 +716,88 @@ def mask_tokens(tokens, rate=0.15, seed=0, mask_id=None, span=1):
     span = as_count(span, "span")
     mask_id = as_count(mask_id, "mask_id")
     return _core.mask_tokens(tokens, rate, span, as_seed(seed), mask_id)
+
+
+# Influences below this (mean total variation) are left out of the decay fit: with the default
+# 2048 sequences their relative sampling error is no longer small.
+DECAY_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class ContextInfluence:
+    """How far a visible token moves the exact posterior of a masked one
+    (:func:`relevant_context`).
+
+    distance : (R,) int, 1 .. R; influence : (R,) float64, the mean total-variation distance
+    at each distance; threshold : float; length : int, the largest distance whose influence
+    reaches the threshold (0 if none does); decay_length : float, tokens per e-fold of the
+    influence beyond the nearest neighbours (-1 / slope of a least-squares line through
+    log influence at distances >= 2 where it is >= DECAY_FLOOR; NaN with fewer than two such
+    points, as on a Markov chain, whose influence is 0 beyond distance 1).
+    """
+    distance: np.ndarray
+    influence: np.ndarray
+    threshold: float
+    length: int
+    decay_length: float
+
+
+def relevant_context(task, threshold=0.01, max_distance=32, n=2048, seed=0):
+    """The relevant context of the masked-token task: how far, in tokens, a visible token
+    still moves the exact posterior of a masked one.
+
+    For ``n`` stationary sequences of length ``2 * max_distance + 1`` whose centre token is
+    masked and every other token visible, ``influence[r - 1]`` is the mean total-variation
+    distance between the centre's posterior and its posterior when the token at distance r is
+    hidden too (averaged over both sides). On a Markov chain only the neighbours matter
+    (influence exactly 0 beyond r = 1, up to rounding); on a :class:`HiddenMarkovTask` with
+    emission noise it decays over about the hidden chain's correlation length.
+
+    Parameters
+    ----------
+    task : MarkovChain or HiddenMarkovTask.
+    threshold : float in (0, 1], the total-variation distance that counts as moving the
+        posterior.
+    max_distance : int >= 1, R.
+    n : int >= 1, sequences; seed : int, their seed (mask-free: the centre is always hidden).
+
+    Returns
+    -------
+    ContextInfluence
+
+    >>> relevant_context(MarkovChain.lazy(8, 7.0), n=256).length
+    1
+    >>> relevant_context(HiddenMarkovTask.noisy(8, 7.0, noise=0.3), n=256).length > 1
+    True
+    """
+    if not isinstance(task, (MarkovChain, HiddenMarkovTask)):
+        raise TypeError("task must be a MarkovChain or a HiddenMarkovTask, got %s"
+                        % type(task).__name__)
+    threshold = as_real(threshold, "threshold", low=0.0, high=1.0, low_open=True)
+    R = as_count(max_distance, "max_distance")
+    n = as_count(n, "n")
+    length = 2 * R + 1
+    check_memory(8.0 * n * length * (task.n_states + 4), "relevant_context: n * (2 "
+                 "max_distance + 1) * V float64 posteriors")
+    tokens = task.sample(n, length, seed=seed)
+    mask = np.zeros((n, length), dtype=bool)
+    mask[:, R] = True
+    masked = np.where(mask, task.n_states, tokens).astype(np.int32)
+    base = task.posterior(masked, mask)[:, R]
+    influence = np.zeros(R)
+    for r in range(1, R + 1):
+        for side in (R - r, R + r):
+            more = mask.copy()
+            more[:, side] = True
+            moved = task.posterior(np.where(more, task.n_states, tokens).astype(np.int32),
+                                   more)[:, R]
+            influence[r - 1] += 0.25 * np.abs(moved - base).sum(axis=1).mean()
+    above = np.nonzero(influence >= threshold)[0]
+    distance = np.arange(1, R + 1)
+    fit = (distance >= 2) & (influence >= DECAY_FLOOR)
+    decay = math.nan
+    if fit.sum() >= 2:
+        slope = np.polyfit(distance[fit], np.log(influence[fit]), 1)[0]
+        decay = float(-1.0 / slope) if slope < 0 else math.inf
+    return ContextInfluence(distance, influence, threshold,
+                            int(above[-1] + 1) if above.size else 0, decay)

@@ -18,7 +18,7 @@ import numpy as np
 from . import findings
 from ._util import as_count, as_mask_rate, as_real
 from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, relevance_decomposition
-from .chains import XI_MAX, MarkovChain, mask_tokens
+from .chains import XI_MAX, HiddenMarkovTask, MarkovChain, mask_tokens
 from .model import ResidualMLP
 from .runtime import where_computed
 from .train import log_steps, train
@@ -26,6 +26,13 @@ from .train import log_steps, train
 __all__ = ["Config", "Result", "run", "gate_evaluation", "measure_stream", "GATE_SIZE"]
 
 CHAIN_FAMILIES = ("lazy", "random")
+# "chain": the tokens are the chain's states; "hmm": HiddenMarkovTask.noisy (tokens replaced by
+# a uniform one with probability noise); "hmm-random": HiddenMarkovTask.random (a Dirichlet
+# emission from n_hidden states, mixed with noise)
+TASKS = ("chain", "hmm", "hmm-random")
+# Fields added with the hidden-Markov tasks, left out of to_dict (and so of the key) while the
+# task is a plain chain: the records of chain runs keep the keys they had before.
+_TASK_FIELDS = {"task": "chain", "noise": 0.0, "n_hidden": 0}
 SCHEDULES = ("constant", "cosine")
 # a posterior probability that is exactly 0 (impossible states of sparse chains) enters the
 # relevance regression as log(1e-300)
@@ -66,8 +73,12 @@ class Config:
     Defaults are the paper-scale configuration (V 8, L 32, d 16, m 512, K 12, batch 128,
     AdamW lr 1e-3, 3000 steps, mask rate 0.15). ``chain="random"`` uses
     ``MarkovChain.random(n_states, xi, seed=chain_seed)``; ``"lazy"`` the lazy chain with
-    uniform stationary law. ``schedule="cosine"`` decays the learning rate to 0 over ``steps``
-    after a linear ``warmup``.
+    uniform stationary law. ``task="hmm"`` makes that chain hidden: each token is its state,
+    replaced by a uniform token with probability ``noise`` (:meth:`HiddenMarkovTask.noisy`);
+    ``task="hmm-random"`` emits from ``n_hidden`` states (0: ``n_states``) through a random
+    Dirichlet emission mixed with ``noise`` (:meth:`HiddenMarkovTask.random`).
+    ``schedule="cosine"`` decays the learning rate to 0 over ``steps`` after a linear
+    ``warmup``.
 
     Every field is stored as its declared type (``xi=1`` becomes 1.0, ``steps=2000.0`` becomes
     2000), so equal configs have equal keys; a value that does not convert exactly (``steps=1.5``,
@@ -102,6 +113,10 @@ class Config:
     mask_span: int = 1
     seed: int = 0
     eval_size: int = 2048
+    # hidden-Markov tasks (see _TASK_FIELDS)
+    task: str = "chain"
+    noise: float = 0.0
+    n_hidden: int = 0
 
     def __post_init__(self):
         # Equal configs must have equal keys: Config(xi=1) == Config(xi=1.0), so every field
@@ -111,6 +126,15 @@ class Config:
                                                             f.type))
         if self.chain not in CHAIN_FAMILIES:
             raise ValueError("chain must be one of %s, got %r" % (CHAIN_FAMILIES, self.chain))
+        if self.task not in TASKS:
+            raise ValueError("task must be one of %s, got %r" % (TASKS, self.task))
+        as_real(self.noise, "noise", low=0.0, high=1.0)
+        as_count(self.n_hidden, "n_hidden", minimum=0)
+        if self.task == "chain" and self.noise != 0.0:
+            raise ValueError("noise applies to the hidden-Markov tasks, not to task='chain'")
+        if self.task != "hmm-random" and self.n_hidden not in (0, self.n_states):
+            raise ValueError("n_hidden applies to task='hmm-random' only (task=%r has "
+                             "n_states hidden states)" % self.task)
         if self.schedule not in SCHEDULES:
             raise ValueError("schedule must be one of %s, got %r" % (SCHEDULES, self.schedule))
         for name in ("n_states", "length", "width", "hidden", "depth", "steps", "batch_size",
@@ -127,8 +151,14 @@ class Config:
             raise TypeError("block_ln must be a bool")
 
     def to_dict(self):
-        """The fields as a dict of JSON-ready Python values (str, int, float, bool)."""
-        return asdict(self)
+        """The fields as a dict of JSON-ready Python values (str, int, float, bool); for a
+        plain chain task without the hidden-Markov fields (``task``, ``noise``, ``n_hidden``),
+        so that chain configs keep their keys."""
+        d = asdict(self)
+        if all(d[k] == v for k, v in _TASK_FIELDS.items()):
+            for k in _TASK_FIELDS:
+                del d[k]
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -232,10 +262,18 @@ def train_as(config, model, chain, steps=None, progress=True):
 
 
 def make_chain(config):
-    """The MarkovChain a Config describes."""
-    if config.chain == "lazy":
-        return MarkovChain.lazy(config.n_states, config.xi)
-    return MarkovChain.random(config.n_states, config.xi, seed=config.chain_seed)
+    """The task a Config describes: a MarkovChain, or a HiddenMarkovTask for
+    ``task="hmm"`` / ``"hmm-random"``."""
+    c = config
+    if c.task == "hmm":
+        return HiddenMarkovTask.noisy(c.n_states, c.xi, c.noise, chain=c.chain,
+                                      seed=c.chain_seed)
+    if c.task == "hmm-random":
+        return HiddenMarkovTask.random(c.n_hidden or c.n_states, c.n_states, c.xi, c.noise,
+                                       chain=c.chain, seed=c.chain_seed)
+    if c.chain == "lazy":
+        return MarkovChain.lazy(c.n_states, c.xi)
+    return MarkovChain.random(c.n_states, c.xi, seed=c.chain_seed)
 
 
 FLOW_POINTS = 24    # log-spaced checkpoints of the flow during training a long run stores,

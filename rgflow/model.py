@@ -294,7 +294,7 @@ class ResidualMLP:
         """The fused C training loop for ``len(lrs)`` steps from ``self.step`` (what
         :func:`rgflow.train` calls between evaluations; use that).
 
-        chain : MarkovChain; lrs : (k,) float64 learning rates; options : dict of AdamW and
+        chain : MarkovChain or HiddenMarkovTask; lrs : (k,) float64 learning rates; options : dict of AdamW and
         batch options (``betas``, ``eps``, ``weight_decay``, ``max_grad_norm``, ``mask_rate``,
         ``mask_span``), checked by the C core. Returns ``(losses (k,), n_done, bad)`` (see
         ``_core.mlp_train_steps``) and advances ``step`` by ``n_done``.
@@ -303,8 +303,8 @@ class ResidualMLP:
             self._train_workspace = (batch_size, self._workspace(batch_size, "batch_size"))
         out, n_done, bad = _core.mlp_train_steps(
             self.shape, (self.params, self._grads, self._adam_m, self._adam_v),
-            self._train_workspace[1], batch_size, chain.transition, chain.stationary, seed,
-            self.step, lrs, options)
+            self._train_workspace[1], batch_size, *chain._source(), seed, self.step, lrs,
+            options)
         self.step += n_done
         self.train_seed = seed
         return out, n_done, bad

@@ -18,7 +18,7 @@ import numpy as np
 from . import _core
 from ._util import as_count, as_mask_rate, as_real, as_seed, check_memory
 from .analysis import block_updates, drift_profile, rank_profile
-from .chains import MarkovChain, mask_tokens
+from .chains import HiddenMarkovTask, MarkovChain, mask_tokens
 from .model import ResidualMLP
 
 __all__ = ["train", "History", "flow_point", "log_steps", "learning_rate", "TrainingInterrupted"]
@@ -120,7 +120,7 @@ def train_batch(chain, model, step, batch_size=128, mask_rate=0.15, mask_span=1,
     (4, 16)
     """
     _check_chain(chain, model)
-    return _core.mlp_train_batch(chain.transition, chain.stationary, as_seed(seed),
+    return _core.mlp_train_batch(*chain._source(), as_seed(seed),
                                  as_count(step, "step", minimum=0),
                                  as_count(batch_size, "batch_size"), model.length,
                                  as_mask_rate(mask_rate),
@@ -177,8 +177,9 @@ def _interrupted(model, start, steps):
 
 
 def _check_chain(chain, model):
-    if not isinstance(chain, MarkovChain):
-        raise TypeError("chain must be a MarkovChain, got %s" % type(chain).__name__)
+    if not isinstance(chain, (MarkovChain, HiddenMarkovTask)):
+        raise TypeError("chain must be a MarkovChain or a HiddenMarkovTask, got %s"
+                        % type(chain).__name__)
     if not isinstance(model, ResidualMLP):
         raise TypeError("model must be a ResidualMLP, got %s" % type(model).__name__)
     if chain.n_states != model.n_states:
@@ -205,7 +206,7 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
     Parameters
     ----------
     model : ResidualMLP (its ``step``, AdamW moments and parameters are updated).
-    chain : MarkovChain with ``n_states == model.n_states``.
+    chain : MarkovChain or HiddenMarkovTask with ``n_states == model.n_states``.
     steps : int >= 0, number of steps to take now. Every option below is keyword-only.
     batch_size : sequences per step. lr : peak learning rate.
     weight_decay : decoupled (AdamW) decay on all parameters.

@@ -397,9 +397,9 @@ def test_core_rejects_bad_arenas_and_workspaces():
     options = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=0.0,
                    mask_rate=0.15, mask_span=1)
     args = [cfg, (model.params, g, g.copy(), g.copy()), model._workspace(4), 4,
-            chain.transition, chain.stationary, 0, 0, np.full(2, 1e-3), options]
+            chain.transition, chain.stationary, None, 0, 0, np.full(2, 1e-3), options]
     bad = list(args)
-    bad[8] = np.array([1e-3, -1.0])
+    bad[9] = np.array([1e-3, -1.0])
     with pytest.raises(ValueError, match="lrs"):
         _core.mlp_train_steps(*bad)
     bad = list(args)

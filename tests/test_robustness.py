@@ -44,6 +44,7 @@ MASKED, MASK = rg.mask_tokens(TOK, rate=0.4, seed=3, mask_id=4)
 MODEL = rg.ResidualMLP(4, 7, 3, 8, 2, seed=4)
 CFG = MODEL.shape
 WS = MODEL._workspace(6)
+E = np.random.default_rng(7).dirichlet(np.ones(5), size=4)   # emission: 4 states, 5 tokens
 X = np.random.default_rng(5).standard_normal((9, 5))
 Y = np.random.default_rng(6).standard_normal((9, 4))
 OPTIONS = dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, max_grad_norm=0.0, mask_rate=0.2,
@@ -64,12 +65,24 @@ def core_calls():
                               lambda: _core.chain_eigenvalues(bad, 1e-12)),
         "chain_sample": (lambda: _core.chain_sample(T, PI, 3, 5, 7),
                          lambda: _core.chain_sample(T, PI[:2], 3, 5, 7)),
+        "chain_sample[emission]": (
+            lambda: _core.chain_sample(T, PI, 3, 5, 7, emission=E, hidden_states=True),
+            lambda: _core.chain_sample(T, PI, 3, 5, 7, emission=E[:, :1])),
+        "chain_posterior[emission]": (
+            lambda: _core.chain_posterior(T, PI, E, MASKED, MASK),
+            lambda: _core.chain_posterior(T, PI, E[:3], MASKED, MASK)),
+        "chain_bayes_nll[emission]": (
+            lambda: _core.chain_bayes_nll(T, PI, E, TOK, MASK),
+            lambda: _core.chain_bayes_nll(T, PI, E, TOK + 5, MASK)),
+        "mlp_train_batch[emission]": (
+            lambda: _core.mlp_train_batch(T, PI, E, 1, 2, 3, 7, 0.2, 1),
+            lambda: _core.mlp_train_batch(T, PI, -E, 1, 2, 3, 7, 0.2, 1)),
         "mask_tokens": (lambda: _core.mask_tokens(TOK, 0.3, 1, 8, 4),
                         lambda: _core.mask_tokens(TOK, 0.3, 1, 8, 2)),
-        "chain_posterior": (lambda: _core.chain_posterior(T, PI, MASKED, MASK),
-                            lambda: _core.chain_posterior(T, PI, MASKED, MASK[:, :2])),
-        "chain_bayes_nll": (lambda: _core.chain_bayes_nll(T, PI, TOK, MASK),
-                            lambda: _core.chain_bayes_nll(T, PI, TOK + 9, MASK)),
+        "chain_posterior": (lambda: _core.chain_posterior(T, PI, None, MASKED, MASK),
+                            lambda: _core.chain_posterior(T, PI, None, MASKED, MASK[:, :2])),
+        "chain_bayes_nll": (lambda: _core.chain_bayes_nll(T, PI, None, TOK, MASK),
+                            lambda: _core.chain_bayes_nll(T, PI, None, TOK + 9, MASK)),
         "mlp_layout": (lambda: _core.mlp_layout(CFG), lambda: _core.mlp_layout((1,) * 6)),
         "mlp_workspace_bytes": (lambda: _core.mlp_workspace_bytes(CFG, 4),
                                 lambda: _core.mlp_workspace_bytes(CFG, 0)),
@@ -82,12 +95,12 @@ def core_calls():
                                                       MASK),
                           lambda: _core.mlp_gradients(CFG, MODEL.params, g, WS, MASKED, TOK,
                                                       np.zeros_like(MASK))),
-        "mlp_train_batch": (lambda: _core.mlp_train_batch(T, PI, 1, 2, 3, 7, 0.2, 1),
-                            lambda: _core.mlp_train_batch(T, PI, 1, 2, 3, 7, 2.0, 1)),
-        "mlp_train_steps": (lambda: _core.mlp_train_steps(CFG, (p, g, m, v), ws, 2, T, PI, 1, 0,
-                                                          np.array([1e-6]), OPTIONS),
-                            lambda: _core.mlp_train_steps(CFG, (p, g, m, v), ws, 2, T, PI, 1, 0,
-                                                          np.array([-1.0]), OPTIONS)),
+        "mlp_train_batch": (lambda: _core.mlp_train_batch(T, PI, None, 1, 2, 3, 7, 0.2, 1),
+                            lambda: _core.mlp_train_batch(T, PI, None, 1, 2, 3, 7, 2.0, 1)),
+        "mlp_train_steps": (lambda: _core.mlp_train_steps(CFG, (p, g, m, v), ws, 2, T, PI, None, 1,
+                                                          0, np.array([1e-6]), OPTIONS),
+                            lambda: _core.mlp_train_steps(CFG, (p, g, m, v), ws, 2, T, PI, None, 1,
+                                                          0, np.array([-1.0]), OPTIONS)),
         "rank": (lambda: _core.rank(X), lambda: _core.rank(np.full((3, 3), np.nan))),
         "cka": (lambda: _core.cka((X, Y), False, True, ("X", "Y")),
                 lambda: _core.cka((X, Y[:4]), False, False)),
@@ -104,7 +117,7 @@ ERRORS = (TypeError, ValueError, MemoryError)
 @pytest.mark.parametrize("name", sorted(core_calls()))
 def test_no_leak_refcount_or_mutation(name):
     ok, fail = core_calls()[name]
-    inputs = [T, PI, TOK, MASKED, MASK, X, Y, MODEL.params, WS]
+    inputs = [T, PI, E, TOK, MASKED, MASK, X, Y, MODEL.params, WS]
     copies = [a.copy() for a in inputs[:-1]]
     gc.collect()  # e.g. an earlier failure's traceback still referencing the inputs
     refs = [sys.getrefcount(a) for a in inputs]

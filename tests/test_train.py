@@ -99,7 +99,8 @@ def test_core_checks_the_options_it_is_given():
     def steps(**change):
         return _core.mlp_train_steps(
             model.shape, (model.params, model._grads, model._adam_m, model._adam_v),
-            model._workspace(4), 4, chain.transition, chain.stationary, 0, 0, np.full(1, 1e-3),
+            model._workspace(4), 4, chain.transition, chain.stationary, None, 0, 0,
+            np.full(1, 1e-3),
             dict(options, **change))
     for change, exc, name in [(dict(betas=(0.9, 1.0)), ValueError, "betas[1]"),
                               (dict(eps=-1.0), ValueError, "eps"),
@@ -112,7 +113,7 @@ def test_core_checks_the_options_it_is_given():
     with pytest.raises(TypeError, match="eps"):
         _core.mlp_train_steps(model.shape, (model.params, model._grads, model._adam_m,
                                            model._adam_v), model._workspace(4), 4,
-                              chain.transition, chain.stationary, 0, 0, np.full(1, 1e-3),
+                              chain.transition, chain.stationary, None, 0, 0, np.full(1, 1e-3),
                               {k: v for k, v in options.items() if k != "eps"})
     losses, done, bad = steps()
     assert done == 1 and bad == 0 and np.isfinite(losses).all()
