@@ -378,17 +378,22 @@ static int posterior_buffers(const observed *o, PyArrayObject **out, double **wo
     return *out && *work ? 0 : -1;
 }
 
-static int posterior_run(const observed *o, double *out, double *work, int64_t *seq,
-                         int64_t *pos)
+/* The posterior into out (with work) or, when out is NULL, the Bayes NLL into sum and count:
+ * the chain's kernel, or the hidden-Markov one when o has an emission. */
+static int observed_run(const observed *o, double *out, double *work, double *sum,
+                        int64_t *count, int64_t *seq, int64_t *pos)
 {
     const rg_chain_arg *c = &o->chain;
     const double *T = PyArray_DATA(c->T.a), *pi = PyArray_DATA(c->pi.a);
+    const double *E = c->E.a ? PyArray_DATA(c->E.a) : NULL;
     const int32_t *tokens = PyArray_DATA(o->tokens.a);
     const uint8_t *mask = PyArray_DATA(o->mask.a);
-    if (c->E.a)
-        return rg_hmm_posterior(T, pi, PyArray_DATA(c->E.a), c->V, c->n_tokens, tokens, mask,
-                                o->n, o->L, out, work, seq, pos);
-    return rg_chain_posterior(T, pi, c->V, tokens, mask, o->n, o->L, out, work, seq, pos);
+    const int64_t H = c->V, V = c->n_tokens, n = o->n, L = o->L;
+    if (out)
+        return E ? rg_hmm_posterior(T, pi, E, H, V, tokens, mask, n, L, out, work, seq, pos)
+                 : rg_chain_posterior(T, pi, H, tokens, mask, n, L, out, work, seq, pos);
+    return E ? rg_hmm_bayes_nll(T, pi, E, H, V, tokens, mask, n, L, sum, count, seq, pos)
+             : rg_chain_bayes_nll(T, pi, H, tokens, mask, n, L, sum, count, seq, pos);
 }
 
 static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
@@ -404,7 +409,7 @@ static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
         goto exit;
     }
     Py_BEGIN_ALLOW_THREADS
-    status = posterior_run(&o, PyArray_DATA(out), work, &seq, &pos);
+    status = observed_run(&o, PyArray_DATA(out), work, NULL, NULL, &seq, &pos);
     Py_END_ALLOW_THREADS
     if (status != RG_OK) {
         observed_error(status, seq, pos, &o);
@@ -416,19 +421,6 @@ exit:
     return (PyObject *)out;
 }
 
-static int bayes_nll_run(const observed *o, double *sum, int64_t *count, int64_t *seq,
-                         int64_t *pos)
-{
-    const rg_chain_arg *c = &o->chain;
-    const double *T = PyArray_DATA(c->T.a), *pi = PyArray_DATA(c->pi.a);
-    const int32_t *tokens = PyArray_DATA(o->tokens.a);
-    const uint8_t *mask = PyArray_DATA(o->mask.a);
-    if (c->E.a)
-        return rg_hmm_bayes_nll(T, pi, PyArray_DATA(c->E.a), c->V, c->n_tokens, tokens, mask,
-                                o->n, o->L, sum, count, seq, pos);
-    return rg_chain_bayes_nll(T, pi, c->V, tokens, mask, o->n, o->L, sum, count, seq, pos);
-}
-
 static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
 {
     observed o;
@@ -438,7 +430,7 @@ static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
     int status = RG_OK;
     if (!observed_parse(args, "O&O&O&O&O&:chain_bayes_nll", &o)) goto exit;
     Py_BEGIN_ALLOW_THREADS
-    status = bayes_nll_run(&o, &sum, &count, &seq, &pos);
+    status = observed_run(&o, NULL, NULL, &sum, &count, &seq, &pos);
     Py_END_ALLOW_THREADS
     if (status != RG_OK)
         observed_error(status, seq, pos, &o);
