@@ -12,7 +12,7 @@
 Timings are the best of a few repeats (the NumPy loops run once or twice: they are long).
 Two streams: "gaussian" (i.i.d. N(0, 1): every matrix is well conditioned, so rgflow takes the
 Gram route) and "graded" (feature j scaled by 10^(-4 j / d) within each position: every matrix
-is ill-conditioned, so rgflow falls back to dgesdd — its worst case).  Peak memory is measured
+is ill-conditioned, so rgflow cannot use the Gram's eigenvalues and takes CholeskyQR2).  Peak memory is measured
 in fresh subprocesses as the rise of the resident high-water mark (VmHWM) over its value after
 building the stream, so it counts NumPy's arrays and the C kernel's workspace alike.  (Not
 ru_maxrss: Linux carries the parent's high-water mark into a forked child.)  The machine's
@@ -152,11 +152,16 @@ def peak_mib(task, kind):
 
 
 def routes(s):
-    """How many matrices rgflow sent to dgesdd (the rest used the Gram)."""
-    pos = _core.rank(s.transpose(0, 2, 1, 3))[1]
-    st = _core.rank(s.reshape(s.shape[0], s.shape[1], -1))[1]
-    return "%d/%d position, %d/%d stream matrices via dgesdd" % (pos.sum(), pos.size, st.sum(),
-                                                                  st.size)
+    """How many matrices took each of rgflow's routes (rank.h: Gram eigenvalues, CholeskyQR2,
+    dgesdd)."""
+    names = {0: "Gram", 2: "CholeskyQR2", 1: "dgesdd"}
+    parts = []
+    for what, x in [("position", s.transpose(0, 2, 1, 3)),
+                    ("stream", s.reshape(s.shape[0], s.shape[1], -1))]:
+        r = _core.rank(x)[1].ravel()
+        parts.append("%s: %s" % (what, ", ".join("%d %s" % ((r == code).sum(), name)
+                                                  for code, name in names.items())))
+    return "; ".join(parts)
 
 
 def main():

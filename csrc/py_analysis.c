@@ -66,7 +66,7 @@ static int rank_outputs(const rg_array *X, int measure, rg_stack *st, PyArrayObj
         rg_py_check_product(count, k, 8, "matrices * min(n_samples, n_features)") < 0 ||
         rg_py_check_product(k, k, 8, "min(n_samples, n_features)^2") < 0 ||
         /* the kernel's workspace (a float64 copy of one matrix, its Gram) and the outputs */
-        rg_py_check_memory((2.0 * n * f + (double)k * k) * 8.0 + (double)count * (k + 1) * 8.0,
+        rg_py_check_memory((2.0 * n * f + 3.0 * k * k) * 8.0 + (double)count * (k + 1) * 8.0,
                            X->name) < 0)
         return -1;
     dims[nd - 2] = k;
@@ -258,7 +258,8 @@ PyMethodDef rg_analysis_methods[] = {
     {"rank", KW(py_rank),
      "rank($module, /, X, measure='erank', center=True, squared=False, tol=-1.0, name='X')"
      "\n--\n\n"
-     "(values, used_svd): a measure (or 'spectrum') of every (n, f) matrix of X (..., n, f)."},
+     "(values, route): a measure (or 'spectrum') of every (n, f) matrix of X (..., n, f); "
+     "route per matrix: 0 Gram eigenvalues, 1 dgesdd, 2 CholeskyQR2."},
     {"cka", KW(py_cka),
      "cka($module, /, layers, consecutive=False, debiased=False, names=None)\n--\n\n"
      "((n_layers, n_layers) float64, sample_space): linear CKA between 2-D arrays with equal "

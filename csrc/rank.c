@@ -225,16 +225,13 @@ static int lapack_sizes(int64_t n, int64_t f, int64_t *lwork, int64_t *liwork)
     return RG_OK;
 }
 
-/* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
- * descending).  G: k x k scratch.  structural_zero: the smallest value is 0 by construction. */
-static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_zero,
-                    double *T /* n x f when f <= n */, double *G /* k x k */, double *s /* k */, double *work, int64_t lwork,
-                    lapack_int *iwork, int64_t liwork, uint8_t *used_svd)
+/* G (k x k, column-major lower triangle) = the Gram of the smaller side of A (n x f,
+ * row-major).  For k <= RG_GEMM_GRAM_MAX OpenBLAS's dgemm beats its dsyrk (~2x at k = 16,
+ * n = 2048) despite doing both triangles; above it dsyrk's halved flops win.  Row-major upper
+ * triangle == column-major lower triangle. */
+static void gram(const double *A, int64_t n, int64_t f, double *G)
 {
     const int64_t k = n < f ? n : f;
-    /* Gram of the smaller side: row-major upper triangle == column-major lower triangle.  For
-     * k <= RG_GEMM_GRAM_MAX OpenBLAS's dgemm beats its dsyrk (~2x at k = 16, n = 2048) despite
-     * doing both triangles; above it dsyrk's halved flops win. */
     const CBLAS_TRANSPOSE t1 = f <= n ? CblasTrans : CblasNoTrans;
     const CBLAS_TRANSPOSE t2 = f <= n ? CblasNoTrans : CblasTrans;
     const blasint kk = (blasint)k, inner = (blasint)(f <= n ? n : f);
@@ -244,6 +241,74 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
     else
         RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, t1, kk, inner, 1.0, A, (blasint)f, 0.0,
                              G, kk);
+}
+
+/* Singular values of the tall side M of A (n x f row-major: M = A if f <= n, else A^T; k =
+ * min(n, f) columns) by CholeskyQR2, from its Gram G (destroyed; A is kept): L1 = chol(G),
+ * Q = M L1^-T (into T), L2 = chol(Q^T Q), and M = Q L2^-T (L1 L2)^T, so the singular values
+ * of M are those of P = L1 L2 (k x k, by dgesdd).  Q is formed with the explicit inverse of
+ * L1 in one dgemm (OpenBLAS's dtrsm is ~5x slower on these tall-skinny shapes); the check
+ * below measures the orthogonality that results, whatever its source.  Accepted when
+ * ||Q^T Q - I||_F <= RG_CHOLQR_ORTH: the first pass is then orthogonal enough for the second
+ * to leave Q orthonormal to O(eps) (Yamamoto et al., ETNA 44, 2015; in exact arithmetic
+ * Q^T Q = I, and its rounding grows like eps cond(M)^2), so the values carry a backward error
+ * ~eps ||M||, as an SVD's do.  Returns 1 on success, 0 if either Cholesky factorisation fails
+ * or the test does (cond(M) beyond ~1e7, measured: the caller then takes dgesdd).  T: n x f;
+ * G2, P: k x k each. */
+#define RG_CHOLQR_ORTH 0.5
+static int cholqr2_spectrum(const double *A, int64_t n, int64_t f, double *T, double *G,
+                            double *G2, double *P, double *s, double *work, int64_t lwork,
+                            lapack_int *iwork)
+{
+    const int64_t k = n < f ? n : f;
+    const lapack_int kk = (lapack_int)k;
+    if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G, kk) != 0) return 0;
+    /* P = L1^-1 (column-major lower, zero above), i.e. R1^-1 = L1^-T read row-major */
+    memcpy(P, G, sizeof(double) * (size_t)(k * k));
+    if (RG_BLAS(LAPACKE_dtrtri_work)(LAPACK_COL_MAJOR, 'L', 'N', kk, P, kk) != 0) return 0;
+    for (int64_t j = 1; j < k; j++)
+        for (int64_t i = 0; i < j; i++) P[j * k + i] = 0.0;
+    /* Q = M R1^-1: row-major T = A R1^-1 when f <= n; when n < f, A holds M^T and
+     * T = R1^-T A holds Q^T */
+    if (f <= n)
+        RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n,
+                             (blasint)f, (blasint)f, 1.0, A, (blasint)f, P, (blasint)k, 0.0,
+                             T, (blasint)f);
+    else
+        RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)f,
+                             (blasint)n, 1.0, P, (blasint)k, A, (blasint)f, 0.0, T,
+                             (blasint)f);
+    gram(T, n, f, G2);
+    double dev = 0.0;
+    for (int64_t j = 0; j < k; j++)            /* lower triangle, off-diagonal entries twice */
+        for (int64_t i = j; i < k; i++) {
+            const double e = G2[j * k + i] - (i == j ? 1.0 : 0.0);
+            dev += (i == j ? 1.0 : 2.0) * e * e;
+        }
+    if (!(dev <= RG_CHOLQR_ORTH * RG_CHOLQR_ORTH)) return 0;
+    if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G2, kk) != 0) return 0;
+    /* P = L1 L2: L2 with its upper part zeroed, multiplied from the left by L1 */
+    for (int64_t j = 0; j < k; j++)
+        for (int64_t i = 0; i < k; i++) P[j * k + i] = i >= j ? G2[j * k + i] : 0.0;
+    RG_BLAS(cblas_dtrmm)(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit,
+                         (blasint)k, (blasint)k, 1.0, G, (blasint)k, P, (blasint)k);
+    return RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', kk, kk, P, kk, s, NULL, 1, NULL,
+                                        1, work, (lapack_int)lwork, iwork) == 0;
+}
+
+/* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
+ * descending), by the cheapest accurate route (*route: RG_ROUTE_*): the Gram's eigenvalues
+ * when it is well conditioned, else CholeskyQR2, else dgesdd.  T: n x f scratch; G, G2, P:
+ * k x k scratch.  structural_zero: the smallest value is 0 by construction (CholeskyQR2 then
+ * cannot apply: the tall side is rank deficient). */
+static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_zero,
+                    double *T /* n x f */, double *G /* k x k */, double *G2, double *P,
+                    double *s /* k */, double *work, int64_t lwork, lapack_int *iwork,
+                    int64_t liwork, uint8_t *route)
+{
+    const int64_t k = n < f ? n : f;
+    gram(A, n, f, G);
+    if (!structural_zero) memcpy(G2, G, sizeof(double) * (size_t)(k * k));
     lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k, G,
                                                     (lapack_int)k, s, work, (lapack_int)lwork,
                                                     iwork, (lapack_int)liwork);
@@ -262,26 +327,29 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
             s[k - 1 - i] = t;
         }
         for (int64_t i = 0; i < k; i++) s[i] = sqrt(s[i] > 0.0 ? s[i] : 0.0);
-        *used_svd = 0;
-    } else {
-        /* dgesdd is faster on tall matrices (QR first) than on wide ones (~2x at 2048 x 16):
-         * row-major n x f already is a tall column-major f x n when n < f; otherwise copy it
-         * into column-major n x f (T) */
-        double *M = A;
-        int64_t rows = f, cols = n;
-        if (f <= n) {
-            for (int64_t i = 0; i < n; i++)
-                for (int64_t j = 0; j < f; j++) T[j * n + i] = A[i * f + j];
-            M = T;
-            rows = n;
-            cols = f;
-        }
-        info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)rows,
-                                            (lapack_int)cols, M, (lapack_int)rows, s, NULL, 1,
-                                            NULL, 1, work, (lapack_int)lwork, iwork);
-        if (info != 0) return RG_ERR_LAPACK;
-        *used_svd = 1;
+        *route = RG_ROUTE_GRAM;
+        if (structural_zero) s[k - 1] = 0.0;
+        return RG_OK;
     }
+    if (!structural_zero && cholqr2_spectrum(A, n, f, T, G2, G, P, s, work, lwork, iwork)) {
+        *route = RG_ROUTE_CHOLQR2;
+        return RG_OK;
+    }
+    /* dgesdd is faster on tall matrices (QR first) than on wide ones (~2x at 2048 x 16):
+     * row-major n x f already is a tall column-major f x n when n < f; otherwise copy it
+     * into column-major n x f (T) */
+    double *M = A;
+    if (f <= n) {
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < f; j++) T[j * n + i] = A[i * f + j];
+        M = T;
+    }
+    const int64_t rows = f <= n ? n : f, cols = k;
+    info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)rows,
+                                        (lapack_int)cols, M, (lapack_int)rows, s, NULL, 1,
+                                        NULL, 1, work, (lapack_int)lwork, iwork);
+    if (info != 0) return RG_ERR_LAPACK;
+    *route = RG_ROUTE_SVD;
     if (structural_zero) s[k - 1] = 0.0;
     return RG_OK;
 }
@@ -328,26 +396,28 @@ static int64_t group_size(const rg_stack *st, int64_t *gstride)
     return g < fit ? g : fit;
 }
 
-/* The workspace of rg_rank_batch, one allocation: A (grp n f) | T (n f, if f <= n) |
- * G (k k) | scratch (5 f) | s (k) | work (lwork) | iwork (liwork). */
+/* The workspace of rg_rank_batch, one allocation: A (grp n f) | T (n f) | G, G2, P (k k
+ * each) | scratch (5 f) | s (k) | work (lwork) | iwork (liwork). */
 typedef struct {
-    double *A0, *T, *G, *mean, *s, *work;  /* A0 is the allocation */
+    double *A0, *T, *G, *G2, *P, *mean, *s, *work;  /* A0 is the allocation */
     lapack_int *iwork;
     int64_t lwork, liwork;
 } rank_ws;
 
 static int rank_ws_alloc(int64_t n, int64_t f, int64_t grp, rank_ws *w)
 {
-    const int64_t k = n < f ? n : f, nt = f <= n ? n * f : 0;
+    const int64_t k = n < f ? n : f, nt = n * f;
     int status = lapack_sizes(n, f, &w->lwork, &w->liwork);
     if (status != RG_OK) return status;
-    const size_t nd = (size_t)(grp * n * f + nt + k * k + 5 * f + k + w->lwork);
+    const size_t nd = (size_t)(grp * n * f + nt + 3 * k * k + 5 * f + k + w->lwork);
     double *ws = malloc(nd * sizeof(double) + (size_t)w->liwork * sizeof(lapack_int));
     if (!ws) return RG_ERR_NOMEM;
     w->A0 = ws;
     w->T = w->A0 + grp * n * f;
     w->G = w->T + nt;
-    w->mean = w->G + k * k;
+    w->G2 = w->G + k * k;
+    w->P = w->G2 + k * k;
+    w->mean = w->P + k * k;
     w->s = w->mean + 5 * f;
     w->work = w->s + k;
     w->iwork = (lapack_int *)(w->work + w->lwork);
@@ -358,15 +428,15 @@ static int rank_ws_alloc(int64_t n, int64_t f, int64_t grp, rank_ws *w)
  * A its float64 copy. */
 static int measure_matrix(const rg_strided_matrix *v, double *A, int center, int measure,
                           int squared, double tol, const rank_ws *w, double *out,
-                          uint8_t *used_svd)
+                          uint8_t *route)
 {
     const int64_t n = v->rows, f = v->cols, k = n < f ? n : f;
     int e;
     int status = rg_load_centered(v, center, A, f, w->mean, &e);
     if (status != RG_OK) return status;
     /* centring with n <= f leaves rank <= n - 1 */
-    status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->s, w->work, w->lwork, w->iwork,
-                      w->liwork, used_svd);
+    status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->G2, w->P, w->s, w->work,
+                      w->lwork, w->iwork, w->liwork, route);
     if (status != RG_OK) return status;
     if (measure == RG_MEASURE_SPECTRUM) {
         for (int64_t i = 0; i < k; i++) out[i] = ldexp(w->s[i], e);
@@ -379,7 +449,7 @@ static int measure_matrix(const rg_strided_matrix *v, double *A, int center, int
 }
 
 int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, double tol,
-                  double *out, uint8_t *used_svd, int64_t *bad)
+                  double *out, uint8_t *route, int64_t *bad)
 {
     const int64_t n = st->base.rows, f = st->base.cols, k = n < f ? n : f, last = st->nbatch - 1;
     int64_t count = 1, gstride, idx[RG_MAX_BATCH_DIMS] = {0};
@@ -399,11 +469,11 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
             A = w.A0 + q * n * f;
             v = (rg_strided_matrix){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
         }
-        uint8_t svd = 0;
+        uint8_t r = RG_ROUTE_GRAM;
         status = measure_matrix(&v, A, center, measure, squared, tol, &w,
-                                out + (measure == RG_MEASURE_SPECTRUM ? b * k : b), &svd);
+                                out + (measure == RG_MEASURE_SPECTRUM ? b * k : b), &r);
         if (status != RG_OK) *bad = b;
-        if (used_svd && status == RG_OK) used_svd[b] = svd;
+        if (route && status == RG_OK) route[b] = r;
         for (int d = last; d >= 0; d--) {
             if (++idx[d] < st->batch_shape[d]) break;
             idx[d] = 0;

@@ -8,16 +8,26 @@
  * Inputs are strided views of float32 or float64 data (strides in bytes), so a (layers,
  * positions, n, d) view of a (layers, n, positions, d) stream is measured without a copy.  Every
  * matrix is copied into a float64 workspace, centred there (and scaled by an exact power of two
- * if its range could overflow or underflow the Gram), and its spectrum comes from
- *   - the min(n, f)-sized Gram (dsyrk) + symmetric eigensolver (dsyevd), when the Gram is
- *     well conditioned: every kept eigenvalue >= RG_GRAM_MIN_RATIO * the largest, or
- *   - a direct SVD (dgesdd) of the centred matrix otherwise.
- * The Gram squares the condition number: an eigenvalue is known to about c*eps*lambda_max, so a
- * singular value s carries a relative error ~ c*eps/(2 (s/s_max)^2); at the ratio 1e-3 that is
- * ~c*5.5e-14, which keeps the measures within 1e-10 for c up to ~1e3 (the criterion means
- * cond(X_centred) <= 31.6).  The Gram is always the cheaper route (n k^2 / 2 + O(k^3) flops
- * against ~2 n k^2 + O(k^3) for dgesdd, k = min(n, f)), so it is tried first; a matrix that
- * fails the criterion pays for both.
+ * if its range could overflow or underflow the Gram), and its spectrum comes from the first of
+ * three routes that applies (k = min(n, f); M the tall side, A or A^T):
+ *   1. RG_ROUTE_GRAM: the k x k Gram (dgemm/dsyrk) and its eigenvalues (dsyevd), when it is
+ *      well conditioned: every kept eigenvalue >= RG_GRAM_MIN_RATIO * the largest.  The Gram
+ *      squares the condition number: an eigenvalue is known to about c*eps*lambda_max, so a
+ *      singular value s carries a relative error ~ c*eps/(2 (s/s_max)^2); at the ratio 1e-3
+ *      that is ~c*5.5e-14, which keeps the measures within 1e-10 for c up to ~1e3 (the
+ *      criterion means cond(X_centred) <= 31.6).  n k^2 flops (k <= 16) or n k^2 / 2.
+ *   2. RG_ROUTE_CHOLQR2: CholeskyQR2 from the same Gram (Cholesky, a triangular solve for Q,
+ *      Q's Gram, Cholesky again) and dgesdd of the k x k triangular product; accepted when
+ *      ||Q^T Q - I||_F <= 0.5 after the first pass (cond(M) up to ~1e7).  Its Q is then
+ *      orthonormal to O(eps), so the values carry a backward error ~eps ||M|| and an absolute
+ *      error ~eps s_max, as dgesdd's do (Yamamoto et al., ETNA 44, 2015).  About 3 n k^2
+ *      flops in Level-3 BLAS, against dgesdd's ~4 n k^2 largely in Level-2 (its QR and
+ *      bidiagonalisation of a tall-skinny matrix are memory-bound).
+ *   3. RG_ROUTE_SVD: a direct SVD (dgesdd) of the centred matrix: rank-deficient or worse
+ *      conditioned matrices, and every centred matrix with n <= f (its tall side then has
+ *      rank <= n - 1: a structural zero, which CholeskyQR cannot factor).
+ * A matrix that fails the Gram test pays for the Gram and its eigenvalues too; one that fails
+ * CholeskyQR2 also pays for that.
  * With centring and n <= f the centred matrix has rank <= n-1: its smallest singular value is 0
  * in exact arithmetic, is set to exactly 0 and is not "kept" for the criterion. */
 #ifndef RG_RANK_H
@@ -26,6 +36,8 @@
 #include <stdint.h>
 
 #define RG_GRAM_MIN_RATIO 1e-3
+
+enum { RG_ROUTE_GRAM = 0, RG_ROUTE_SVD = 1, RG_ROUTE_CHOLQR2 = 2 };
 #define RG_MAX_BATCH_DIMS 32
 
 enum { RG_FLOAT32 = 0, RG_FLOAT64 = 1 };
@@ -68,15 +80,15 @@ int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows
 double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int squared,
                            double tol, int64_t n, int64_t f);
 
-/* Measure every matrix of the stack, with one workspace allocation per call: n*f + k*k + 5f + k
- * doubles (another n*f when f <= n, for the SVD's column-major copy) plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
+/* Measure every matrix of the stack, with one workspace allocation per call: 2 n*f + 3 k*k +
+ * 5f + k doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
  * most 2 MB when the innermost batch axis interleaves rows (as positions do in a stream: up to
  * 2 MB of such matrices are then converted together, row by row).
  * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
  * singular values per matrix, descending.  tol is in the units of the input (< 0: default).
- * used_svd (optional, one byte per matrix) records the route.  *bad gets the batch index of the
+ * route (optional, one byte per matrix) records the route (RG_ROUTE_*).  *bad gets the batch index of the
  * offending matrix on RG_ERR_NOT_FINITE or RG_ERR_LAPACK. */
 int rg_rank_batch(const rg_stack *s, int center, int measure, int squared, double tol,
-                  double *out, uint8_t *used_svd, int64_t *bad);
+                  double *out, uint8_t *route, int64_t *bad);
 
 #endif

@@ -129,14 +129,51 @@ def test_spectrum_matches_numpy_svd(name):
     np.testing.assert_array_less(np.abs(s - s_ref), RTOL * s_ref + floor)
 
 
-def test_both_routes_are_exercised():
-    # route flag: 0 = Gram + dsyevd, 1 = dgesdd
+def test_every_route_is_exercised():
+    # route flag: 0 = Gram + dsyevd, 1 = dgesdd, 2 = CholeskyQR2
     assert _core.rank(CASES["n>>f"])[1] == 0
     assert _core.rank(CASES["n<f"])[1] == 0          # n x n Gram, structural zero set aside
     assert _core.rank(CASES["cond 31.5"])[1] == 0
-    assert _core.rank(CASES["low-rank"])[1] == 1
-    assert _core.rank(CASES["cond 1e8"])[1] == 1
-    assert _core.rank(CASES["column scales 1e-8..1e8"])[1] == 1
+    assert _core.rank(CASES["cond 1e8"])[1] == 2
+    assert _core.rank(CASES["low-rank"])[1] == 1     # rank deficient: Cholesky fails
+    # cond 1e16, but from column scales alone, to which Cholesky is blind (the Gram's
+    # factor scales with the columns): CholeskyQR2 takes it, and the spectrum tests above
+    # hold for it
+    assert _core.rank(CASES["column scales 1e-8..1e8"])[1] == 2
+    assert _core.rank(CASES["low-rank n<f"])[1] == 1  # centred n < f: structural zero
+
+
+@pytest.mark.parametrize("cond", [1e2, 1e4, 1e6, 1e8, 1e10])
+@pytest.mark.parametrize("shape", [(2048, 16), (300, 40), (16, 300)])
+def test_cholesky_qr2_route_is_as_accurate_as_the_svd(cond, shape):
+    """Graded spectra (geometric from 1 to 1/cond), the shapes of position matrices, a squarer
+    one and an uncentred wide one (centred wide ones always take dgesdd): whatever route a
+    matrix takes, its singular values match NumPy's SVD to an absolute 64 max(n, f) eps s_max
+    and the erank family to 1e-12 relative (issue 15's contract)."""
+    n, f = shape
+    k = min(n, f)
+    rng = np.random.default_rng(int(np.log10(cond)) + n)
+    s_true = np.geomspace(1.0, 1.0 / cond, k)
+    U = np.linalg.qr(rng.standard_normal((max(n, f), k)))[0]
+    W = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    X = (U * s_true) @ W
+    X = X if n >= f else X.T
+    center = n >= f
+    if center:
+        X = X - X.mean(axis=0)
+    s_ref = np.linalg.svd(X - X.mean(axis=0) if center else X, compute_uv=False)
+    s, route = _core.rank(X, center=center, measure="spectrum")
+    np.testing.assert_array_less(np.abs(s - s_ref), 64 * max(n, f) * EPS * s_ref[0])
+    for measure, squared in [("erank", False), ("erank", True), ("participation", False),
+                             ("stable", False)]:
+        got = rg.effective_rank(X, measure, squared=squared, center=center)
+        want = ref_measure(s_ref, measure, squared)
+        assert abs(got - want) <= 1e-12 * want, (measure, squared, got, want)
+    # the route each takes (measured): Gram never (cond >= 100 > 31.6); CholeskyQR2 up to
+    # cond 1e8 at least; dgesdd where its orthogonality test fails
+    assert route != 0
+    if cond <= 1e6:
+        assert route == 2
 
 
 def test_uncentred():
