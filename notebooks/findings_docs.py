@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gated_sweep import configs, store  # noqa: E402
+from gated_sweep import documented, store  # noqa: E402
 from rgflow.report import computed_on_lines, gated_markdown, headline_markdown  # noqa: E402
 from rgflow.sweep import load_results  # noqa: E402
 
@@ -30,7 +30,7 @@ def _recipe(config):
 def results(size):
     """The stored runs of ``size`` (every seed of the sweep), or None while any is missing."""
     try:
-        return load_results(store(size), configs(size))
+        return load_results(store(size), documented(size))
     except RuntimeError:
         return None
 

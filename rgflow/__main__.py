@@ -217,7 +217,8 @@ def make_parser():
                        quick.length, quick.hidden, quick.depth, paper.length, paper.hidden,
                        paper.depth, paper.steps))
     p.add_argument("--seeds", type=_integer(1), default=10, metavar="N",
-                   help="train seeds 0..N-1 at each xi (default: %(default)s)")
+                   help="train seeds 0..N-1 at each xi; every other seed of the same "
+                   "configuration already in the store is judged too (default: %(default)s)")
     p.add_argument("--out", type=_directory, default="rgflow-report", metavar="DIR",
                    help="report directory, created if missing (default: %(default)s)")
     p.add_argument("--store", type=_directory, metavar="DIR",

@@ -362,8 +362,10 @@ def write_report(results, out, config=None, figures=True):
 
 def reproduce(out="rgflow-report", quick=False, seeds=10, workers=2, progress=True,
               config=None, store=None):
-    """Train ξ = 1 and ξ = 7 runs for ``seeds`` seeds at the documented configuration and
-    write the report into ``out``.
+    """Train ξ = 1 and ξ = 7 runs for seeds 0 .. ``seeds`` - 1 at the documented
+    configuration and write the report into ``out``, judging every stored run of that
+    configuration at those two ξ (the seeds trained here and any other seed already in the
+    store, e.g. the extra ξ = 1 seeds of notebooks/gated_sweep.py).
 
     ``quick`` selects ``CONFIGS["quick"]`` (the small size), else ``CONFIGS["paper"]``.
     Runs are stored in ``store`` (default ``out/runs``) and reused: pointing ``store`` at the
@@ -379,4 +381,11 @@ def reproduce(out="rgflow-report", quick=False, seeds=10, workers=2, progress=Tr
             sweep(configs, executor=ex, store=store, progress=progress)
     else:
         sweep(configs, store=store, progress=progress)
-    return write_report(load_results(store, configs), out, config=base)
+    runs = load_results(store, configs)  # every requested seed, or RuntimeError
+    requested = {c.key() for c in configs}
+    like_base = base.replace(xi=SHORT_XI, seed=0)
+    runs += [r for r in load_results(store) if r.config.key() not in requested
+             and r.config.xi in (SHORT_XI, LONG_XI)
+             and r.config.replace(xi=SHORT_XI, seed=0) == like_base]
+    runs.sort(key=lambda r: (r.config.xi, r.config.seed))
+    return write_report(runs, out, config=base)

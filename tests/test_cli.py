@@ -34,9 +34,11 @@ def test_every_option_says_its_default():
         for action in options:
             text = (action.help or "") % vars(action)  # as --help shows it
             assert "(default: " in text or "(required)" in text, (name, action.dest, text)
-    for name, n in (("reproduce", 10), ("sweep", 3)):
+    for name, n, more in (("reproduce", 10, "; every other seed of the same configuration "
+                           "already in the store is judged too"), ("sweep", 3, "")):
         seeds = next(a for a in commands[name]._actions if a.dest == "seeds")
-        assert seeds.help % vars(seeds) == "train seeds 0..N-1 at each xi (default: %d)" % n
+        assert seeds.help % vars(seeds) == "train seeds 0..N-1 at each xi%s (default: %d)" % (
+            more, n)
     assert "without --quick it is paper size" in commands["sweep"].description
 
 

@@ -1,6 +1,6 @@
 """The findings as the README states them, tied to the stored records and to the code.
 
-* Small size: the README's table and docs/findings-small.md are exactly what the 20 stored runs
+* Small size: the README's table and docs/findings-small.md are exactly what the 25 stored runs
   of the gated sweep give (``make findings`` writes them), and one cell of the quick
   configuration (ξ = 7, seed 0) is trained again: its first 2,623 steps in the default suite,
   all 30,000 in the slow one, each against its stored record.
@@ -25,16 +25,16 @@ from rgflow.sweep import grid, load_record, load_results
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "notebooks"))
 import findings_docs  # noqa: E402
-from gated_sweep import configs, store  # noqa: E402
+from gated_sweep import configs, documented, store  # noqa: E402
 
 
 def stored_or_skip(size):
     runs = findings_docs.results(size)
     if runs is None:
         have = sum(load_record(store(size) / (c.key() + ".json"), c.key()) is not None
-                   for c in configs(size))
+                   for c in documented(size))
         pytest.skip("the %s-size gated sweep has stored %d of %d runs" % (
-            size, have, len(configs(size))))
+            size, have, len(documented(size))))
     return runs
 
 
