@@ -20,7 +20,7 @@ from ._util import as_count, as_mask_rate, as_real
 from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, relevance_decomposition
 from .chains import XI_MAX, HiddenMarkovTask, MarkovChain, mask_tokens
 from .model import ResidualMLP
-from .runtime import where_computed
+from .runtime import get_num_threads, where_computed
 from .train import log_steps, train
 
 __all__ = ["Config", "Result", "run", "gate_evaluation", "measure_stream", "GATE_SIZE"]
@@ -33,6 +33,11 @@ TASKS = ("chain", "hmm", "hmm-random")
 # Fields added with the hidden-Markov tasks, left out of to_dict (and so of the key) while the
 # task is a plain chain: the records of chain runs keep the keys they had before.
 _TASK_FIELDS = {"task": "chain", "noise": 0.0, "n_hidden": 0}
+# The architectures run() trains: rgflow's residual MLP (C), or the attention baseline
+# rgflow.torch.TransformerMLM (PyTorch; heads attention heads, FFN width `hidden` per token).
+# Left out of to_dict at their defaults, like _TASK_FIELDS.
+ARCHS = ("mlp", "transformer")
+_ARCH_FIELDS = {"arch": "mlp", "heads": 2}
 SCHEDULES = ("constant", "cosine")
 # a posterior probability that is exactly 0 (impossible states of sparse chains) enters the
 # relevance regression as log(1e-300)
@@ -117,6 +122,9 @@ class Config:
     task: str = "chain"
     noise: float = 0.0
     n_hidden: int = 0
+    # the architecture (see _ARCH_FIELDS)
+    arch: str = "mlp"
+    heads: int = 2
 
     def __post_init__(self):
         # Equal configs must have equal keys: Config(xi=1) == Config(xi=1.0), so every field
@@ -126,6 +134,12 @@ class Config:
                                                             f.type))
         if self.chain not in CHAIN_FAMILIES:
             raise ValueError("chain must be one of %s, got %r" % (CHAIN_FAMILIES, self.chain))
+        if self.arch not in ARCHS:
+            raise ValueError("arch must be one of %s, got %r" % (ARCHS, self.arch))
+        as_count(self.heads, "heads")
+        if self.arch == "transformer" and self.width % self.heads:
+            raise ValueError("width (%d) must be a multiple of heads (%d)"
+                             % (self.width, self.heads))
         if self.task not in TASKS:
             raise ValueError("task must be one of %s, got %r" % (TASKS, self.task))
         as_real(self.noise, "noise", low=0.0, high=1.0)
@@ -153,11 +167,13 @@ class Config:
     def to_dict(self):
         """The fields as a dict of JSON-ready Python values (str, int, float, bool); for a
         plain chain task without the hidden-Markov fields (``task``, ``noise``, ``n_hidden``),
-        so that chain configs keep their keys."""
+        and for the residual MLP without ``arch`` and ``heads``, so that the configs of
+        earlier runs keep their keys."""
         d = asdict(self)
-        if all(d[k] == v for k, v in _TASK_FIELDS.items()):
-            for k in _TASK_FIELDS:
-                del d[k]
+        for defaults in (_TASK_FIELDS, _ARCH_FIELDS):
+            if all(d[k] == v for k, v in defaults.items()):
+                for k in defaults:
+                    del d[k]
         return d
 
     @classmethod
@@ -259,6 +275,19 @@ def train_as(config, model, chain, steps=None, progress=True):
                  total_steps=c.steps, max_grad_norm=c.max_grad_norm or None,
                  eval_every=max(1, c.steps // 10), eval_size=c.eval_size, progress=progress,
                  flow_at=flow_steps(c.steps))
+
+
+def make_model(config):
+    """The untrained network a Config describes: a ResidualMLP, or for
+    ``arch="transformer"`` a :class:`rgflow.torch.TransformerMLM` (per-token width ``width``,
+    ``depth`` blocks, ``heads`` heads, feed-forward width ``hidden``; needs PyTorch)."""
+    c = config
+    if c.arch == "transformer":
+        from .torch import TransformerMLM
+        return TransformerMLM(c.n_states, c.length, c.width, c.depth, heads=c.heads,
+                              hidden=c.hidden, seed=c.seed)
+    return ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
+                       block_ln=c.block_ln)
 
 
 def make_chain(config):
@@ -384,15 +413,39 @@ def run(config, progress=True):
     matrix, the relevance decomposition and the per-run verdicts of claims (i) and (iii).
     Claim (ii) compares runs: see :func:`findings.verdicts`.  ``progress`` is passed to
     :func:`train` (True: a tqdm bar; a callable: called with the steps done per chunk).
+    ``arch="transformer"`` runs train and measure the PyTorch baseline with as many PyTorch
+    threads as rgflow has (:func:`rgflow.get_num_threads`; sweep workers: 1), since PyTorch's
+    threads spin when the machine is busy; unlike rgflow's, its results may depend on that
+    count.
     """
     if not isinstance(config, Config):
         raise TypeError("config must be a Config, got %s" % type(config).__name__)
+    if config.arch != "transformer":
+        return _run(config, progress)
+    import torch
+    saved = torch.get_num_threads()
+    torch.set_num_threads(get_num_threads())
+    try:
+        return _run(config, progress)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run(config, progress):
     t0 = time.perf_counter()
     c = config
     chain = make_chain(c)
-    model = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
-                        block_ln=c.block_ln)
-    hist = train_as(c, model, chain, progress=progress)
+    model = make_model(c)
+    if c.arch == "transformer":
+        from .torch import train_transformer
+        hist = train_transformer(
+            model, chain, c.steps, batch_size=c.batch_size, lr=c.lr,
+            weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
+            seed=c.seed, schedule=c.schedule, warmup=c.warmup, total_steps=c.steps,
+            max_grad_norm=c.max_grad_norm or None, eval_every=max(1, c.steps // 10),
+            eval_size=c.eval_size, progress=bool(progress))
+    else:
+        hist = train_as(c, model, chain, progress=progress)
     # the held-out batch train() evaluated on: disjoint from every training stream
     tokens, masked, mask = hist.eval_batch
     # train's final evaluation is on this batch at this step: its loss and floor
@@ -407,11 +460,11 @@ def run(config, progress=True):
     cka = cka_matrix(stream).tolist()
     log_post = np.log(np.maximum(chain.posterior(masked, mask), POSTERIOR_FLOOR))
     relevance = relevance_decomposition(stream, log_post, mask)
-    grad_norms = model.block_grad_norms(masked, tokens, mask)
-    inactive = model.inactive_units(masked, stream=stream).tolist()
+    mlp = c.arch == "mlp"
+    grad_norms = model.block_grad_norms(masked, tokens, mask) if mlp else {}
+    inactive = model.inactive_units(masked, stream=stream).tolist() if mlp else []
     gate = gate_evaluation(model, chain, c)
-    untrained = ResidualMLP(c.n_states, c.length, c.width, c.hidden, c.depth, seed=c.seed,
-                            block_ln=c.block_ln)
+    untrained = make_model(c)
     init = measure_stream(untrained.residual_stream(masked), mask)
     del stream, untrained
 

@@ -14,7 +14,7 @@ import torch
 
 from ._util import as_count, check_memory
 
-__all__ = ["capture", "residual_blocks"]
+__all__ = ["capture", "residual_blocks", "TransformerMLM", "train_transformer"]
 
 
 def residual_blocks(module):
@@ -180,3 +180,162 @@ def _slot_name(chosen, include_input, slot):
     if include_input and slot == 0:
         return chosen[0][0] + " (input)"
     return chosen[slot - include_input][0]
+
+
+# -- an attention baseline on the same task ------------------------------------------------------
+
+class TransformerMLM(torch.nn.Module):
+    """A small pre-LayerNorm transformer encoder for the masked-token task: the comparison
+    rgflow's residual MLP is measured against (is the collapse a property of residual MLPs or
+    of residual networks trained on this task?).
+
+    Token embedding (``n_states + 1`` ids, the last the mask) plus a learned position
+    embedding, ``depth`` blocks of ``torch.nn.TransformerEncoderLayer`` (``heads`` heads,
+    feed-forward width ``hidden``, GELU, no dropout, LayerNorm first), a final LayerNorm and
+    the token embedding's first ``n_states`` rows as the unembedding (shared). Its residual
+    stream (:meth:`residual_stream`, :func:`capture`) has the residual MLP's shape
+    ``(depth + 1, n, length, width)``.
+
+    >>> net = TransformerMLM(n_states=8, length=16, width=16, depth=2)   # doctest: +SKIP
+    >>> net.logits(np.full((3, 16), 8)).shape                             # doctest: +SKIP
+    (3, 16, 8)
+    """
+
+    def __init__(self, n_states, length, width, depth, heads=2, hidden=None, seed=0):
+        super().__init__()
+        self.n_states = as_count(n_states, "n_states", minimum=2)
+        self.length = as_count(length, "length")
+        self.width = as_count(width, "width")
+        self.depth = as_count(depth, "depth")
+        heads = as_count(heads, "heads")
+        if self.width % heads:
+            raise ValueError("width (%d) must be a multiple of heads (%d)" % (width, heads))
+        hidden = 4 * self.width if hidden is None else as_count(hidden, "hidden")
+        gen = torch.Generator().manual_seed(int(seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+            self.embed = torch.nn.Embedding(self.n_states + 1, self.width)
+            self.position = torch.nn.Parameter(0.02 * torch.randn(self.length, self.width))
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.TransformerEncoderLayer(self.width, heads, hidden, dropout=0.0,
+                                                 activation="gelu", batch_first=True,
+                                                 norm_first=True)
+                for _ in range(self.depth))
+            self.final_norm = torch.nn.LayerNorm(self.width)
+
+    def forward(self, tokens):
+        """(batch, length) int64 ids in [0, n_states] -> (batch, length, n_states) logits."""
+        h = self.embed(tokens) + self.position
+        for block in self.blocks:
+            h = block(h)
+        return self.final_norm(h) @ self.embed.weight[:self.n_states].T
+
+    def _tokens(self, tokens):
+        t = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
+        if t.dim() != 2 or t.shape[1] != self.length:
+            raise ValueError("tokens must have shape (n, %d), got %s" % (self.length,
+                                                                       tuple(t.shape)))
+        if t.numel() and (t.min() < 0 or t.max() > self.n_states):
+            raise ValueError("tokens must lie in [0, %d] (%d = MASK)" % (self.n_states,
+                                                                        self.n_states))
+        return t
+
+    def logits(self, tokens, batch_size=1024):
+        """(n, length) ids -> (n, length, n_states) float32 logits, without gradients, in
+        eval mode (restored after)."""
+        t = self._tokens(tokens)
+        was = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return torch.cat([self(t[lo:lo + batch_size])
+                                  for lo in range(0, t.shape[0], batch_size)]).numpy()
+        finally:
+            self.train(was)
+
+    def residual_stream(self, tokens):
+        """(depth + 1, n, length, width) float32: the blocks' input and each block's output."""
+        return capture(self, self._tokens(tokens))
+
+    def loss(self, masked_tokens, tokens, mask):
+        """Mean masked cross-entropy (nats) of a batch, without gradients."""
+        z = torch.as_tensor(self.logits(masked_tokens), dtype=torch.float64)
+        m = torch.as_tensor(np.asarray(mask, dtype=bool))
+        y = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
+        return float(torch.nn.functional.cross_entropy(z[m], y[m]))
+
+
+def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0,
+                      mask_rate=0.15, mask_span=1, seed=0, schedule="constant", warmup=0,
+                      total_steps=None, max_grad_norm=None, eval_every=None, eval_size=512,
+                      progress=False):
+    """Train a :class:`TransformerMLM` with ``torch.optim.AdamW`` on exactly the batches
+    :func:`rgflow.train` gives a residual MLP with the same seed (the same Philox streams and
+    masks, :func:`rgflow.train.train_batch`), the same learning-rate schedule and the same
+    held-out evaluation. Returns an :class:`rgflow.History` (no ``flow``).
+    """
+    import time
+    from ._util import as_real, as_seed
+    from . import _core
+    from .train import History, _eval_batch, learning_rate
+
+    if not isinstance(model, TransformerMLM):
+        raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
+    if chain.n_states != model.n_states:
+        raise ValueError("chain has n_states = %d but the model has n_states = %d"
+                         % (chain.n_states, model.n_states))
+    steps = as_count(steps, "steps")
+    batch_size = as_count(batch_size, "batch_size")
+    seed = as_seed(seed)
+    total = steps if total_steps is None else as_count(total_steps, "total_steps")
+    eval_every = max(1, steps // 10) if eval_every is None else as_count(eval_every,
+                                                                         "eval_every")
+    t0 = time.perf_counter()
+    hist = History()
+    ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
+                                                mask_span)
+    floor = chain.bayes_loss(ev_tokens, ev_mask)
+    hist.eval_batch = (ev_tokens, ev_masked, ev_mask)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    clip = None if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm", low=0.0)
+    losses, lrs, ev_steps, ev_loss = [], [], [], []
+    source = chain._source()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc="train (transformer)", unit="step")
+    model.train()
+    for step in range(steps):
+        tokens, masked, mask = _core.mlp_train_batch(*source, seed, step, batch_size,
+                                                     model.length, mask_rate, mask_span)
+        rate = learning_rate(step, lr, schedule, warmup, total)
+        for group in opt.param_groups:
+            group["lr"] = rate
+        m = torch.as_tensor(mask)
+        z = model(torch.as_tensor(masked, dtype=torch.int64))
+        loss = torch.nn.functional.cross_entropy(z[m], torch.as_tensor(tokens,
+                                                                      dtype=torch.int64)[m])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        losses.append(float(loss.detach()))
+        lrs.append(rate)
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            ev_steps.append(step + 1)
+            ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
+            model.train()
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    hist.steps = np.arange(1, steps + 1, dtype=np.int64)
+    hist.losses = np.asarray(losses)
+    hist.lrs = np.asarray(lrs)
+    hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
+    hist.eval_loss = np.asarray(ev_loss)
+    hist.eval_bayes = np.full(len(ev_loss), floor)
+    hist.wall_time = time.perf_counter() - t0
+    return hist
