@@ -45,6 +45,11 @@ def test_training_recipe_notebook():
     assert "recipe runs at the small size" in text and "cos-3e-3-30k" in text
 
 
+def test_hidden_markov_notebook():
+    text = printed(run_notebook("05_hidden_markov.ipynb", SIZE="smallest"))
+    assert "context >= 0.01 (tok)" in text and "R_peak (gated, mean)" in text
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_with_outputs(name):
     """Every code cell was executed, in order, without an error, and the figures are there."""
