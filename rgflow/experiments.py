@@ -443,7 +443,7 @@ def _run(config, progress):
             weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
             seed=c.seed, schedule=c.schedule, warmup=c.warmup, total_steps=c.steps,
             max_grad_norm=c.max_grad_norm or None, eval_every=max(1, c.steps // 10),
-            eval_size=c.eval_size, progress=bool(progress))
+            eval_size=c.eval_size, progress=progress)
     else:
         hist = train_as(c, model, chain, progress=progress)
     # the held-out batch train() evaluated on: disjoint from every training stream

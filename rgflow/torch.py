@@ -272,12 +272,15 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     """Train a :class:`TransformerMLM` with ``torch.optim.AdamW`` on exactly the batches
     :func:`rgflow.train` gives a residual MLP with the same seed (the same Philox streams and
     masks, :func:`rgflow.train.train_batch`), the same learning-rate schedule and the same
-    held-out evaluation. Returns an :class:`rgflow.History` (no ``flow``).
+    held-out evaluation. Returns an :class:`rgflow.History` (no ``flow``). ``progress``: a
+    tqdm bar if true, or a callable called with the steps done every 25 steps (as
+    :func:`rgflow.train` does). Ctrl-C, or a sweep's stop request, ends training at the next
+    25-step boundary with :class:`rgflow.TrainingInterrupted`.
     """
     import time
     from ._util import as_real, as_seed
-    from . import _core
-    from .train import History, _eval_batch, learning_rate
+    from .train import (CHUNK_STEPS, History, TrainingInterrupted, _deferred_sigint,
+                        _eval_batch, _stop_check)
 
     if not isinstance(model, TransformerMLM):
         raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
@@ -301,10 +304,39 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     losses, lrs, ev_steps, ev_loss = [], [], [], []
     source = chain._source()
     bar = None
-    if progress:
+    if progress and not callable(progress):
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc="train (transformer)", unit="step")
+    report = progress if callable(progress) else (bar.update if bar is not None else None)
+    external = getattr(_stop_check, "check", None)
     model.train()
+    with _deferred_sigint() as sigint:
+        try:
+            _transformer_loop(model, opt, source, steps, seed, batch_size, mask_rate, mask_span,
+                              lr, schedule, warmup, total, clip, eval_every, losses, lrs,
+                              ev_steps, ev_loss, (ev_tokens, ev_masked, ev_mask), report,
+                              lambda: sigint[0] or (external is not None and external()),
+                              CHUNK_STEPS, TrainingInterrupted)
+        finally:
+            if bar is not None:
+                bar.close()
+    model.eval()
+    hist.steps = np.arange(1, len(losses) + 1, dtype=np.int64)
+    hist.losses = np.asarray(losses)
+    hist.lrs = np.asarray(lrs)
+    hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
+    hist.eval_loss = np.asarray(ev_loss)
+    hist.eval_bayes = np.full(len(ev_loss), floor)
+    hist.wall_time = time.perf_counter() - t0
+    return hist
+
+
+def _transformer_loop(model, opt, source, steps, seed, batch_size, mask_rate, mask_span, lr,
+                      schedule, warmup, total, clip, eval_every, losses, lrs, ev_steps,
+                      ev_loss, held_out, report, stop, chunk, interrupted):
+    from . import _core
+    from .train import learning_rate
+    ev_tokens, ev_masked, ev_mask = held_out
     for step in range(steps):
         tokens, masked, mask = _core.mlp_train_batch(*source, seed, step, batch_size,
                                                      model.length, mask_rate, mask_span)
@@ -326,16 +358,9 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
             ev_steps.append(step + 1)
             ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
             model.train()
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    model.eval()
-    hist.steps = np.arange(1, steps + 1, dtype=np.int64)
-    hist.losses = np.asarray(losses)
-    hist.lrs = np.asarray(lrs)
-    hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
-    hist.eval_loss = np.asarray(ev_loss)
-    hist.eval_bayes = np.full(len(ev_loss), floor)
-    hist.wall_time = time.perf_counter() - t0
-    return hist
+        if (step + 1) % chunk == 0 or step + 1 == steps:
+            if report is not None:
+                report((step + 1) % chunk or chunk)
+            if stop() and step + 1 < steps:
+                raise interrupted("train_transformer interrupted after step %d of %d"
+                                  % (step + 1, steps))

@@ -58,6 +58,20 @@ def test_trains_on_the_residual_mlps_batches():
     assert hist.eval_steps[-1] == 200 and len(hist.lrs) == 200
 
 
+def test_progress_callable_and_stop_request():
+    from rgflow.train import TrainingInterrupted, _stop_when
+    chain = rg.MarkovChain.lazy(6, 4.0)
+    seen = []
+    train_transformer(TransformerMLM(6, 8, 8, 1), chain, 60, batch_size=8, eval_size=64,
+                      progress=seen.append)
+    assert seen == [25, 25, 10]
+    calls = []
+    with _stop_when(lambda: calls.append(1) or len(calls) >= 2):
+        with pytest.raises(TrainingInterrupted, match="after step 50 of 80"):
+            train_transformer(TransformerMLM(6, 8, 8, 1), chain, 80, batch_size=8,
+                              eval_size=64)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="heads"):
         TransformerMLM(6, 8, 10, 2, heads=4)
