@@ -223,7 +223,7 @@ void rg_gelu_forward(float *out, float *deriv, const float *inp, const float *bi
         const float *in = inp + r * C;
         float *o = out + r * C, *g = deriv + r * C;
         for (int64_t j = 0; j < C; j++) {
-            float x = in[j] + (bias ? bias[j] : 0.0f);
+            float x = in[j] + bias[j];
             float phi = rg_vphi(x), pdf = INV_SQRT2PI * rg_vexpf(-0.5f * x * x);
             o[j] = x * phi;
             g[j] = phi + x * pdf; /* gelu'(x) = Φ(x) + x φ(x) */

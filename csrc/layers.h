@@ -41,7 +41,7 @@ void rg_bias_forward(float *out, const float *bias, int64_t N, int64_t C);
 
 /* Exact GELU x Φ(x), Φ(x) = (1 + erf(x/√2))/2 (to |ΔΦ| <= 2e-7, see layers.c), of
  * x = inp + bias: out = gelu(x) and deriv = gelu'(x) saved for backward (deriv may alias inp).
- * out, deriv, inp (N, C); bias (C) or NULL. */
+ * out, deriv, inp (N, C); bias (C). */
 void rg_gelu_forward(float *out, float *deriv, const float *inp, const float *bias, int64_t N,
                      int64_t C);
 /* dinp (n) = dout * deriv (overwritten; may alias dout). */

@@ -252,15 +252,13 @@ exit:
     return result;
 }
 
-#define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
-
 PyMethodDef rg_analysis_methods[] = {
-    {"rank", KW(py_rank),
+    {"rank", RG_KW(py_rank),
      "rank($module, /, X, measure='erank', center=True, squared=False, tol=-1.0, name='X')"
      "\n--\n\n"
      "(values, route): a measure (or 'spectrum') of every (n, f) matrix of X (..., n, f); "
      "route per matrix: 0 Gram eigenvalues, 1 dgesdd, 2 CholeskyQR2."},
-    {"cka", KW(py_cka),
+    {"cka", RG_KW(py_cka),
      "cka($module, /, layers, consecutive=False, debiased=False, names=None)\n--\n\n"
      "((n_layers, n_layers) float64, sample_space): linear CKA between 2-D arrays with equal "
      "row counts."},

@@ -452,8 +452,6 @@ static PyObject *py_philox(PyObject *self, PyObject *args)
                          (unsigned long)out[2], (unsigned long)out[3]);
 }
 
-#define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
-
 PyMethodDef rg_chain_methods[] = {
     {"chain_check", py_chain_check, METH_VARARGS,
      "chain_check($module, transition, tol, /)\n--\n\n"
@@ -465,13 +463,13 @@ PyMethodDef rg_chain_methods[] = {
      "chain_eigenvalues($module, transition, tol, /)\n--\n\n"
      "((V,) complex128 eigenvalues unsorted, reversible): LAPACK dsyevd if detailed balance "
      "holds within tol, else dgeev."},
-    {"chain_sample", KW(py_chain_sample),
+    {"chain_sample", RG_KW(py_chain_sample),
      "chain_sample($module, /, transition, stationary, n, length, seed, first=0, "
      "emission=None, hidden_states=False)\n--\n\n"
      "(n, length) int32 sequences first .. first + n - 1 of the seed's stream; with an "
      "emission (n_hidden, n_states), tokens emitted by the chain's states ((tokens, states) "
      "if hidden_states)."},
-    {"mask_tokens", KW(py_mask_tokens),
+    {"mask_tokens", RG_KW(py_mask_tokens),
      "mask_tokens($module, /, tokens, rate, span, seed, mask_id, first=0)\n--\n\n"
      "(masked int32, mask bool), each (n, length)."},
     {"chain_posterior", py_chain_posterior, METH_VARARGS,

@@ -131,6 +131,9 @@ uint64_t *rg_py_source(const rg_chain_arg *c, rg_source *src);
 
 /* ---- the domain tables module.c adds, and the pool's thread count ------------------------- */
 
+/* A method table entry for a wrapper taking keywords: (function, flags). */
+#define RG_KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
+
 extern PyMethodDef rg_chain_methods[], rg_mlp_methods[], rg_analysis_methods[],
     rg_runtime_methods[];
 

@@ -66,9 +66,7 @@ typedef struct {
 /* chunk boundaries on multiples of 16 floats (one cache line) */
 static rg_range arena_chunk(const adamw_job *j, int64_t i)
 {
-    rg_range r = {rg_chunk_begin(j->n, ARENA_CHUNKS, i, 16),
-                  rg_chunk_begin(j->n, ARENA_CHUNKS, i + 1, 16)};
-    return r;
+    return rg_range_of((rg_cut){j->n, ARENA_CHUNKS, 16}, i);
 }
 
 static void sumsq_item(const void *arg, int64_t i)
