@@ -730,3 +730,19 @@ def test_relevant_context_bad_input():
         rg.relevant_context(task, threshold=0.0)
     with pytest.raises(ValueError, match="max_distance"):
         rg.relevant_context(task, max_distance=0)
+
+
+def test_readme_relevant_context_table():
+    """Two cells of the README's table, recomputed at the documented defaults."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for m in re.finditer(r"\| (0\.\d) \| (context ≥ 0\.01 \(tokens\)|decay length \(tokens\)) "
+                         r"\|([^\n]*)\|", text):
+        rows[m.group(1), m.group(2)[:5]] = [c.strip() for c in m.group(3).split("|")]
+    assert len(rows) == 4
+    for column, xi in ((0, 1.0), (3, 7.0)):
+        c = rg.relevant_context(rg.HiddenMarkovTask.noisy(8, xi, 0.3))
+        assert rows["0.3", "conte"][column] == str(c.length)
+        assert rows["0.3", "decay"][column] == "%.2f" % c.decay_length
