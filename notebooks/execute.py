@@ -14,7 +14,7 @@ import nbformat
 
 FOLDER = Path(__file__).resolve().parent
 NOTEBOOKS = ["01_quickstart.ipynb", "02_findings.ipynb", "03_phase_diagram.ipynb",
-             "04_training_recipe.ipynb", "05_hidden_markov.ipynb"]
+             "04_training_recipe.ipynb", "05_hidden_markov.ipynb", "06_architectures.ipynb"]
 
 
 def execute(name, **params):

@@ -50,6 +50,12 @@ def test_hidden_markov_notebook():
     assert "context >= 0.01 (tok)" in text and "R_peak (gated, mean)" in text
 
 
+def test_architectures_notebook():
+    pytest.importorskip("torch")
+    text = printed(run_notebook("06_architectures.ipynb", SIZE="smallest"))
+    assert "transformer  7" in text and "mlp          1" in text
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_with_outputs(name):
     """Every code cell was executed, in order, without an error, and the figures are there."""
