@@ -279,8 +279,7 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     """
     import time
     from ._util import as_real, as_seed
-    from .train import (CHUNK_STEPS, History, TrainingInterrupted, _deferred_sigint,
-                        _eval_batch, _stop_check)
+    from .train import CHUNK_STEPS, TrainingInterrupted, _deferred_sigint, _held_out, _stop_check
 
     if not isinstance(model, TransformerMLM):
         raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
@@ -294,11 +293,9 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     eval_every = max(1, steps // 10) if eval_every is None else as_count(eval_every,
                                                                          "eval_every")
     t0 = time.perf_counter()
-    hist = History()
-    ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
-                                                mask_span)
-    floor = chain.bayes_loss(ev_tokens, ev_mask)
-    hist.eval_batch = (ev_tokens, ev_masked, ev_mask)
+    hist, floor = _held_out(chain, model, seed, as_count(eval_size, "eval_size"), mask_rate,
+                            mask_span)
+    ev_tokens, ev_masked, ev_mask = hist.eval_batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     clip = None if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm", low=0.0)
     losses, lrs, ev_steps, ev_loss = [], [], [], []

@@ -187,6 +187,16 @@ def _check_chain(chain, model):
                          % (chain.n_states, model.n_states))
 
 
+def _held_out(chain, model, seed, eval_size, mask_rate, mask_span):
+    """A new History holding the held-out batch (``eval_batch``), and that batch's Bayes
+    floor; the memory it needs (tokens, masked, mask, posterior work) is checked first."""
+    check_memory(eval_size * model.length * (9.0 + 16.0 * chain.n_states),
+                 "eval_size = %d held-out sequences" % eval_size)
+    hist = History()
+    hist.eval_batch = _eval_batch(chain, model, seed, eval_size, mask_rate, mask_span)
+    return hist, chain.bayes_loss(hist.eval_batch[0], hist.eval_batch[2])
+
+
 def _eval_batch(chain, model, seed, size, mask_rate, mask_span):
     """Held-out batch from chain.sample / mask_tokens (domains disjoint from the training
     streams) with seeds derived from the training seed."""
@@ -276,15 +286,9 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
         if not eval_every:
             raise ValueError("target_excess needs evaluations: eval_every must be >= 1")
 
-    # the held-out batch (tokens, masked, mask, posterior work) before anything is allocated
-    check_memory(eval_size * model.length * (9.0 + 16.0 * chain.n_states),
-                 "eval_size = %d held-out sequences" % eval_size)
     t0 = time.perf_counter()
-    hist = History()
-    ev_tokens, ev_masked, ev_mask = _eval_batch(chain, model, seed, eval_size, mask_rate,
-                                                mask_span)
-    floor = chain.bayes_loss(ev_tokens, ev_mask)
-    hist.eval_batch = (ev_tokens, ev_masked, ev_mask)
+    hist, floor = _held_out(chain, model, seed, eval_size, mask_rate, mask_span)
+    ev_tokens, ev_masked, ev_mask = hist.eval_batch
     losses, lrs, ev_steps, ev_loss = [], [], [], []
 
     def record_flow():
