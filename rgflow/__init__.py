@@ -23,7 +23,8 @@ from .train import History, TrainingInterrupted, train
 from . import experiments, findings, plot  # noqa: E402  (modules: rg.experiments.Config, ...)
 from .sweep import SweepInterrupted, grid, sweep  # noqa: E402  (rg.sweep is the function)
 
-__all__ = ["MarkovChain", "HiddenMarkovTask", "mask_tokens", "relevant_context", "MemoryLimitError", "TrainingInterrupted",
+__all__ = ["MarkovChain", "HiddenMarkovTask", "mask_tokens", "relevant_context",
+           "MemoryLimitError", "TrainingInterrupted",
            "SweepInterrupted", "ResidualMLP", "train", "History", "show_config",
            "where_computed", "set_num_threads", "get_num_threads", "num_threads",
            "__version__", "effective_rank", "singular_values", "rank_profile", "linear_cka",
