@@ -72,7 +72,8 @@ def _tensor_of(value, name, output):
     return value
 
 
-def capture(module, inputs, layers=None, include_input=None, output=None, batch_size=256):
+def capture(module, inputs, layers=None, include_input=None, output=None, batch_size=256,
+            positions=None):
     """Run ``module`` on ``inputs`` once, without gradients, and return the outputs of
     ``layers`` as one float32 array.
 
@@ -87,6 +88,9 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
         blocks receive); default True when ``layers`` is None, else False.
     output : for layers returning a tuple or list, the index of the element to take.
     batch_size : sequences per forward pass (memory stays bounded by one batch).
+    positions : None (all), or an int, slice or 1-D sequence of indices along the axis after
+        the batch (the positions of a (n, length, width) output): only those are kept, so
+        memory scales with them.
 
     Returns
     -------
@@ -109,6 +113,7 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
         raise ValueError("inputs must have a batch dimension of at least one sample, got "
                          "shape %s" % (tuple(x.shape),))
     batch_size = as_count(batch_size, "batch_size")
+    pick = _positions(positions)
     chosen = _layers(module, layers)
     include_input = layers is None if include_input is None else bool(include_input)
     n = x.shape[0]
@@ -146,6 +151,16 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
                     raise ValueError("captured layers have unequal output shapes %s; choose "
                                      "layers of one shape" % sorted(shapes))
                 shape = shapes.pop()
+                if pick is not None:
+                    if len(shape) < 3:
+                        raise ValueError("positions= needs layer outputs with a position axis "
+                                         "(n, length, ...), got shape %s" % (shape,))
+                    try:
+                        got = [t[:, pick] for t in got]
+                    except IndexError as exc:
+                        raise ValueError("positions: %s (the outputs have %d positions)"
+                                         % (exc, shape[1])) from None
+                    shape = tuple(got[0].shape)
                 if shape[0] != min(batch_size, n - lo):
                     raise ValueError("layer outputs have batch dimension %d, not the inputs' "
                                      "%d" % (shape[0], min(batch_size, n - lo)))
@@ -165,6 +180,19 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
         for m, training in modes:
             m.training = training
     return out
+
+
+def _positions(positions):
+    """capture's positions= as an index for axis 1 of a (batch, length, ...) tensor."""
+    if positions is None or isinstance(positions, slice):
+        return positions
+    if isinstance(positions, (bool, np.bool_)):
+        raise TypeError("positions must be an int, a slice or a sequence of ints, got a bool")
+    idx = np.asarray(positions)
+    if idx.dtype.kind not in "iu" or idx.ndim > 1:
+        raise TypeError("positions must be an int, a slice or a 1-D sequence of ints, got %r"
+                        % (positions,))
+    return torch.as_tensor(np.atleast_1d(idx).astype(np.int64))
 
 
 def _first_input(args, _):

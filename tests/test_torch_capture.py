@@ -74,6 +74,15 @@ def test_transformer_encoder_blocks_by_hand():
     assert no_hooks(net)
     split = rg.rank_profile(stream, "position", mask=np.zeros((20, 6), bool) | (x.numpy() == 8))
     assert split.masked.shape == (3,)
+    # positions: only those kept, the same values
+    for positions, ref_idx in ((2, [2]), ([0, 5], [0, 5]), (slice(1, 4), [1, 2, 3])):
+        part = capture(net, x, positions=positions, batch_size=7)
+        np.testing.assert_array_equal(part, stream[:, :, ref_idx])
+    with pytest.raises(ValueError, match="positions"):
+        capture(net, x, positions=[6])
+    with pytest.raises(TypeError, match="positions"):
+        capture(net, x, positions=[0.5])
+    assert no_hooks(net)
 
 
 class TupleBlock(nn.Module):
