@@ -2,6 +2,22 @@
 
 #include "blas.h"
 
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
+/* MXCSR flush-to-zero (bit 15) and denormals-are-zero (bit 6) */
+#define RG_FTZ_DAZ 0x8040u
+static unsigned flush_subnormals(void)
+{
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | RG_FTZ_DAZ);
+    return saved;
+}
+static void restore_fp_mode(unsigned saved) { _mm_setcsr(saved); }
+#else
+static unsigned flush_subnormals(void) { return 0; }
+static void restore_fp_mode(unsigned saved) { (void)saved; }
+#endif
+
 #define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
 #define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 
@@ -31,6 +47,7 @@ static void *worker(void *arg)
 {
     rg_pool *p = arg;
     unsigned seen = 0;
+    flush_subnormals(); /* a worker runs nothing but pool items */
     for (;;) {
         for (int s = 0; s < SPIN && LOAD(p->gen) == seen && !LOAD(p->stop); s++) cpu_relax();
         if (LOAD(p->gen) == seen && !LOAD(p->stop)) {
@@ -85,10 +102,12 @@ void rg_pool_run(rg_pool *p, const rg_task *tasks, int n_tasks)
 {
     int64_t total = 0;
     rg_blas_serial();
+    const unsigned fp_mode = flush_subnormals();
     for (int t = 0; t < n_tasks; t++) total += tasks[t].n;
     if (!p || p->nt == 1 || total <= 1) {
         for (int t = 0; t < n_tasks; t++)
             for (int64_t i = 0; i < tasks[t].n; i++) tasks[t].fn(tasks[t].arg, i);
+        restore_fp_mode(fp_mode);
         return;
     }
     p->tasks = tasks;
@@ -106,6 +125,7 @@ void rg_pool_run(rg_pool *p, const rg_task *tasks, int n_tasks)
         while (LOAD(p->busy) > 0) pthread_cond_wait(&p->idle, &p->mu);
         pthread_mutex_unlock(&p->mu);
     }
+    restore_fp_mode(fp_mode);
 }
 
 int64_t rg_chunk_count(int64_t n, int64_t min_size, int64_t max_chunks)

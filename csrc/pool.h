@@ -7,6 +7,13 @@
  * item (rg_blas_serial), because its own partition of a GEMM depends on its thread count and,
  * on some kernels (Haswell), changes the rounding.
  *
+ * Every item runs with subnormal floats flushed to zero (x86 FTZ and DAZ; the caller's mode is
+ * restored when rg_pool_run returns).  The model's kernels, the pool's only users, produce
+ * subnormals from switched-off hidden units (GELU of a pre-activation below about -13, and the
+ * products of such tiny values), and a GEMM with subnormal operands runs ~100x slower on x86
+ * (125x measured for sgemm; a paper-size training step went from 66 ms to 3-4 s with dead
+ * units).  Every thread flushes alike, so results still do not depend on the thread count.
+ *
  * Items are claimed dynamically (an atomic counter), so uneven items balance.  Workers spin
  * briefly after each job, then sleep on a condition variable: the per-layer jobs of a training
  * step follow each other within microseconds. */

@@ -331,3 +331,29 @@ def test_flow_loss_is_the_evaluation_loss_beyond_one_chunk():
     m = rg.ResidualMLP(8, 8, 8, 32, 2, seed=0)
     hist = rg.train(m, chain, 30, progress=False, eval_size=700, flow_at=[30])
     assert hist.flow[0]["loss"] == hist.eval_loss[-1]
+
+
+def test_subnormals_flushed_inside_kernels_only():
+    """The model's kernels run with subnormals flushed to zero (pool.h: switched-off units
+    made a paper-size step 3-4 s instead of ~70 ms); a network whose hidden units are all
+    switched off (fc1 biases -30, GELU outputs and derivatives underflow) trains to the same
+    bits on 1 and 2 threads, and the caller's floating-point mode is restored: NumPy in this
+    thread still produces subnormals afterwards."""
+    import rgflow as rg
+    chain = rg.MarkovChain.lazy(4, 2.0)
+    runs = []
+    for threads in (1, 2):
+        m = rg.ResidualMLP(4, 8, 8, 32, 2, seed=1)
+        sd = {k: np.array(v) for k, v in m.state_dict().items()}
+        for k in sd:
+            if k.endswith("fc1.bias"):
+                sd[k][:] = -30.0
+        m.load_state_dict(sd)
+        with rg.num_threads(threads):
+            h = rg.train(m, chain, 30, batch_size=16, lr=1e-3, progress=False, eval_every=0)
+        runs.append((h.losses, m.params.copy()))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    tiny32, tiny64 = np.float32(1e-40), np.float64(5e-320)
+    assert tiny32 * np.float32(1.0) > 0 and tiny64 * 1.0 > 0      # not flushed here
+    assert np.float32(1e-38) / np.float32(10) > 0                   # not flushed to zero
