@@ -442,18 +442,6 @@ void rg_mask_tokens(const int32_t *tokens, int64_t n, int64_t L, double rate, in
     }
 }
 
-/* Scale a row to sum 1; returns the sum (0 means the row was all zero). */
-static inline double normalize_row(double *row, int64_t V)
-{
-    double s = 0.0;
-    for (int64_t j = 0; j < V; j++) s += row[j];
-    if (s > 0.0) {
-        double inv = 1.0 / s;
-        for (int64_t j = 0; j < V; j++) row[j] *= inv;
-    }
-    return s;
-}
-
 int rg_chain_posterior(const double *T, const double *pi, int64_t V,
                        const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
                        double *out, double *work, int64_t *bad_seq, int64_t *bad_pos)
@@ -477,7 +465,7 @@ int rg_chain_posterior(const double *T, const double *pi, int64_t V,
         for (int64_t i = 0; i < n; i++) {
             double *a = out + i * ld + t * V;
             if (mask[i * L + t]) {
-                normalize_row(a, V);
+                rg_normalize_row(a, V);
                 continue;
             }
             int32_t x = tokens[i * L + t];
@@ -507,10 +495,10 @@ int rg_chain_posterior(const double *T, const double *pi, int64_t V,
                              1.0, g, (int)V, T, (int)V, 0.0, b, (int)V);
         for (int64_t i = 0; i < n; i++) {
             double *bi = b + i * V;
-            if (!(normalize_row(bi, V) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+            if (!(rg_normalize_row(bi, V) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
             double *a = out + i * ld + t * V;
             for (int64_t j = 0; j < V; j++) a[j] *= bi[j];
-            if (!(normalize_row(a, V) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+            if (!(rg_normalize_row(a, V) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
         }
     }
     return RG_OK;

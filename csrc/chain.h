@@ -94,6 +94,19 @@ void rg_mask_tokens(const int32_t *tokens, int64_t n, int64_t L, double rate, in
                     uint64_t seed, uint64_t first, int32_t mask_id,
                     int32_t *masked, uint8_t *mask);
 
+/* Scale a row (n) of a forward-backward message to sum 1; returns the sum (0: the row was all
+ * zero and stays so).  Shared by the chain and hidden-Markov posteriors. */
+static inline double rg_normalize_row(double *row, int64_t n)
+{
+    double s = 0.0;
+    for (int64_t j = 0; j < n; j++) s += row[j];
+    if (s > 0.0) {
+        const double inv = 1.0 / s;
+        for (int64_t j = 0; j < n; j++) row[j] *= inv;
+    }
+    return s;
+}
+
 /* Exact posterior of every position given the visible ones (mask[i*L+t] == 0), by
  * forward-backward with per-step normalisation.  Chains of n sequences are processed together,
  * one dgemm per step.  tokens at visible positions must lie in [0, V); values at masked

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "blas.h"
+#include "chain.h"
 #include "status.h"
 
 /* Rows of the final token GEMM per call, so that its M stays far below 2^31. */
@@ -13,18 +14,6 @@
 int64_t rg_hmm_work_size(int64_t H, int64_t n, int64_t L)
 {
     return n * (L + 2) * H;
-}
-
-/* Scale a row to sum 1; returns the sum (0: the row was all zero and stays so). */
-static inline double normalize_row(double *row, int64_t H)
-{
-    double s = 0.0;
-    for (int64_t h = 0; h < H; h++) s += row[h];
-    if (s > 0.0) {
-        const double inv = 1.0 / s;
-        for (int64_t h = 0; h < H; h++) row[h] *= inv;
-    }
-    return s;
 }
 
 /* Row *= the evidence of token x: E[h, x] for every state h. */
@@ -56,7 +45,7 @@ static int smooth(const double *T, const double *pi, const double *E, int64_t H,
         for (int64_t i = 0; i < n; i++) {
             double *a = G + i * ld + t * H;
             if (!mask[i * L + t]) times_emission(a, E, H, V, tokens[i * L + t]);
-            if (!(normalize_row(a, H) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+            if (!(rg_normalize_row(a, H) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
         }
     }
 
@@ -66,7 +55,7 @@ static int smooth(const double *T, const double *pi, const double *E, int64_t H,
         for (int64_t i = 0; i < n; i++) {
             double *a = G + i * ld + t * H;
             for (int64_t h = 0; h < H; h++) a[h] *= b[i * H + h];
-            if (!(normalize_row(a, H) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
+            if (!(rg_normalize_row(a, H) > 0.0)) { *bad_seq = i; *bad_pos = t; return RG_ERR_ZERO_PROB; }
         }
         if (t == 0) break;
         /* g = e_t * b_t: the evidence at t times what lies beyond it; b_{t-1} = T g */
@@ -76,7 +65,7 @@ static int smooth(const double *T, const double *pi, const double *E, int64_t H,
         RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)H, (int)H,
                              1.0, g, (int)H, T, (int)H, 0.0, b, (int)H);
         for (int64_t i = 0; i < n; i++)
-            if (!(normalize_row(b + i * H, H) > 0.0)) {
+            if (!(rg_normalize_row(b + i * H, H) > 0.0)) {
                 *bad_seq = i; *bad_pos = t - 1;
                 return RG_ERR_ZERO_PROB;
             }
