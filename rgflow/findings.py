@@ -627,11 +627,12 @@ def flow_figures(result, delta=None, tol=None, top2_share=None, rest_max=None):
     return out
 
 
-def excess_curve(results, levels=EXCESS_LEVELS, excess_max=None, **options):
+def excess_curve(results, levels=EXCESS_LEVELS, excess_max=None, gated=True, **options):
     """Each verdict as a function of how far training got: every gated run (:func:`gate_of`
-    with ``excess_max``) is read at the first point of its flow whose excess over the Bayes
-    floor is <= each level (as if ``train(target_excess=level)`` had stopped it there; the
-    flow's log-spaced steps make the stopping point approximate) and at its end.
+    with ``excess_max``; every run if ``gated`` is False, e.g. where no run reaches the gate)
+    is read at the first point of its flow whose excess over the Bayes floor is <= each level
+    (as if ``train(target_excess=level)`` had stopped it there; the flow's log-spaced steps
+    make the stopping point approximate) and at its end.
 
     Returns a list of rows, one per ξ and level (then ``"end"``): ``xi``, ``level``, ``runs``
     (runs that reached it), ``step`` (median step), ``excess`` / ``R`` / ``R_peak`` /
@@ -642,7 +643,7 @@ def excess_curve(results, levels=EXCESS_LEVELS, excess_max=None, **options):
     rows = []
     for xi in sorted({r.config.xi for r in results}):
         curves = [(flow_figures(r, **options), r) for r in results if r.config.xi == xi
-                  and gate_of(r, excess_max)["passed"]]
+                  and (not gated or gate_of(r, excess_max)["passed"])]
         curves = [(c, r) for c, r in curves if c]
         if not curves:
             continue

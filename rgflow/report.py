@@ -138,6 +138,40 @@ def _diff(d):
     return "%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), "%.2f" % d["hedges_g"]
 
 
+def _excess_curve_lines(curve, gated):
+    """Markdown lines of :func:`rgflow.findings.excess_curve`'s rows, over gated runs or over
+    every run."""
+    lines = ["", "## Verdicts as a function of the excess (masked positions, centred erank%s)"
+             % ("" if gated else "; every run, gated or not"), ""]
+    if not curve:
+        return lines + ["No %s stores a flow during training." % ("gated run" if gated else "run")]
+    lines += ["Every %s read at the first checkpoint of its flow during training "
+              "whose masked CE is within the level of the Bayes floor (measurement batch; "
+              "log-spaced checkpoints, so the stopping point is approximate), then at the "
+              "end. 'moves' is the mean absolute change of a figure from there to the end "
+              "of training; in the 'end' row it gives the seed SD of the end figures, to "
+              "compare with." % ("gated run" if gated else "run, gated or not,"), "",
+              "| ξ | excess level (nats) | runs | median step | R_peak | (i) from the peak "
+              "| moves | top-2 share | (iii) plateau | moves |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def moves(row, name):
+        if row["level"] == "end":
+            r = row[name]
+            return "SD %s" % _fmt(r["sd"]) if r is not None and r["n"] > 1 else "—"
+        shift = row["shift_" + name]
+        return _fmt(shift) if shift is not None else "—"
+
+    for row in curve:
+        lines.append("| %g | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
+            row["xi"], row["level"] if row["level"] == "end" else "≤ %g" % row["level"],
+            row["runs"], row["step"] if row["step"] is not None else "—",
+            _ci(row["R_peak"]), findings._statement(row["collapse_peak"]),
+            moves(row, "R_peak"), _ci(row["top2_share"]),
+            findings._statement(row["plateau"]), moves(row, "top2_share")))
+    return lines
+
+
 def gated_markdown(results):
     """The gate, the verdicts over gated seeds (:func:`rgflow.findings.verdicts`) for every
     measure and level of MEASURE_LEVELS, claim (ii) on both ratios, and the sensitivity table
@@ -192,36 +226,9 @@ def gated_markdown(results):
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
             measure, level, *_diff(first["delta_R"]), "holds" if first["holds"] else "fails",
             *_diff(peak["delta_R"]), "holds" if peak["holds"] else "fails"))
-    curve = findings.excess_curve(results)
-    lines += ["", "## Verdicts as a function of the excess (masked positions, centred erank)",
-              ""]
-    if not curve:
-        lines.append("No gated run stores a flow during training.")
-    else:
-        lines += ["Every gated run read at the first checkpoint of its flow during training "
-                  "whose masked CE is within the level of the Bayes floor (measurement batch; "
-                  "log-spaced checkpoints, so the stopping point is approximate), then at the "
-                  "end. 'moves' is the mean absolute change of a figure from there to the end "
-                  "of training; in the 'end' row it gives the seed SD of the end figures, to "
-                  "compare with.", "",
-                  "| ξ | excess level (nats) | runs | median step | R_peak | (i) from the peak "
-                  "| moves | top-2 share | (iii) plateau | moves |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-
-        def moves(row, name):
-            if row["level"] == "end":
-                r = row[name]
-                return "SD %s" % _fmt(r["sd"]) if r is not None and r["n"] > 1 else "—"
-            shift = row["shift_" + name]
-            return _fmt(shift) if shift is not None else "—"
-
-        for row in curve:
-            lines.append("| %g | %s | %d | %s | %s | %s | %s | %s | %s | %s |" % (
-                row["xi"], row["level"] if row["level"] == "end" else "≤ %g" % row["level"],
-                row["runs"], row["step"] if row["step"] is not None else "—",
-                _ci(row["R_peak"]), findings._statement(row["collapse_peak"]),
-                moves(row, "R_peak"), _ci(row["top2_share"]),
-                findings._statement(row["plateau"]), moves(row, "top2_share")))
+    lines += _excess_curve_lines(findings.excess_curve(results), gated=True)
+    if not all(findings.gate_of(r)["passed"] for r in results):
+        lines += _excess_curve_lines(findings.excess_curve(results, gated=False), gated=False)
     activity = findings.block_activity(results)
     if not activity:
         lines += ["", "## What each block does", "",

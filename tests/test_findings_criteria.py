@@ -254,6 +254,9 @@ def test_excess_curve_reads_each_run_where_it_first_reaches_a_level():
     bad = fake_result(1.0, 6, 0.9, margin=-0.01)
     bad.history = runs[0].history
     assert F.excess_curve(runs + [bad])[0]["runs"] == 2
+    # ... unless every run is asked for (where no run reaches the gate)
+    assert F.excess_curve(runs + [bad], gated=False)[0]["runs"] == 3
+    assert F.excess_curve([bad], gated=False)[-1]["runs"] == 1
 
 
 def test_block_activity_medians_over_gated_runs():
