@@ -62,9 +62,7 @@ static int load_scan(const rg_strided_matrix *v, double *out, int64_t ld, double
              * apart, where hardware prefetchers do not reach: ask for a row well ahead */
             if (i + RG_PREFETCH_ROWS < n)
                 RG_PREFETCH(row + RG_PREFETCH_ROWS * v->row_stride);
-            if ((const char *)o == row) {
-                /* already in place (a group converted by rg_rank_batch) */
-            } else if (v->col_stride == esize && v->dtype == RG_FLOAT32) {
+            if (v->col_stride == esize && v->dtype == RG_FLOAT32) {
                 const float *r = (const float *)row;
                 for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
             } else if (v->col_stride == esize) {
@@ -117,8 +115,12 @@ static double center_columns(double *out, int64_t n, int64_t f, int64_t ld, doub
     return cmax;
 }
 
-int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows x ld */,
-                     int64_t ld, double *scratch /* 5 cols */, int *exponent)
+/* The reference loader: pass 1 converts into out with the statistics, pass 2 centres in place.
+ * Taken by matrices holding NaN/Inf (it names them) or magnitudes above 2^(2 RG_SAFE_EXP)
+ * (scaled before their sums could overflow); load_span does the rest with the same
+ * arithmetic. */
+static int load_centered_ref(const rg_strided_matrix *v, int center, double *out /* rows x ld */,
+                             int64_t ld, double *scratch /* 5 cols */, int *exponent)
 {
     const int64_t n = v->rows, f = v->cols;
     double *sum = scratch, *lo = sum + f, *hi = lo + f, amax;
@@ -153,6 +155,249 @@ int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows
         e += e2;
     }
     *exponent = e;
+    return RG_OK;
+}
+
+/* The loops below are also compiled for AVX2 and AVX-512 and picked at load time (ifunc):
+ * -std=c99 implies -ffp-contract=off, so every version does the same IEEE operations in the
+ * same order (each column's sums run over rows, vectorisation goes across columns) and gives
+ * identical bits; no-trapping-math only lets GCC if-convert the min/max selects. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define RG_LOAD_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), \
+                                      optimize("no-trapping-math")))
+#else
+#define RG_LOAD_CLONES
+#endif
+
+/* One row's contribution to the column statistics (minimum, maximum, block sum) of f values
+ * x_j = X(j), stored into o (when o is not NULL). */
+#define RG_SCAN_ROW(X, o)                                                                     \
+    do {                                                                                      \
+        if (o) {                                                                              \
+            double *restrict o_ = (o);                                                        \
+            for (int64_t j = 0; j < f; j++) {                                                 \
+                const double x = (X);                                                         \
+                o_[j] = x;                                                                    \
+                lo[j] = x < lo[j] ? x : lo[j];                                                \
+                hi[j] = x > hi[j] ? x : hi[j];                                                \
+                blk[j] += x;                                                                  \
+            }                                                                                 \
+        } else {                                                                              \
+            for (int64_t j = 0; j < f; j++) {                                                 \
+                const double x = (X);                                                         \
+                lo[j] = x < lo[j] ? x : lo[j];                                                \
+                hi[j] = x > hi[j] ? x : hi[j];                                                \
+                blk[j] += x;                                                                  \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
+/* Every cache line of the bytes [p, p + span] (span may be negative) asked for ahead. */
+static inline void prefetch_span(const char *p, int64_t span)
+{
+    const char *a = span < 0 ? p + span : p, *b = span < 0 ? p : p + span;
+    for (; a < b; a += 64) RG_PREFETCH(a);
+    RG_PREFETCH(b);
+}
+
+/* Fast pass 1: per-column blocked sums (as load_scan: RG_SUM_BLOCK rows per block, the same
+ * order), minima and maxima of v's f columns, and (if out is not NULL) the values converted
+ * to float64 into out: the span's matrix q (columns q w .. q w + w - 1) at out + q qstride,
+ * rows at ld.  A NaN shows as a NaN sum, an Inf as an infinite minimum or maximum; the caller
+ * sends such matrices to the reference loader. */
+static RG_LOAD_CLONES void scan_columns(const rg_strided_matrix *v, int64_t w,
+                                        double *restrict sum, double *restrict lo,
+                                        double *restrict hi, double *restrict blk, double *out,
+                                        int64_t ld, int64_t qstride)
+{
+    const int64_t n = v->rows, width = v->cols;
+    const int f32 = v->dtype == RG_FLOAT32 && v->col_stride == 4;
+    const int f64 = v->dtype == RG_FLOAT64 && v->col_stride == 8;
+    const int64_t span = (width - 1) * v->col_stride;
+    for (int64_t j = 0; j < width; j++) {
+        sum[j] = 0.0;
+        lo[j] = INFINITY;
+        hi[j] = -INFINITY;
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += RG_SUM_BLOCK) {
+        const int64_t i1 = i0 + RG_SUM_BLOCK < n ? i0 + RG_SUM_BLOCK : n;
+        for (int64_t j = 0; j < width; j++) blk[j] = 0.0;
+        for (int64_t i = i0; i < i1; i++) {
+            const char *row = v->data + i * v->row_stride;
+            if (i + RG_PREFETCH_ROWS < n)
+                prefetch_span(row + RG_PREFETCH_ROWS * v->row_stride, span);
+            if (!out) {
+                const int64_t f = width;
+                if (f32) {
+                    const float *restrict r = (const float *)row;
+                    RG_SCAN_ROW((double)r[j], (double *)NULL);
+                } else if (f64) {
+                    const double *restrict r = (const double *)row;
+                    RG_SCAN_ROW(r[j], (double *)NULL);
+                } else {
+                    RG_SCAN_ROW(load_elem(row + j * v->col_stride, v->dtype), (double *)NULL);
+                }
+                continue;
+            }
+            for (int64_t c0 = 0; c0 < width; c0 += w) {  /* matrix c0 / w of the span */
+                double *o = out + (c0 / w) * qstride + i * ld;
+                double *lo_ = lo, *hi_ = hi, *blk_ = blk;
+                lo = lo_ + c0;
+                hi = hi_ + c0;
+                blk = blk_ + c0;
+                const int64_t f = w;
+                if (f32) {
+                    const float *restrict r = (const float *)row + c0;
+                    RG_SCAN_ROW((double)r[j], o);
+                } else if (f64) {
+                    const double *restrict r = (const double *)row + c0;
+                    RG_SCAN_ROW(r[j], o);
+                } else {
+                    const char *r = row + c0 * v->col_stride;
+                    RG_SCAN_ROW(load_elem(r + j * v->col_stride, v->dtype), o);
+                }
+                lo = lo_;
+                hi = hi_;
+                blk = blk_;
+            }
+        }
+        for (int64_t j = 0; j < width; j++) sum[j] += blk[j];
+    }
+}
+
+/* Fast pass 2: the span's g matrices of f columns each (columns q f .. q f + f - 1 of v) into
+ * out (matrix q at out + q qstride, rows at ld), converted and minus mean (per column, g f);
+ * cabs: each column's largest centred magnitude.  With in_place, out already holds the
+ * values (pass 1 stored them) and v is not read. */
+static RG_LOAD_CLONES void convert_center(const rg_strided_matrix *v, int64_t g, int64_t f,
+                                          const double *restrict mean, double *restrict out,
+                                          int64_t ld, int64_t qstride, double *restrict cabs,
+                                          int in_place)
+{
+    const int64_t n = v->rows;
+    const int f32 = v->dtype == RG_FLOAT32 && v->col_stride == 4;
+    const int f64 = v->dtype == RG_FLOAT64 && v->col_stride == 8;
+    for (int64_t c = 0; c < g * f; c++) cabs[c] = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const char *row = v->data + i * v->row_stride;
+        if (!in_place && i + RG_PREFETCH_ROWS < n)
+            prefetch_span(row + RG_PREFETCH_ROWS * v->row_stride, (g * f - 1) * v->col_stride);
+        for (int64_t q = 0; q < g; q++) {
+            double *restrict o = out + q * qstride + i * ld;
+            const double *restrict m = mean + q * f;
+            double *restrict a = cabs + q * f;
+            if (in_place) {
+                for (int64_t j = 0; j < f; j++) {
+                    const double x = o[j] - m[j], ax = fabs(x);
+                    o[j] = x;
+                    a[j] = ax > a[j] ? ax : a[j];
+                }
+            } else if (f32) {
+                const float *restrict r = (const float *)row + q * f;
+                for (int64_t j = 0; j < f; j++) {
+                    const double x = (double)r[j] - m[j], ax = fabs(x);
+                    o[j] = x;
+                    a[j] = ax > a[j] ? ax : a[j];
+                }
+            } else if (f64) {
+                const double *restrict r = (const double *)row + q * f;
+                for (int64_t j = 0; j < f; j++) {
+                    const double x = r[j] - m[j], ax = fabs(x);
+                    o[j] = x;
+                    a[j] = ax > a[j] ? ax : a[j];
+                }
+            } else {
+                const char *r = row + q * f * v->col_stride;
+                for (int64_t j = 0; j < f; j++) {
+                    const double x = load_elem(r + j * v->col_stride, v->dtype) - m[j];
+                    const double ax = fabs(x);
+                    o[j] = x;
+                    a[j] = ax > a[j] ? ax : a[j];
+                }
+            }
+        }
+    }
+}
+
+/* Up to this many bytes of float64 output, load_span converts in pass 1 and centres in place
+ * in pass 2 (the output stays cached between the passes, and the source is read once);
+ * above it, pass 1 only reads and pass 2 converts again from the source (fewer bytes moved
+ * when nothing stays cached). */
+#define RG_IN_PLACE_BYTES ((int64_t)1 << 20)
+
+/* exps[q] of a matrix that load_span left to the reference loader */
+#define RG_EXP_REFERENCE INT32_MIN
+
+/* The g matrices v, v + gstride, ... (they may share rows, as the positions of a stream do)
+ * loaded centred (if center) into out (matrix q at out + q qstride, rows at ld) in two passes
+ * over the source: statistics, then conversion and centring.  The arithmetic is the
+ * reference loader's (the same blocked sums in the same order, the same clamped means, the
+ * same subtraction), so each matrix's bits do not depend on g.  exps[q] gets matrix q's
+ * exponent (as rg_load_centered's) or RG_EXP_REFERENCE if it holds NaN/Inf or magnitudes
+ * above 2^(2 RG_SAFE_EXP): the caller then loads it with load_centered_ref.  When the g
+ * matrices' rows are contiguous spans (gstride = f elements) each pass reads the rows once
+ * for all of them.  st: 5 g f doubles. */
+static void load_span(const rg_strided_matrix *v, int64_t g, int64_t gstride, int center,
+                      double *out, int64_t ld, int64_t qstride, double *st, int *exps)
+{
+    const int64_t n = v->rows, f = v->cols, gf = g * f;
+    const int64_t esize = v->dtype == RG_FLOAT32 ? 4 : 8;
+    double *sum = st, *lo = sum + gf, *hi = lo + gf, *blk = hi + gf, *cabs = blk + gf;
+    const int wide = g == 1 || (v->col_stride == esize && gstride == f * esize);
+    const int in_place = g * n * f * 8 <= RG_IN_PLACE_BYTES;
+    double *dest = in_place ? out : NULL;
+    rg_strided_matrix w = *v;
+    if (wide) {
+        w.cols = gf;
+        scan_columns(&w, f, sum, lo, hi, blk, dest, ld, qstride);
+    } else {
+        for (int64_t q = 0; q < g; q++) {
+            rg_strided_matrix vq = *v;
+            vq.data += q * gstride;
+            scan_columns(&vq, f, sum + q * f, lo + q * f, hi + q * f, blk + q * f,
+                         dest ? dest + q * qstride : NULL, ld, 0);
+        }
+    }
+    const double big = ldexp(1.0, 2 * RG_SAFE_EXP);
+    for (int64_t q = 0; q < g; q++) {
+        exps[q] = 0;
+        for (int64_t c = q * f; c < q * f + f; c++)
+            if (isnan(sum[c]) || !(fabs(lo[c]) <= big && fabs(hi[c]) <= big))
+                exps[q] = RG_EXP_REFERENCE;
+    }
+    for (int64_t c = 0; c < gf; c++) {
+        const double m = sum[c] / (double)n;
+        sum[c] = !center ? 0.0 : lo[c] == hi[c] ? lo[c] : m < lo[c] ? lo[c] : m > hi[c] ? hi[c]
+                                                                                     : m;
+    }
+    if (wide) {
+        convert_center(&w, g, f, sum, out, ld, qstride, cabs, in_place);
+    } else {
+        for (int64_t q = 0; q < g; q++) {
+            rg_strided_matrix vq = *v;
+            vq.data += q * gstride;
+            convert_center(&vq, 1, f, sum + q * f, out + q * qstride, ld, 0, cabs + q * f,
+                           in_place);
+        }
+    }
+    for (int64_t q = 0; q < g; q++) {
+        if (exps[q] == RG_EXP_REFERENCE) continue;
+        double cmax = 0.0;
+        for (int64_t c = q * f; c < q * f + f; c++) cmax = fmax(cmax, cabs[c]);
+        if (cmax != 0.0 && (cmax > ldexp(1.0, RG_SAFE_EXP) || cmax < ldexp(1.0, -RG_SAFE_EXP))) {
+            frexp(cmax, &exps[q]);
+            scale_pow2(out + q * qstride, n, f, ld, exps[q]);
+        }
+    }
+}
+
+int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows x ld */,
+                     int64_t ld, double *scratch /* 5 cols */, int *exponent)
+{
+    load_span(v, 1, 0, center, out, ld, 0, scratch, exponent);
+    if (*exponent == RG_EXP_REFERENCE)
+        return load_centered_ref(v, center, out, ld, scratch, exponent);
     return RG_OK;
 }
 
@@ -355,32 +600,14 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
 }
 
 /* Interleaved stacks: when the innermost batch axis steps by less than a row (the positions of
- * a (n, length, d) stream), the matrices of that axis share every row's memory.  Converting
- * such a group row by row reads memory sequentially, instead of one scattered row per page for
- * each matrix.  Up to this many doubles (2 MB: cache-sized, few page faults) are converted
- * together. */
-#define RG_GROUP_DOUBLES ((int64_t)1 << 18)
+ * a (n, length, d) stream), the matrices of that axis share every row's memory.  Loading such
+ * a group together reads memory sequentially, instead of one scattered row per page for each
+ * matrix.  Up to this many doubles (1 MB: cached between passes) are loaded together,
+ * and at most RG_GROUP_COLUMNS columns (their statistics: 5 doubles each). */
+#define RG_GROUP_DOUBLES ((int64_t)1 << 17)
+#define RG_GROUP_COLUMNS 4096
 
-/* The g matrices v, v + gstride, ... into out (g x n x f, float64, row-major). */
-static void convert_group(const rg_strided_matrix *v, int64_t g, int64_t gstride,
-                          double *out /* g x n x f */)
-{
-    const int64_t n = v->rows, f = v->cols;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t q = 0; q < g; q++) {
-            const char *row = v->data + i * v->row_stride + q * gstride;
-            double *o = out + (q * n + i) * f;
-            if (v->dtype == RG_FLOAT32 && v->col_stride == 4) {
-                const float *r = (const float *)row;
-                for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
-            } else {
-                for (int64_t j = 0; j < f; j++)
-                    o[j] = load_elem(row + j * v->col_stride, v->dtype);
-            }
-        }
-}
-
-/* Matrices converted together: grp consecutive matrices of the innermost batch axis when it
+/* Matrices loaded together: grp consecutive matrices of the innermost batch axis when it
  * steps by less than a row (gstride bytes apart) and several fit in RG_GROUP_DOUBLES; else 1. */
 static int64_t group_size(const rg_stack *st, int64_t *gstride)
 {
@@ -390,17 +617,19 @@ static int64_t group_size(const rg_stack *st, int64_t *gstride)
     const int64_t g = st->batch_shape[st->nbatch - 1];
     const int64_t gs = st->batch_stride[st->nbatch - 1];
     const int64_t rs = st->base.row_stride;
-    const int64_t fit = RG_GROUP_DOUBLES / (n * f);
+    int64_t fit = RG_GROUP_DOUBLES / (n * f);
+    if (fit > RG_GROUP_COLUMNS / f) fit = RG_GROUP_COLUMNS / f;
     if (!(g > 1 && fit > 1 && (gs < 0 ? -gs : gs) < (rs < 0 ? -rs : rs))) return 1;
     *gstride = gs;
     return g < fit ? g : fit;
 }
 
 /* The workspace of rg_rank_batch, one allocation: A (grp n f) | T (n f) | G, G2, P (k k
- * each) | scratch (5 f) | s (k) | work (lwork) | iwork (liwork). */
+ * each) | scratch (5 grp f) | s (k) | work (lwork) | iwork (liwork) | exps (grp). */
 typedef struct {
-    double *A0, *T, *G, *G2, *P, *mean, *s, *work;  /* A0 is the allocation */
+    double *A0, *T, *G, *G2, *P, *stats, *s, *work;  /* A0 is the allocation */
     lapack_int *iwork;
+    int *exps;
     int64_t lwork, liwork;
 } rank_ws;
 
@@ -409,34 +638,33 @@ static int rank_ws_alloc(int64_t n, int64_t f, int64_t grp, rank_ws *w)
     const int64_t k = n < f ? n : f, nt = n * f;
     int status = lapack_sizes(n, f, &w->lwork, &w->liwork);
     if (status != RG_OK) return status;
-    const size_t nd = (size_t)(grp * n * f + nt + 3 * k * k + 5 * f + k + w->lwork);
-    double *ws = malloc(nd * sizeof(double) + (size_t)w->liwork * sizeof(lapack_int));
+    const size_t nd = (size_t)(grp * n * f + nt + 3 * k * k + 5 * grp * f + k + w->lwork);
+    double *ws = malloc(nd * sizeof(double) + (size_t)w->liwork * sizeof(lapack_int) +
+                        (size_t)grp * sizeof(int));
     if (!ws) return RG_ERR_NOMEM;
     w->A0 = ws;
     w->T = w->A0 + grp * n * f;
     w->G = w->T + nt;
     w->G2 = w->G + k * k;
     w->P = w->G2 + k * k;
-    w->mean = w->P + k * k;
-    w->s = w->mean + 5 * f;
+    w->stats = w->P + k * k;
+    w->s = w->stats + 5 * grp * f;
     w->work = w->s + k;
     w->iwork = (lapack_int *)(w->work + w->lwork);
+    w->exps = (int *)(w->iwork + w->liwork);
     return RG_OK;
 }
 
-/* Matrix v measured into out (one value, or its k singular values for RG_MEASURE_SPECTRUM),
- * A its float64 copy. */
-static int measure_matrix(const rg_strided_matrix *v, double *A, int center, int measure,
+/* The spectrum of the loaded matrix A (n x f, scaled by 2^-e) measured into out (one value,
+ * or its k singular values for RG_MEASURE_SPECTRUM). */
+static int measure_matrix(double *A, int64_t n, int64_t f, int e, int center, int measure,
                           int squared, double tol, const rank_ws *w, double *out,
                           uint8_t *route)
 {
-    const int64_t n = v->rows, f = v->cols, k = n < f ? n : f;
-    int e;
-    int status = rg_load_centered(v, center, A, f, w->mean, &e);
-    if (status != RG_OK) return status;
+    const int64_t k = n < f ? n : f;
     /* centring with n <= f leaves rank <= n - 1 */
-    status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->G2, w->P, w->s, w->work,
-                      w->lwork, w->iwork, w->liwork, route);
+    int status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->G2, w->P, w->s, w->work,
+                          w->lwork, w->iwork, w->liwork, route);
     if (status != RG_OK) return status;
     if (measure == RG_MEASURE_SPECTRUM) {
         for (int64_t i = 0; i < k; i++) out[i] = ldexp(w->s[i], e);
@@ -462,16 +690,20 @@ int rg_rank_batch(const rg_stack *st, int center, int measure, int squared, doub
     for (int64_t b = 0; b < count && status == RG_OK; b++) {
         rg_strided_matrix v = st->base;
         for (int d = 0; d < st->nbatch; d++) v.data += idx[d] * st->batch_stride[d];
-        double *A = w.A0;
-        if (grp > 1) {
-            const int64_t q = idx[last] % grp, left = st->batch_shape[last] - idx[last];
-            if (q == 0) convert_group(&v, left < grp ? left : grp, gstride, w.A0);
-            A = w.A0 + q * n * f;
-            v = (rg_strided_matrix){(const char *)A, RG_FLOAT64, n, f, f * 8, 8};
+        /* matrix q of its group (grp consecutive matrices of the last axis, loaded at q = 0) */
+        const int64_t q = grp > 1 ? idx[last] % grp : 0;
+        if (q == 0) {
+            const int64_t left = grp > 1 ? st->batch_shape[last] - idx[last] : 1;
+            load_span(&v, left < grp ? left : grp, gstride, center, w.A0, f, n * f, w.stats,
+                      w.exps);
         }
+        double *A = w.A0 + q * n * f;
+        int e = w.exps[q];
+        if (e == RG_EXP_REFERENCE) status = load_centered_ref(&v, center, A, f, w.stats, &e);
         uint8_t r = RG_ROUTE_GRAM;
-        status = measure_matrix(&v, A, center, measure, squared, tol, &w,
-                                out + (measure == RG_MEASURE_SPECTRUM ? b * k : b), &r);
+        if (status == RG_OK)
+            status = measure_matrix(A, n, f, e, center, measure, squared, tol, &w,
+                                    out + (measure == RG_MEASURE_SPECTRUM ? b * k : b), &r);
         if (status != RG_OK) *bad = b;
         if (route && status == RG_OK) route[b] = r;
         for (int d = last; d >= 0; d--) {
