@@ -446,10 +446,12 @@ double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int 
     }
 }
 
-/* LAPACK workspace sizes for min(n, f) = k Grams and n x f SVDs (queried, not guessed). */
+/* LAPACK workspace sizes (queried, not guessed) for every route: dsyevd of the k x k Gram,
+ * dgesdd of a k x k factor or of the tall side (max(n, f) x k) and dgeqrf of the tall side
+ * (with its k Householder scalars), k = min(n, f). */
 static int lapack_sizes(int64_t n, int64_t f, int64_t *lwork, int64_t *liwork)
 {
-    const int64_t k = n < f ? n : f;
+    const int64_t k = n < f ? n : f, m = n < f ? f : n;
     double wq = 0.0, dummy = 0.0;
     lapack_int iq = 0;
     lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k,
@@ -457,13 +459,18 @@ static int lapack_sizes(int64_t n, int64_t f, int64_t *lwork, int64_t *liwork)
                                                     &iq, -1);
     if (info != 0) return RG_ERR_LAPACK;
     int64_t lw = (int64_t)wq, liw = iq;
-    /* the SVD always sees a tall column-major matrix: max(n, f) x min(n, f) (see spectrum) */
-    const int64_t m = n < f ? f : n;
-    info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)m, (lapack_int)k,
-                                        &dummy, (lapack_int)m, &dummy, &dummy, 1, &dummy, 1,
-                                        &wq, -1, &iq);
+    for (int pass = 0; pass < 2; pass++) {  /* dgesdd of the k x k factor, then of m x k */
+        const int64_t rows = pass ? m : k;
+        info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)rows,
+                                            (lapack_int)k, &dummy, (lapack_int)rows, &dummy,
+                                            &dummy, 1, &dummy, 1, &wq, -1, &iq);
+        if (info != 0) return RG_ERR_LAPACK;
+        if ((int64_t)wq > lw) lw = (int64_t)wq;
+    }
+    info = RG_BLAS(LAPACKE_dgeqrf_work)(LAPACK_COL_MAJOR, (lapack_int)m, (lapack_int)k, &dummy,
+                                        (lapack_int)m, &dummy, &wq, -1);
     if (info != 0) return RG_ERR_LAPACK;
-    if ((int64_t)wq > lw) lw = (int64_t)wq;
+    if ((int64_t)wq + k > lw) lw = (int64_t)wq + k;
     if (8 * k > liw) liw = 8 * k;  /* dgesdd's iwork is 8 min(m, n), not reported by the query */
     *lwork = lw + 1;
     *liwork = liw + 1;
@@ -488,41 +495,59 @@ static void gram(const double *A, int64_t n, int64_t f, double *G)
                              G, kk);
 }
 
+/* The singular values of the k x k matrix P (column-major, destroyed) into s, descending, by
+ * dgesdd (values only).  Returns 1 on success. */
+static int factor_svd(double *P, int64_t k, double *s, double *work, int64_t lwork,
+                      lapack_int *iwork)
+{
+    const lapack_int kk = (lapack_int)k;
+    return RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', kk, kk, P, kk, s, NULL, 1, NULL,
+                                        1, work, (lapack_int)lwork, iwork) == 0;
+}
+
+/* The lower triangle of L (k x k, column-major) into P with zeros above. */
+static void lower_part(const double *L, int64_t k, double *P)
+{
+    for (int64_t j = 0; j < k; j++)
+        for (int64_t i = 0; i < k; i++) P[j * k + i] = i >= j ? L[j * k + i] : 0.0;
+}
+
 /* Singular values of the tall side M of A (n x f row-major: M = A if f <= n, else A^T; k =
- * min(n, f) columns) by CholeskyQR2, from its Gram G (destroyed; A is kept): L1 = chol(G),
- * Q = M L1^-T (into T), L2 = chol(Q^T Q), and M = Q L2^-T (L1 L2)^T, so the singular values
- * of M are those of P = L1 L2 (k x k, by dgesdd).  Q is formed with the explicit inverse of
- * L1 in one dgemm (OpenBLAS's dtrsm is ~5x slower on these tall-skinny shapes); the check
- * below measures the orthogonality that results, whatever its source.  Accepted when
- * ||Q^T Q - I||_F <= RG_CHOLQR_ORTH: the first pass is then orthogonal enough for the second
- * to leave Q orthonormal to O(eps) (Yamamoto et al., ETNA 44, 2015; in exact arithmetic
- * Q^T Q = I, and its rounding grows like eps cond(M)^2), so the values carry a backward error
- * ~eps ||M||, as an SVD's do.  Returns 1 on success, 0 if either Cholesky factorisation fails
- * or the test does (cond(M) beyond ~1e7, measured: the caller then takes dgesdd).  T: n x f;
- * G2, P: k x k each. */
+ * min(n, f) columns) by CholeskyQR2, from L1 = chol(M^T M) (G, kept) and its inverse (P,
+ * column-major lower with zeros above; destroyed): Q = M L1^-T (into T), L2 = chol(Q^T Q),
+ * and M = Q L2^-T (L1 L2)^T, so the singular values of M are those of P = L1 L2 (k x k, by
+ * dgesdd).  Q is formed with the explicit inverse of L1 in one dgemm (OpenBLAS's dtrsm is ~5x
+ * slower on these tall-skinny shapes); the check below measures the orthogonality that
+ * results, whatever its source.  Accepted when ||Q^T Q - I||_F <= RG_CHOLQR_ORTH: the first
+ * pass is then orthogonal enough for the second to leave Q orthonormal to O(eps) (Yamamoto et
+ * al., ETNA 44, 2015; in exact arithmetic Q^T Q = I, and its rounding grows like
+ * eps cond(M)^2), so the values carry a backward error ~eps ||M||, as an SVD's do.  Returns 1
+ * on success, 0 if the second Cholesky factorisation fails or the test does (cond(M) beyond
+ * ~1e7, measured: the caller then takes the SVD).  T: n x f; G2: k x k. */
 #define RG_CHOLQR_ORTH 0.5
-static int cholqr2_spectrum(const double *A, int64_t n, int64_t f, double *T, double *G,
+static int cholqr2_spectrum(const double *A, int64_t n, int64_t f, double *T, const double *G,
                             double *G2, double *P, double *s, double *work, int64_t lwork,
                             lapack_int *iwork)
 {
     const int64_t k = n < f ? n : f;
     const lapack_int kk = (lapack_int)k;
-    if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G, kk) != 0) return 0;
-    /* P = L1^-1 (column-major lower, zero above), i.e. R1^-1 = L1^-T read row-major */
-    memcpy(P, G, sizeof(double) * (size_t)(k * k));
-    if (RG_BLAS(LAPACKE_dtrtri_work)(LAPACK_COL_MAJOR, 'L', 'N', kk, P, kk) != 0) return 0;
-    for (int64_t j = 1; j < k; j++)
-        for (int64_t i = 0; i < j; i++) P[j * k + i] = 0.0;
     /* Q = M R1^-1: row-major T = A R1^-1 when f <= n; when n < f, A holds M^T and
-     * T = R1^-T A holds Q^T */
-    if (f <= n)
+     * T = R1^-T A holds Q^T (P read row-major is R1^-1 = L1^-T) */
+    if (k > RG_GEMM_GRAM_MAX) {
+        /* dtrmm on a copy: half dgemm's flops, faster from k = 32 on (measured) */
+        memcpy(T, A, sizeof(double) * (size_t)(n * f));
+        RG_BLAS(cblas_dtrmm)(CblasRowMajor, f <= n ? CblasRight : CblasLeft, CblasUpper,
+                             f <= n ? CblasNoTrans : CblasTrans, CblasNonUnit, (blasint)n,
+                             (blasint)f, 1.0, P, (blasint)k, T, (blasint)f);
+    } else if (f <= n) {
         RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasNoTrans, (blasint)n,
                              (blasint)f, (blasint)f, 1.0, A, (blasint)f, P, (blasint)k, 0.0,
                              T, (blasint)f);
-    else
+    } else {
         RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)n, (blasint)f,
                              (blasint)n, 1.0, P, (blasint)k, A, (blasint)f, 0.0, T,
                              (blasint)f);
+    }
     gram(T, n, f, G2);
     double dev = 0.0;
     for (int64_t j = 0; j < k; j++)            /* lower triangle, off-diagonal entries twice */
@@ -533,67 +558,141 @@ static int cholqr2_spectrum(const double *A, int64_t n, int64_t f, double *T, do
     if (!(dev <= RG_CHOLQR_ORTH * RG_CHOLQR_ORTH)) return 0;
     if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G2, kk) != 0) return 0;
     /* P = L1 L2: L2 with its upper part zeroed, multiplied from the left by L1 */
-    for (int64_t j = 0; j < k; j++)
-        for (int64_t i = 0; i < k; i++) P[j * k + i] = i >= j ? G2[j * k + i] : 0.0;
+    lower_part(G2, k, P);
     RG_BLAS(cblas_dtrmm)(CblasColMajor, CblasLeft, CblasLower, CblasNoTrans, CblasNonUnit,
                          (blasint)k, (blasint)k, 1.0, G, (blasint)k, P, (blasint)k);
-    return RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', kk, kk, P, kk, s, NULL, 1, NULL,
-                                        1, work, (lapack_int)lwork, iwork) == 0;
+    return factor_svd(P, k, s, work, lwork, iwork);
+}
+
+/* The direct route: singular values of the tall side M of A (n x f row-major, destroyed) by
+ * Householder QR (dgeqrf) and dgesdd of its k x k triangular factor R, or by dgesdd alone
+ * when M is less than twice as tall as wide (as dgesdd itself chooses).  M is column-major
+ * already when n < f (row-major n x f is column-major f x n); else it is transposed into T.
+ * G2: k x k. */
+static int direct_spectrum(double *A, int64_t n, int64_t f, double *T, double *G2, double *s,
+                           double *work, int64_t lwork, lapack_int *iwork)
+{
+    const int64_t k = n < f ? n : f, rows = f <= n ? n : f;
+    double *M = A;
+    if (f <= n) {
+        for (int64_t i0 = 0; i0 < n; i0 += 64)  /* in row blocks: both sides stay cached */
+            for (int64_t j = 0; j < f; j++)
+                for (int64_t i = i0; i < (i0 + 64 < n ? i0 + 64 : n); i++)
+                    T[j * n + i] = A[i * f + j];
+        M = T;
+    }
+    if (rows < 2 * k)
+        return RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)rows,
+                                            (lapack_int)k, M, (lapack_int)rows, s, NULL, 1,
+                                            NULL, 1, work, (lapack_int)lwork, iwork) == 0;
+    double *tau = work, *w2 = work + k;
+    if (RG_BLAS(LAPACKE_dgeqrf_work)(LAPACK_COL_MAJOR, (lapack_int)rows, (lapack_int)k, M,
+                                     (lapack_int)rows, tau, w2, (lapack_int)(lwork - k)) != 0)
+        return 0;
+    for (int64_t j = 0; j < k; j++)  /* R: the upper triangle, zeros below */
+        for (int64_t i = 0; i < k; i++) G2[j * k + i] = i <= j ? M[j * rows + i] : 0.0;
+    return factor_svd(G2, k, s, work, lwork, iwork);
+}
+
+/* Eigenvalues of the Gram G2 (destroyed) into s as singular values (descending), if the
+ * kept ones pass the Gram test (every kept eigenvalue >= RG_GRAM_MIN_RATIO * the largest;
+ * kept: all but the smallest when structural_zero).  Returns 1 if accepted. */
+static int gram_values(double *G2, int64_t k, int structural_zero, double *s, double *work,
+                       int64_t lwork, lapack_int *iwork, int64_t liwork)
+{
+    lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k,
+                                                    G2, (lapack_int)k, s, work,
+                                                    (lapack_int)lwork, iwork,
+                                                    (lapack_int)liwork);
+    /* s holds the eigenvalues ascending; the kept ones are s[structural_zero .. k-1] */
+    if (info != 0) return 0;
+    const double lmax = s[k - 1];
+    const int64_t first = structural_zero ? 1 : 0;
+    /* an all-zero matrix passes with lmax = 0 (no rounding there) */
+    if (!(first >= k || s[first] >= RG_GRAM_MIN_RATIO * lmax)) return 0;
+    for (int64_t i = 0; i < k / 2; i++) {
+        double t = s[i];
+        s[i] = s[k - 1 - i];
+        s[k - 1 - i] = t;
+    }
+    for (int64_t i = 0; i < k; i++) s[i] = sqrt(s[i] > 0.0 ? s[i] : 0.0);
+    if (structural_zero) s[k - 1] = 0.0;
+    return 1;
+}
+
+/* Whether lambda_min(A) >= RG_SCALED_MIN_RATIO for the equilibrated Gram A = D^-1 G D^-1,
+ * D = diag(G)^(1/2) (G: k x k column-major lower triangle, kept): A - RG_SCALED_MIN_RATIO I is
+ * formed in W and Cholesky-factored, which succeeds exactly when it is positive definite (up
+ * to the factorisation's backward error, <= ~k^2 eps ||A|| <= k^3 eps, far below the
+ * ratio).  Sylvester's inertia, so the test is tight where a bound from the inverse is not
+ * (many small eigenvalues, as in a trained network's stream).  k^3 / 3 flops. */
+static int scaled_test(const double *G, int64_t k, double *W)
+{
+    for (int64_t j = 0; j < k; j++) {
+        const double dj = sqrt(G[j * k + j]);
+        W[j * k + j] = 1.0 - RG_SCALED_MIN_RATIO;
+        for (int64_t i = j + 1; i < k; i++)
+            W[j * k + i] = G[j * k + i] / (sqrt(G[i * k + i]) * dj);
+    }
+    return RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', (lapack_int)k, W,
+                                        (lapack_int)k) == 0;
 }
 
 /* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
- * descending), by the cheapest accurate route (*route: RG_ROUTE_*): the Gram's eigenvalues
- * when it is well conditioned, else CholeskyQR2, else dgesdd.  T: n x f scratch; G, G2, P:
- * k x k scratch.  structural_zero: the smallest value is 0 by construction (CholeskyQR2 then
- * cannot apply: the tall side is rank deficient). */
+ * descending), by the cheapest accurate route (*route: RG_ROUTE_*; see rank.h).  T: n x f
+ * scratch; G, G2, P: k x k scratch.  structural_zero: the smallest value is 0 by construction
+ * (the Cholesky routes then cannot apply: the tall side is rank deficient). */
 static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_zero,
                     double *T /* n x f */, double *G /* k x k */, double *G2, double *P,
                     double *s /* k */, double *work, int64_t lwork, lapack_int *iwork,
                     int64_t liwork, uint8_t *route)
 {
     const int64_t k = n < f ? n : f;
+    const lapack_int kk = (lapack_int)k;
     gram(A, n, f, G);
-    if (!structural_zero) memcpy(G2, G, sizeof(double) * (size_t)(k * k));
-    lapack_int info = RG_BLAS(LAPACKE_dsyevd_work)(LAPACK_COL_MAJOR, 'N', 'L', (lapack_int)k, G,
-                                                    (lapack_int)k, s, work, (lapack_int)lwork,
-                                                    iwork, (lapack_int)liwork);
-    /* s holds the eigenvalues ascending; the kept ones are s[structural_zero .. k-1] */
-    int gram_ok = info == 0;
-    if (gram_ok) {
-        const double lmax = s[k - 1];
-        const int64_t first = structural_zero ? 1 : 0;
-        /* an all-zero matrix passes with lmax = 0 (no rounding there) */
-        gram_ok = first >= k || s[first] >= RG_GRAM_MIN_RATIO * lmax;
-    }
-    if (gram_ok) {
-        for (int64_t i = 0; i < k / 2; i++) {
-            double t = s[i];
-            s[i] = s[k - 1 - i];
-            s[k - 1 - i] = t;
+    if (structural_zero) {
+        if (gram_values(G, k, 1, s, work, lwork, iwork, liwork)) {
+            *route = RG_ROUTE_GRAM;
+            return RG_OK;
         }
-        for (int64_t i = 0; i < k; i++) s[i] = sqrt(s[i] > 0.0 ? s[i] : 0.0);
-        *route = RG_ROUTE_GRAM;
-        if (structural_zero) s[k - 1] = 0.0;
-        return RG_OK;
+    } else {
+        memcpy(G2, G, sizeof(double) * (size_t)(k * k));
+        /* a Gram that passes the Gram test is positive definite: when Cholesky fails, so would
+         * the Gram route, and both Cholesky routes */
+        if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G, kk) == 0) {
+            /* max_i G_ii / min_i L_ii^2 <= lambda_max / lambda_min (G_ii <= lambda_max, each
+             * pivot L_ii^2 >= lambda_min): beyond 1 / RG_GRAM_MIN_RATIO the Gram test fails,
+             * and its eigenvalues are not computed */
+            double gmax = 0.0, pmin = INFINITY;
+            for (int64_t i = 0; i < k; i++) {
+                gmax = fmax(gmax, G2[i * k + i]);
+                pmin = fmin(pmin, G[i * k + i] * G[i * k + i]);
+            }
+            if (gmax * RG_GRAM_MIN_RATIO <= pmin) {
+                memcpy(P, G2, sizeof(double) * (size_t)(k * k));
+                if (gram_values(P, k, 0, s, work, lwork, iwork, liwork)) {
+                    *route = RG_ROUTE_GRAM;
+                    return RG_OK;
+                }
+            }
+            /* the scaled Cholesky route: singular values of L (T holds k x k scratch) */
+            if (scaled_test(G2, k, T)) {
+                lower_part(G, k, G2);
+                if (factor_svd(G2, k, s, work, lwork, iwork)) {
+                    *route = RG_ROUTE_CHOLESKY;
+                    return RG_OK;
+                }
+            }
+            lower_part(G, k, P);
+            if (RG_BLAS(LAPACKE_dtrtri_work)(LAPACK_COL_MAJOR, 'L', 'N', kk, P, kk) != 0)
+                return RG_ERR_LAPACK;
+            if (cholqr2_spectrum(A, n, f, T, G, G2, P, s, work, lwork, iwork)) {
+                *route = RG_ROUTE_CHOLQR2;
+                return RG_OK;
+            }
+        }
     }
-    if (!structural_zero && cholqr2_spectrum(A, n, f, T, G2, G, P, s, work, lwork, iwork)) {
-        *route = RG_ROUTE_CHOLQR2;
-        return RG_OK;
-    }
-    /* dgesdd is faster on tall matrices (QR first) than on wide ones (~2x at 2048 x 16):
-     * row-major n x f already is a tall column-major f x n when n < f; otherwise copy it
-     * into column-major n x f (T) */
-    double *M = A;
-    if (f <= n) {
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < f; j++) T[j * n + i] = A[i * f + j];
-        M = T;
-    }
-    const int64_t rows = f <= n ? n : f, cols = k;
-    info = RG_BLAS(LAPACKE_dgesdd_work)(LAPACK_COL_MAJOR, 'N', (lapack_int)rows,
-                                        (lapack_int)cols, M, (lapack_int)rows, s, NULL, 1,
-                                        NULL, 1, work, (lapack_int)lwork, iwork);
-    if (info != 0) return RG_ERR_LAPACK;
+    if (!direct_spectrum(A, n, f, T, G2, s, work, lwork, iwork)) return RG_ERR_LAPACK;
     *route = RG_ROUTE_SVD;
     if (structural_zero) s[k - 1] = 0.0;
     return RG_OK;
