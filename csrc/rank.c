@@ -621,18 +621,18 @@ static int gram_values(double *G2, int64_t k, int structural_zero, double *s, do
 }
 
 /* Whether lambda_min(A) >= RG_SCALED_MIN_RATIO for the equilibrated Gram A = D^-1 G D^-1,
- * D = diag(G)^(1/2) (G: k x k column-major lower triangle, kept): A - RG_SCALED_MIN_RATIO I is
- * formed in W and Cholesky-factored, which succeeds exactly when it is positive definite (up
- * to the factorisation's backward error, <= ~k^2 eps ||A|| <= k^3 eps, far below the
- * ratio).  Sylvester's inertia, so the test is tight where a bound from the inverse is not
- * (many small eigenvalues, as in a trained network's stream).  k^3 / 3 flops. */
-static int scaled_test(const double *G, int64_t k, double *W)
+ * D = diag(G)^(1/2) (G: its strictly lower part read from the strict upper triangle of Gu,
+ * column-major, its diagonal from dg): A - RG_SCALED_MIN_RATIO I is formed in W and
+ * Cholesky-factored, which succeeds exactly when it is positive definite (up to the
+ * factorisation's backward error, <= ~k^2 eps ||A|| <= k^3 eps, far below the ratio).
+ * Sylvester's inertia, so the test is tight where a bound from the inverse is not (many small
+ * eigenvalues, as in a trained network's stream).  k^3 / 3 flops. */
+static int scaled_test(const double *Gu, const double *dg, int64_t k, double *W)
 {
     for (int64_t j = 0; j < k; j++) {
-        const double dj = sqrt(G[j * k + j]);
         W[j * k + j] = 1.0 - RG_SCALED_MIN_RATIO;
         for (int64_t i = j + 1; i < k; i++)
-            W[j * k + i] = G[j * k + i] / (sqrt(G[i * k + i]) * dj);
+            W[j * k + i] = Gu[i * k + j] / (sqrt(dg[i]) * sqrt(dg[j]));
     }
     return RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', (lapack_int)k, W,
                                         (lapack_int)k) == 0;
@@ -640,12 +640,12 @@ static int scaled_test(const double *G, int64_t k, double *W)
 
 /* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
  * descending), by the cheapest accurate route (*route: RG_ROUTE_*; see rank.h).  T: n x f
- * scratch; G, G2, P: k x k scratch.  structural_zero: the smallest value is 0 by construction
+ * scratch; G, G2, P: k x k scratch; dg: k.  structural_zero: the smallest value is 0 by construction
  * (the Cholesky routes then cannot apply: the tall side is rank deficient). */
 static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_zero,
                     double *T /* n x f */, double *G /* k x k */, double *G2, double *P,
-                    double *s /* k */, double *work, int64_t lwork, lapack_int *iwork,
-                    int64_t liwork, uint8_t *route)
+                    double *dg /* k */, double *s /* k */, double *work, int64_t lwork,
+                    lapack_int *iwork, int64_t liwork, uint8_t *route)
 {
     const int64_t k = n < f ? n : f;
     const lapack_int kk = (lapack_int)k;
@@ -656,6 +656,13 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
             return RG_OK;
         }
     } else {
+        /* G's strictly lower part mirrored into its upper triangle and its diagonal into dg:
+         * dpotrf ('L') leaves both, so the Gram stays at hand for the scaled test without a
+         * third k x k buffer being touched on the Gram route; G2: the copy dsyevd destroys */
+        for (int64_t j = 0; j < k; j++) {
+            dg[j] = G[j * k + j];
+            for (int64_t i = j + 1; i < k; i++) G[i * k + j] = G[j * k + i];
+        }
         memcpy(G2, G, sizeof(double) * (size_t)(k * k));
         /* a Gram that passes the Gram test is positive definite: when Cholesky fails, so would
          * the Gram route, and both Cholesky routes */
@@ -665,18 +672,16 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
              * and its eigenvalues are not computed */
             double gmax = 0.0, pmin = INFINITY;
             for (int64_t i = 0; i < k; i++) {
-                gmax = fmax(gmax, G2[i * k + i]);
+                gmax = fmax(gmax, dg[i]);
                 pmin = fmin(pmin, G[i * k + i] * G[i * k + i]);
             }
-            if (gmax * RG_GRAM_MIN_RATIO <= pmin) {
-                memcpy(P, G2, sizeof(double) * (size_t)(k * k));
-                if (gram_values(P, k, 0, s, work, lwork, iwork, liwork)) {
-                    *route = RG_ROUTE_GRAM;
-                    return RG_OK;
-                }
+            if (gmax * RG_GRAM_MIN_RATIO <= pmin &&
+                gram_values(G2, k, 0, s, work, lwork, iwork, liwork)) {
+                *route = RG_ROUTE_GRAM;
+                return RG_OK;
             }
             /* the scaled Cholesky route: singular values of L (T holds k x k scratch) */
-            if (scaled_test(G2, k, T)) {
+            if (scaled_test(G, dg, k, T)) {
                 lower_part(G, k, G2);
                 if (factor_svd(G2, k, s, work, lwork, iwork)) {
                     *route = RG_ROUTE_CHOLESKY;
@@ -724,9 +729,9 @@ static int64_t group_size(const rg_stack *st, int64_t *gstride)
 }
 
 /* The workspace of rg_rank_batch, one allocation: A (grp n f) | T (n f) | G, G2, P (k k
- * each) | scratch (5 grp f) | s (k) | work (lwork) | iwork (liwork) | exps (grp). */
+ * each) | scratch (5 grp f) | dg, s (k each) | work (lwork) | iwork (liwork) | exps (grp). */
 typedef struct {
-    double *A0, *T, *G, *G2, *P, *stats, *s, *work;  /* A0 is the allocation */
+    double *A0, *T, *G, *G2, *P, *stats, *dg, *s, *work;  /* A0 is the allocation */
     lapack_int *iwork;
     int *exps;
     int64_t lwork, liwork;
@@ -737,7 +742,7 @@ static int rank_ws_alloc(int64_t n, int64_t f, int64_t grp, rank_ws *w)
     const int64_t k = n < f ? n : f, nt = n * f;
     int status = lapack_sizes(n, f, &w->lwork, &w->liwork);
     if (status != RG_OK) return status;
-    const size_t nd = (size_t)(grp * n * f + nt + 3 * k * k + 5 * grp * f + k + w->lwork);
+    const size_t nd = (size_t)(grp * n * f + nt + 3 * k * k + 5 * grp * f + 2 * k + w->lwork);
     double *ws = malloc(nd * sizeof(double) + (size_t)w->liwork * sizeof(lapack_int) +
                         (size_t)grp * sizeof(int));
     if (!ws) return RG_ERR_NOMEM;
@@ -747,7 +752,8 @@ static int rank_ws_alloc(int64_t n, int64_t f, int64_t grp, rank_ws *w)
     w->G2 = w->G + k * k;
     w->P = w->G2 + k * k;
     w->stats = w->P + k * k;
-    w->s = w->stats + 5 * grp * f;
+    w->dg = w->stats + 5 * grp * f;
+    w->s = w->dg + k;
     w->work = w->s + k;
     w->iwork = (lapack_int *)(w->work + w->lwork);
     w->exps = (int *)(w->iwork + w->liwork);
@@ -762,8 +768,8 @@ static int measure_matrix(double *A, int64_t n, int64_t f, int e, int center, in
 {
     const int64_t k = n < f ? n : f;
     /* centring with n <= f leaves rank <= n - 1 */
-    int status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->G2, w->P, w->s, w->work,
-                          w->lwork, w->iwork, w->liwork, route);
+    int status = spectrum(A, n, f, center && n <= f, w->T, w->G, w->G2, w->P, w->dg, w->s,
+                          w->work, w->lwork, w->iwork, w->liwork, route);
     if (status != RG_OK) return status;
     if (measure == RG_MEASURE_SPECTRUM) {
         for (int64_t i = 0; i < k; i++) out[i] = ldexp(w->s[i], e);

@@ -106,7 +106,7 @@ double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int 
                            double tol, int64_t n, int64_t f);
 
 /* Measure every matrix of the stack, with one workspace allocation per call: 2 n*f + 3 k*k +
- * 5f + k doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
+ * 5f + 2k doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
  * most 1 MB when the innermost batch axis interleaves rows (as positions do in a stream: up to
  * 1 MB of such matrices are then loaded together, row by row).
  * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
