@@ -10,7 +10,7 @@
  * matrix is copied into a float64 workspace, centred there (and scaled by an exact power of two
  * if its range could overflow or underflow the Gram): two passes over the source (column sums,
  * minima and maxima, then conversion and centring; interleaved matrices such as a stream's
- * positions are loaded together, 1 MB at a time, so the source is read row by row).  Its
+ * positions are loaded together, 512 kB at a time, so the source is read row by row).  Its
  * spectrum comes from the first of four routes that applies (k = min(n, f); M the tall side, A
  * or A^T; G = M^T M its k x k Gram, dgemm for k <= 16, else dsyrk; L = chol(G), dpotrf, taken
  * first for every matrix without a structural zero; D = diag(G)^(1/2)):
@@ -107,8 +107,8 @@ double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int 
 
 /* Measure every matrix of the stack, with one workspace allocation per call: 2 n*f + 3 k*k +
  * 5f + 2k doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
- * most 1 MB when the innermost batch axis interleaves rows (as positions do in a stream: up to
- * 1 MB of such matrices are then loaded together, row by row).
+ * most 512 kB when the innermost batch axis interleaves rows (as positions do in a stream: up to
+ * 512 kB of such matrices are then loaded together, row by row).
  * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
  * singular values per matrix, descending.  tol is in the units of the input (< 0: default).
  * route (optional, one byte per matrix) records the route (RG_ROUTE_*).  *bad gets the batch index of the

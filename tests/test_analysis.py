@@ -423,7 +423,7 @@ def test_batched_equals_loop():
         np.testing.assert_array_equal(rg.effective_rank(view, measure, n_threads=2), loop)
     np.testing.assert_array_equal(rg.rank_profile(stream, n_threads=3),
                                   rg.effective_rank(view).mean(axis=1))
-    # interleaved matrices converted in cache-sized groups (8 of these per group: 8 + 4 here)
+    # interleaved matrices loaded in cache-sized groups (512 kB: 2 of these per group)
     big = rng.standard_normal((2, 2048, 12, 16)).astype(np.float32)
     np.testing.assert_array_equal(
         rg.effective_rank(big.transpose(0, 2, 1, 3)),
