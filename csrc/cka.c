@@ -57,18 +57,29 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
         for (int64_t l = 0; l < nl; l++) {
             const int64_t fl = off[l + 1] - off[l];
             const double *Xb = Z + n * off[l] + b0 * fl;  /* layer-major: layer l is n x fl */
-            RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rb,
-                                 (blasint)rb, (blasint)fl, 1.0, Xb, (blasint)fl, Xb,
-                                 (blasint)fl, 0.0, PD + l * rb * rb, (blasint)rb);
+            double *D = PD + l * rb * rb;
+            for (int64_t i = 1; i < rb; i++)  /* the strictly lower part: zeros */
+                for (int64_t j = 0; j < i; j++) D[i * rb + j] = 0.0;
+            RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)rb,
+                                 (blasint)fl, 1.0, Xb, (blasint)fl, 0.0, D, (blasint)rb);
             if (rest > 0)
                 RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rb,
                                      (blasint)rest, (blasint)fl, 1.0, Xb, (blasint)fl,
                                      Xb + rb * fl, (blasint)fl, 0.0, PR + l * rb * rest,
                                      (blasint)rest);
         }
+        /* the diagonal blocks hold their upper triangles: the sum over a whole block is
+         * twice theirs less the diagonal's */
         RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)nl,
-                             (blasint)(rb * rb), 1.0, PD, (blasint)(rb * rb), 1.0, C,
+                             (blasint)(rb * rb), 2.0, PD, (blasint)(rb * rb), 1.0, C,
                              (blasint)nl);
+        for (int64_t l = 0; l < nl; l++)
+            for (int64_t m = l; m < nl; m++) {
+                double dd = 0.0;
+                for (int64_t i = 0; i < rb; i++)
+                    dd += PD[l * rb * rb + i * rb + i] * PD[m * rb * rb + i * rb + i];
+                C[l * nl + m] -= dd;
+            }
         if (rest > 0) {
             RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)nl,
                                  (blasint)(rb * rest), 1.0, PR, (blasint)(rb * rest), 0.0, M,

@@ -26,9 +26,9 @@
  *   feature space: one GEMM X_l^T [X_l | X_{l+1} ...] per layer, n f_l (needed widths);
  *   sample space: the upper triangle of every K_l once, n^2 W / 2 in all, in row blocks of r
  *     rows held for all layers at once (n_layers r n doubles, <= 32 MB unless r hits its floor
- *     of 16),
- *     with <K_l, K_m> summed over blocks by a dsyrk of the flattened blocks
- *     (n_layers^2 n^2 / 4).
+ *     of 16): the r x r diagonal block by dsyrk (its upper triangle), the block right of it by
+ *     dgemm, with <K_l, K_m> summed over blocks by dsyrks of the flattened blocks
+ *     (n_layers^2 n^2 / 4; a diagonal block counts twice, less its diagonal).
  * Undefined values are NaN: a layer that is constant (zero after centring) for the biased
  * estimator, HSIC_u(l, l) <= 0 for the debiased one. */
 #ifndef RG_CKA_H
