@@ -659,10 +659,13 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
         /* G's strictly lower part mirrored into its upper triangle and its diagonal into dg:
          * dpotrf ('L') leaves both, so the Gram stays at hand for the scaled test without a
          * third k x k buffer being touched on the Gram route; G2: the copy dsyevd destroys */
-        for (int64_t j = 0; j < k; j++) {
-            dg[j] = G[j * k + j];
-            for (int64_t i = j + 1; i < k; i++) G[i * k + j] = G[j * k + i];
-        }
+        for (int64_t j = 0; j < k; j++) dg[j] = G[j * k + j];
+        for (int64_t j0 = 0; j0 < k; j0 += 32)  /* in 32 x 32 tiles: both sides cached */
+            for (int64_t i0 = j0; i0 < k; i0 += 32)
+                for (int64_t j = j0; j < (j0 + 32 < k ? j0 + 32 : k); j++)
+                    for (int64_t i = (i0 > j + 1 ? i0 : j + 1); i < (i0 + 32 < k ? i0 + 32 : k);
+                         i++)
+                        G[i * k + j] = G[j * k + i];
         memcpy(G2, G, sizeof(double) * (size_t)(k * k));
         /* a Gram that passes the Gram test is positive definite: when Cholesky fails, so would
          * the Gram route, and both Cholesky routes */
