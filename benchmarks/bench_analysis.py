@@ -9,10 +9,15 @@
    write it (Kornblith et al.'s gram_linear / center_gram / cka): with every Gram computed
    once and cached, and with cka(gram_linear(X_i), gram_linear(X_j)) per pair.
 
-Timings are the best of a few repeats (the NumPy loops run once or twice: they are long).
+Timings are the best of a few rounds in which rgflow and NumPy run alternately, so that both
+see the same machine load (rgflow 5 rounds, 3 for CKA; NumPy 5 for the position loop, 3 for
+the stream loop, 2 for the cached CKA matrix, 1 per pair); rgflow's plain rows use
+``--threads`` threads (default 1, like single-threaded NumPy), and the 2-thread results are
+checked bit-identical to the 1-thread ones.
 Two streams: "gaussian" (i.i.d. N(0, 1): every matrix is well conditioned, so rgflow takes the
 Gram route) and "graded" (feature j scaled by 10^(-4 j / d) within each position: every matrix
-is ill-conditioned, so rgflow cannot use the Gram's eigenvalues and takes CholeskyQR2), and
+is ill-conditioned, so rgflow cannot use the Gram's eigenvalues; its equilibrated Gram is well
+conditioned, so it takes the scaled Cholesky route), and
 "trained": the (9, 2048, 16, 16) residual stream of the quick configuration's network after
 2,000 steps of its recipe at xi = 7 (trained inside the benchmark, ~15 s), the real case.  Peak memory is measured
 in fresh subprocesses as the rise of the resident high-water mark (VmHWM) over its value after
@@ -22,6 +27,7 @@ thread count for OpenBLAS (both NumPy's and rgflow's) follows OPENBLAS_NUM_THREA
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -132,11 +138,14 @@ def np_cka_matrix_per_pair(stream):
 
 # ---- rgflow ----------------------------------------------------------------------------------
 
+THREADS = [1]  # rgflow's thread count for the plain rgflow rows (--threads)
+
 TASKS = {
-    "position/rgflow": lambda s: rg.rank_profile(s, level="position"),
+    "position/rgflow": lambda s: rg.rank_profile(s, level="position", n_threads=THREADS[0]),
     "position/rgflow-2threads": lambda s: rg.rank_profile(s, level="position", n_threads=2),
     "position/numpy": np_position_profile,
-    "stream/rgflow": lambda s: rg.rank_profile(s, level="stream"),
+    "stream/rgflow": lambda s: rg.rank_profile(s, level="stream", n_threads=THREADS[0]),
+    "stream/rgflow-2threads": lambda s: rg.rank_profile(s, level="stream", n_threads=2),
     "stream/numpy": np_stream_profile,
     "cka/rgflow": lambda s: rg.cka_matrix(s, level="stream"),
     "cka/numpy-cached": np_cka_matrix_cached,
@@ -151,6 +160,19 @@ def timed(fn, arg, repeat):
         out = fn(arg)
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def interleaved(ours, theirs, arg, rounds, theirs_rounds):
+    """Best times of ours and theirs run alternately (ours every round, theirs in the first
+    theirs_rounds), so that both see the same machine load."""
+    best, outs = [np.inf, np.inf], [None, None]
+    for r in range(rounds):
+        for j, fn in enumerate((ours, theirs)):
+            if j == 1 and r >= theirs_rounds:
+                continue
+            t, out = timed(fn, arg, 1)
+            best[j], outs[j] = min(best[j], t), out
+    return (best[0], outs[0]), (best[1], outs[1])
 
 
 def vm_hwm_kib():
@@ -172,9 +194,9 @@ def peak_mib(task, kind):
 
 
 def routes(s):
-    """How many matrices took each of rgflow's routes (rank.h: Gram eigenvalues, CholeskyQR2,
-    dgesdd)."""
-    names = {0: "Gram", 2: "CholeskyQR2", 1: "dgesdd"}
+    """How many matrices took each of rgflow's routes (rank.h: Gram eigenvalues, scaled
+    Cholesky, CholeskyQR2, direct SVD)."""
+    names = {0: "Gram", 3: "scaled Cholesky", 2: "CholeskyQR2", 1: "direct SVD"}
     parts = []
     for what, x in [("position", s.transpose(0, 2, 1, 3)),
                     ("stream", s.reshape(s.shape[0], s.shape[1], -1))]:
@@ -189,36 +211,45 @@ def main():
     ap.add_argument("--child")
     ap.add_argument("--kind", default="gaussian")
     ap.add_argument("--quick", action="store_true", help="skip the slow per-pair CKA and the "
-                    "graded stream")
+                    "graded and trained streams")
+    ap.add_argument("--threads", type=int, default=1, help="rgflow's threads for the plain "
+                    "rgflow rows (default 1, as single-threaded NumPy; the -2threads rows use 2 "
+                    "and are checked bit-identical to these)")
     args = ap.parse_args()
+    THREADS[0] = args.threads
     if args.child:
         return child(args.child, args.kind)
     info = rg.where_computed()
-    print("rgflow analysis benchmark; BLAS: %s (%s kernel), rgflow threads %d (analysis splits "
-          "stacks by matrix over them by default)" % (info["blas"], info["core"], info["threads"]))
+    print("rgflow analysis benchmark; BLAS: %s (%s kernel, OpenBLAS threads: NumPy's follow "
+          "OPENBLAS_NUM_THREADS=%s, rgflow's are always 1), rgflow threads %d for the plain rows"
+          % (info["blas"], info["core"], os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+             args.threads))
     kinds = ["gaussian"] if args.quick else ["gaussian", "graded", "trained"]
     rows = []
     for kind in kinds:
         s = make_stream(kind)
         print("\nstream %r %s: %s" % (kind, s.shape, routes(s)))
         square = "cka %dx%d" % (s.shape[0], s.shape[0])
-        comparisons = [("position", "position/rgflow", "position/numpy", 1),
-                       ("position", "position/rgflow-2threads", "position/numpy", 1),
-                       ("stream", "stream/rgflow", "stream/numpy", 1),
-                       (square, "cka/rgflow", "cka/numpy-cached", 1)]
+        comparisons = [("position", "position/rgflow", "position/numpy", 5),
+                       ("position", "position/rgflow-2threads", "position/numpy", 3),
+                       ("stream", "stream/rgflow", "stream/numpy", 3),
+                       (square, "cka/rgflow", "cka/numpy-cached", 2)]
         if kind == "gaussian" and not args.quick:
             comparisons.append((square, "cka/rgflow", "cka/numpy-per-pair", 1))
-        cache = {}
-        for what, ours, theirs, rep in comparisons:
-            if ours not in cache:
-                cache[ours] = timed(TASKS[ours], s, 3)
-            if theirs not in cache:
-                cache[theirs] = timed(TASKS[theirs], s, rep)
-            (t1, r1), (t2, r2) = cache[ours], cache[theirs]
+        for what, ours, theirs, theirs_rounds in comparisons:
+            # interleaved: rgflow best of 5 (3 for CKA), NumPy best of theirs_rounds
+            rounds = max(3 if what.startswith("cka") else 5, theirs_rounds)
+            (t1, r1), (t2, r2) = interleaved(TASKS[ours], TASKS[theirs], s, rounds,
+                                             theirs_rounds)
             diff = float(np.max(np.abs(np.asarray(r1) - np.asarray(r2))))
             rows.append((kind, what, ours, theirs, t1, t2, t2 / t1, diff))
             print("  %-10s %-26s %8.3f s   %-20s %8.3f s   x%6.1f   max|diff| %.1e"
                   % (what, ours, t1, theirs, t2, t2 / t1, diff))
+        for level in ("position", "stream"):
+            one = rg.rank_profile(s, level=level, n_threads=1)
+            two = TASKS[level + "/rgflow-2threads"](s)
+            print("  %-10s 1 and 2 rgflow threads bit-identical: %s"
+                  % (level, "yes" if np.array_equal(one, two) else "NO"))
     print("\npeak memory above the loaded stream (fresh subprocess each, MiB):")
     for task in ("cka/rgflow", "cka/numpy-cached", "stream/rgflow", "stream/numpy",
                  "position/rgflow", "position/numpy"):

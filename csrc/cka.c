@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "blas.h"
+#include "memory.h"
 #include "status.h"
 
 /* Sample-space row blocks hold at most this many doubles for all layers together (32 MB). */
@@ -40,7 +41,9 @@ static void cross_feature(const double *Z /* n x W */, int64_t n, int64_t W, int
     }
 }
 
-/* C_lm for all pairs in sample space, row block by row block.  P: nl * r * n scratch. */
+/* C_lm for all pairs in sample space, row block by row block, from Z holding the layers one
+ * after the other (layer l: n x f_l at Z + n off[l]; contiguous, so each dgemm streams one
+ * block of memory).  P: nl * r * n scratch. */
 static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int64_t nl,
                          const int64_t *off /* nl + 1 */, int64_t r, double *P, double *C,
                          double *M /* nl x nl */)
@@ -52,20 +55,31 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
          * (rb x rest, counted twice for symmetry) */
         double *PD = P, *PR = P + nl * rb * rb;
         for (int64_t l = 0; l < nl; l++) {
-            const double *Xb = Z + b0 * W + off[l];
             const int64_t fl = off[l + 1] - off[l];
-            RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rb,
-                                 (blasint)rb, (blasint)fl, 1.0, Xb, (blasint)W, Xb, (blasint)W,
-                                 0.0, PD + l * rb * rb, (blasint)rb);
+            const double *Xb = Z + n * off[l] + b0 * fl;  /* layer-major: layer l is n x fl */
+            double *D = PD + l * rb * rb;
+            for (int64_t i = 1; i < rb; i++)  /* the strictly lower part: zeros */
+                for (int64_t j = 0; j < i; j++) D[i * rb + j] = 0.0;
+            RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)rb,
+                                 (blasint)fl, 1.0, Xb, (blasint)fl, 0.0, D, (blasint)rb);
             if (rest > 0)
                 RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rb,
-                                     (blasint)rest, (blasint)fl, 1.0, Xb, (blasint)W,
-                                     Xb + rb * W, (blasint)W, 0.0, PR + l * rb * rest,
+                                     (blasint)rest, (blasint)fl, 1.0, Xb, (blasint)fl,
+                                     Xb + rb * fl, (blasint)fl, 0.0, PR + l * rb * rest,
                                      (blasint)rest);
         }
+        /* the diagonal blocks hold their upper triangles: the sum over a whole block is
+         * twice theirs less the diagonal's */
         RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)nl,
-                             (blasint)(rb * rb), 1.0, PD, (blasint)(rb * rb), 1.0, C,
+                             (blasint)(rb * rb), 2.0, PD, (blasint)(rb * rb), 1.0, C,
                              (blasint)nl);
+        for (int64_t l = 0; l < nl; l++)
+            for (int64_t m = l; m < nl; m++) {
+                double dd = 0.0;
+                for (int64_t i = 0; i < rb; i++)
+                    dd += PD[l * rb * rb + i * rb + i] * PD[m * rb * rb + i * rb + i];
+                C[l * nl + m] -= dd;
+            }
         if (rest > 0) {
             RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)nl,
                                  (blasint)(rb * rest), 1.0, PR, (blasint)(rb * rest), 0.0, M,
@@ -138,7 +152,7 @@ int rg_cka_layers(const rg_strided_matrix *layers, int64_t nl, int consecutive, 
     /* one allocation: Z (n W) | d (nl n) | scratch (5 fmax) | C (nl nl) | off (nl + 1) |
      * scratch */
     const size_t nd = (size_t)(n * W + nl * n + 5 * fmax + nl * nl + (nl + 1) + scratch);
-    double *ws = malloc(nd * sizeof(double));
+    double *ws = rg_alloc_large(nd * sizeof(double));
     if (!ws) return RG_ERR_NOMEM;
     double *Z = ws, *d = Z + n * W, *mean = d + nl * n, *C = mean + 5 * fmax;
     double *S = C + nl * nl + nl + 1;
@@ -147,11 +161,15 @@ int rg_cka_layers(const rg_strided_matrix *layers, int64_t nl, int consecutive, 
     for (int64_t l = 0; l < nl; l++) off[l + 1] = off[l] + layers[l].cols;
     int status = RG_OK;
     for (int64_t l = 0; l < nl && status == RG_OK; l++) {
+        /* sample space: layer-major (layer l is n x f_l at Z + n off[l]); feature space:
+         * [X_0 | X_1 | ...] (n x W), so one GEMM spans a layer's partners */
+        const int64_t ld = r > 0 ? layers[l].cols : W;
+        double *Xl = r > 0 ? Z + n * off[l] : Z + off[l];
         int e;
-        status = rg_load_centered(&layers[l], 1, Z + off[l], W, mean, &e);
+        status = rg_load_centered(&layers[l], 1, Xl, ld, mean, &e);
         if (status != RG_OK) *bad = l;
         for (int64_t i = 0; status == RG_OK && i < n; i++)
-            d[l * n + i] = sumsq(Z + i * W + off[l], 1, layers[l].cols, W);
+            d[l * n + i] = sumsq(Xl + i * ld, 1, layers[l].cols, ld);
     }
     for (int64_t i = 0; i < nl * nl; i++) C[i] = NAN;
     if (status == RG_OK && r > 0) cross_sample(Z, n, W, nl, off, r, S, C, S + nl * r * n);

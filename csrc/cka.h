@@ -6,8 +6,12 @@
 /* Linear CKA between layers, biased and debiased, without n x n matrices when n > f.
  *
  * Every layer X_l (n x f_l, float32/float64, any strides) is copied into one float64 workspace
- * Z = [X_0 | X_1 | ...] (n x W, W = sum f_l) and column-centred there (a layer of extreme range
- * is also scaled by a power of two: CKA is invariant to each layer's scale).  With
+ * Z (n x W doubles, W = sum f_l) and column-centred there (a layer of extreme range is also
+ * scaled by a power of two: CKA is invariant to each layer's scale): side by side,
+ * [X_0 | X_1 | ...], for the feature-space route, one layer after the other for the
+ * sample-space route (each GEMM then streams one contiguous block).  The workspace is asked
+ * for transparent huge pages (memory.h): faulting in ~137 MB page by page cost ~10% of a
+ * 13 x 2048 x 512 call.  With
  * K_l = X_l X_l^T (doubly centred, since X_l is centred):
  *   C_lm  = <K_l, K_m>_F = ||X_l^T X_m||_F^2
  *   d_l   = diag(K_l) (row norms squared),  F_l = 1^T d_l = ||X_l||_F^2
@@ -22,9 +26,9 @@
  *   feature space: one GEMM X_l^T [X_l | X_{l+1} ...] per layer, n f_l (needed widths);
  *   sample space: the upper triangle of every K_l once, n^2 W / 2 in all, in row blocks of r
  *     rows held for all layers at once (n_layers r n doubles, <= 32 MB unless r hits its floor
- *     of 16),
- *     with <K_l, K_m> summed over blocks by a dsyrk of the flattened blocks
- *     (n_layers^2 n^2 / 4).
+ *     of 16): the r x r diagonal block by dsyrk (its upper triangle), the block right of it by
+ *     dgemm, with <K_l, K_m> summed over blocks by dsyrks of the flattened blocks
+ *     (n_layers^2 n^2 / 4; a diagonal block counts twice, less its diagonal).
  * Undefined values are NaN: a layer that is constant (zero after centring) for the biased
  * estimator, HSIC_u(l, l) <= 0 for the debiased one. */
 #ifndef RG_CKA_H

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 /* The first number of `path` (key NULL), or of its line starting with `key` (in kB, as
@@ -47,4 +48,23 @@ int rg_memory_fits(double bytes, double *avail)
     if (!(bytes >= RG_MEM_CHECK_MIN)) return 1;
     *avail = rg_available_bytes();
     return *avail < 0.0 || bytes <= *avail;
+}
+
+void *rg_alloc_large(size_t bytes)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (bytes >= RG_HUGE_MIN) {
+        void *p = NULL;
+        /* aligned to 2 MB, so that the kernel can back its whole 2 MB pages with huge pages
+         * (where transparent huge pages are on for madvise'd memory): one fault per 2 MB
+         * instead of per 4 kB.  The partial page at the end is left out of the advice, so no
+         * more memory becomes resident than is touched. */
+        const size_t huge = (size_t)2 << 20;
+        if (posix_memalign(&p, huge, bytes) != 0) return NULL;
+        madvise(p, bytes / huge * huge, MADV_HUGEPAGE);  /* advice only: failure changes
+                                                           * nothing */
+        return p;
+    }
+#endif
+    return malloc(bytes);
 }

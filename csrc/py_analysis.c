@@ -257,7 +257,8 @@ PyMethodDef rg_analysis_methods[] = {
      "rank($module, /, X, measure='erank', center=True, squared=False, tol=-1.0, name='X')"
      "\n--\n\n"
      "(values, route): a measure (or 'spectrum') of every (n, f) matrix of X (..., n, f); "
-     "route per matrix: 0 Gram eigenvalues, 1 dgesdd, 2 CholeskyQR2."},
+     "route per matrix: 0 Gram eigenvalues, 1 direct SVD (QR + dgesdd), 2 CholeskyQR2, "
+     "3 scaled Cholesky (see rank.h)."},
     {"cka", RG_KW(py_cka),
      "cka($module, /, layers, consecutive=False, debiased=False, names=None)\n--\n\n"
      "((n_layers, n_layers) float64, sample_space): linear CKA between 2-D arrays with equal "

@@ -8,26 +8,49 @@
  * Inputs are strided views of float32 or float64 data (strides in bytes), so a (layers,
  * positions, n, d) view of a (layers, n, positions, d) stream is measured without a copy.  Every
  * matrix is copied into a float64 workspace, centred there (and scaled by an exact power of two
- * if its range could overflow or underflow the Gram), and its spectrum comes from the first of
- * three routes that applies (k = min(n, f); M the tall side, A or A^T):
- *   1. RG_ROUTE_GRAM: the k x k Gram (dgemm/dsyrk) and its eigenvalues (dsyevd), when it is
- *      well conditioned: every kept eigenvalue >= RG_GRAM_MIN_RATIO * the largest.  The Gram
- *      squares the condition number: an eigenvalue is known to about c*eps*lambda_max, so a
- *      singular value s carries a relative error ~ c*eps/(2 (s/s_max)^2); at the ratio 1e-3
- *      that is ~c*5.5e-14, which keeps the measures within 1e-10 for c up to ~1e3 (the
- *      criterion means cond(X_centred) <= 31.6).  n k^2 flops (k <= 16) or n k^2 / 2.
- *   2. RG_ROUTE_CHOLQR2: CholeskyQR2 from the same Gram (Cholesky, a triangular solve for Q,
- *      Q's Gram, Cholesky again) and dgesdd of the k x k triangular product; accepted when
- *      ||Q^T Q - I||_F <= 0.5 after the first pass (cond(M) up to ~1e7).  Its Q is then
- *      orthonormal to O(eps), so the values carry a backward error ~eps ||M|| and an absolute
- *      error ~eps s_max, as dgesdd's do (Yamamoto et al., ETNA 44, 2015).  About 3 n k^2
- *      flops in Level-3 BLAS, against dgesdd's ~4 n k^2 largely in Level-2 (its QR and
- *      bidiagonalisation of a tall-skinny matrix are memory-bound).
- *   3. RG_ROUTE_SVD: a direct SVD (dgesdd) of the centred matrix: rank-deficient or worse
- *      conditioned matrices, and every centred matrix with n <= f (its tall side then has
- *      rank <= n - 1: a structural zero, which CholeskyQR cannot factor).
- * A matrix that fails the Gram test pays for the Gram and its eigenvalues too; one that fails
- * CholeskyQR2 also pays for that.
+ * if its range could overflow or underflow the Gram): two passes over the source (column sums,
+ * minima and maxima, then conversion and centring; interleaved matrices such as a stream's
+ * positions are loaded together, 512 kB at a time, so the source is read row by row).  Its
+ * spectrum comes from the first of four routes that applies (k = min(n, f); M the tall side, A
+ * or A^T; G = M^T M its k x k Gram, dgemm for k <= 16, else dsyrk; L = chol(G), dpotrf, taken
+ * first for every matrix without a structural zero; D = diag(G)^(1/2)):
+ *   1. RG_ROUTE_GRAM: the eigenvalues of G (dsyevd), when it is well conditioned: every kept
+ *      eigenvalue >= RG_GRAM_MIN_RATIO * the largest.  The Gram squares the condition number:
+ *      an eigenvalue is known to about c*eps*lambda_max, so a singular value s carries a
+ *      relative error ~ c*eps/(2 (s/s_max)^2); at the ratio 1e-3 that is ~c*5.5e-14, within
+ *      the 1e-12 relative contract of the measures for c up to ~18 (c ~ 1 measured: 1e-14 at
+ *      worst on random matrices at the criterion's edge; the criterion means
+ *      cond(X_centred) <= 31.6).  Tried only when max_i G_ii / min_i L_ii^2 <= 1/ratio, a
+ *      lower bound of cond(G) (G_ii <= lambda_max, each pivot L_ii^2 >= lambda_min), so an
+ *      ill-conditioned matrix does not pay for the eigenvalues.
+ *   2. RG_ROUTE_CHOLESKY ("scaled Cholesky"): the singular values of L (dgesdd of the k x k
+ *      triangle), when the equilibrated Gram A = D^-1 G D^-1 (unit diagonal) has
+ *      lambda_min(A) >= RG_SCALED_MIN_RATIO, tested by Cholesky-factoring A - ratio*I
+ *      (Sylvester's inertia: it factors exactly when that matrix is positive definite, up to
+ *      the factorisation's backward error <= ~k^3 eps, far below the ratio).  Scaling a
+ *      column scales the Gram's errors with it: the computed Gram is G + D F D with
+ *      |F_ij| <= ~n eps (each entry an inner product of two columns), and Cholesky adds an
+ *      error of the same form (Demmel 1989), so L L^T = D (A + F') D and every eigenvalue of
+ *      L L^T is within a relative ||F'||_2 / lambda_min(A) of the true one (Demmel and
+ *      Veselic, SIMAX 13, 1992): relative errors ~c*eps/ratio = c*1.1e-13 in s^2, the Gram
+ *      route's bound, however ill-conditioned G is (measured: <= 4e-15 on the measures near
+ *      the criterion).  dgesdd of L then adds its absolute error ~eps ||L|| = eps s_max.
+ *      Takes matrices whose ill-conditioning comes from column scales (units of different
+ *      magnitude; the benchmark's graded stream) and, in a trained network's stream, the
+ *      layers whose dozens of collapsed directions leave lambda_min(A) ~ 3e-3.  About
+ *      n k^2 + 2 k^3 / 3 flops plus the k x k SVD.
+ *   3. RG_ROUTE_CHOLQR2: CholeskyQR2 from L (its inverse, dtrtri; Q = M L^-T in one dgemm,
+ *      or dtrmm for k > 16; Q's Gram; Cholesky again) and dgesdd of the k x k triangular
+ *      product; accepted when ||Q^T Q - I||_F <= 0.5 after the first pass (cond(M) up to
+ *      ~1e7).  Its Q is then orthonormal to O(eps), so the values carry a backward error
+ *      ~eps ||M|| and an absolute error ~eps s_max, as dgesdd's do (Yamamoto et al., ETNA 44,
+ *      2015).  About 3 n k^2 flops in Level-3 BLAS.
+ *   4. RG_ROUTE_SVD: a direct SVD of the centred matrix: Householder QR (dgeqrf) and dgesdd
+ *      of the k x k triangular factor, or dgesdd alone when M is less than twice as tall as
+ *      wide (dgesdd's own choice: its built-in QR path was ~2x slower on 2048 x 16).  For
+ *      rank-deficient or worse conditioned matrices (Cholesky fails, or CholeskyQR2's test),
+ *      and every centred matrix with n <= f (its tall side then has rank <= n - 1: a
+ *      structural zero, which Cholesky cannot factor; those try the Gram route first).
  * With centring and n <= f the centred matrix has rank <= n-1: its smallest singular value is 0
  * in exact arithmetic, is set to exactly 0 and is not "kept" for the criterion. */
 #ifndef RG_RANK_H
@@ -36,8 +59,10 @@
 #include <stdint.h>
 
 #define RG_GRAM_MIN_RATIO 1e-3
+/* the scaled Cholesky route's criterion: lambda_min(D^-1 G D^-1) >= this */
+#define RG_SCALED_MIN_RATIO 1e-3
 
-enum { RG_ROUTE_GRAM = 0, RG_ROUTE_SVD = 1, RG_ROUTE_CHOLQR2 = 2 };
+enum { RG_ROUTE_GRAM = 0, RG_ROUTE_SVD = 1, RG_ROUTE_CHOLQR2 = 2, RG_ROUTE_CHOLESKY = 3 };
 #define RG_MAX_BATCH_DIMS 32
 
 enum { RG_FLOAT32 = 0, RG_FLOAT64 = 1 };
@@ -81,9 +106,9 @@ double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int 
                            double tol, int64_t n, int64_t f);
 
 /* Measure every matrix of the stack, with one workspace allocation per call: 2 n*f + 3 k*k +
- * 5f + k doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
- * most 2 MB when the innermost batch axis interleaves rows (as positions do in a stream: up to
- * 2 MB of such matrices are then converted together, row by row).
+ * 5f + 2k doubles plus LAPACK work (queried; about max(n, f) + 10k doubles), k = min(n, f), plus at
+ * most 512 kB when the innermost batch axis interleaves rows (as positions do in a stream: up to
+ * 512 kB of such matrices are then loaded together, row by row).
  * out: one double per matrix (batch order, row-major) or, for RG_MEASURE_SPECTRUM, min(n, f)
  * singular values per matrix, descending.  tol is in the units of the input (< 0: default).
  * route (optional, one byte per matrix) records the route (RG_ROUTE_*).  *bad gets the batch index of the

@@ -65,6 +65,19 @@ def ref_cka_matrix(layers, debiased=False):
                      for i in range(L)])
 
 
+def lambda_min_equilibrated(X, center=True):
+    """Smallest eigenvalue of the tall side's Gram scaled to a unit diagonal (rank.h's
+    criterion for the scaled Cholesky route)."""
+    X = np.asarray(X, np.float64)
+    if center:
+        X = X - X.mean(axis=0)
+    if X.shape[0] < X.shape[1]:
+        X = X.T
+    G = X.T @ X
+    d = np.sqrt(np.diag(G))
+    return np.linalg.eigvalsh(G / np.outer(d, d))[0]
+
+
 def orthonormal_centred(rng, n, k):
     """n x k with orthonormal columns orthogonal to the ones vector."""
     A = rng.standard_normal((n, k))
@@ -130,16 +143,16 @@ def test_spectrum_matches_numpy_svd(name):
 
 
 def test_every_route_is_exercised():
-    # route flag: 0 = Gram + dsyevd, 1 = dgesdd, 2 = CholeskyQR2
+    # route flag: 0 = Gram + dsyevd, 1 = direct SVD (QR + dgesdd), 2 = CholeskyQR2,
+    # 3 = scaled Cholesky (singular values of the Gram's Cholesky factor)
     assert _core.rank(CASES["n>>f"])[1] == 0
     assert _core.rank(CASES["n<f"])[1] == 0          # n x n Gram, structural zero set aside
     assert _core.rank(CASES["cond 31.5"])[1] == 0
     assert _core.rank(CASES["cond 1e8"])[1] == 2
     assert _core.rank(CASES["low-rank"])[1] == 1     # rank deficient: Cholesky fails
-    # cond 1e16, but from column scales alone, to which Cholesky is blind (the Gram's
-    # factor scales with the columns): CholeskyQR2 takes it, and the spectrum tests above
-    # hold for it
-    assert _core.rank(CASES["column scales 1e-8..1e8"])[1] == 2
+    # cond 1e16, but from column scales alone, which leave the equilibrated Gram well
+    # conditioned: the scaled Cholesky route takes it, and the spectrum tests above hold
+    assert _core.rank(CASES["column scales 1e-8..1e8"])[1] == 3
     assert _core.rank(CASES["low-rank n<f"])[1] == 1  # centred n < f: structural zero
 
 
@@ -169,11 +182,130 @@ def test_cholesky_qr2_route_is_as_accurate_as_the_svd(cond, shape):
         got = rg.effective_rank(X, measure, squared=squared, center=center)
         want = ref_measure(s_ref, measure, squared)
         assert abs(got - want) <= 1e-12 * want, (measure, squared, got, want)
-    # the route each takes (measured): Gram never (cond >= 100 > 31.6); CholeskyQR2 up to
-    # cond 1e8 at least; dgesdd where its orthogonality test fails
+    # the route each takes (measured): Gram never (cond >= 100 > 31.6); a Cholesky route up
+    # to cond 1e8 at least, the scaled one exactly when the equilibrated Gram's smallest
+    # eigenvalue clears 1e-3 (margins for rounding); the SVD where CholeskyQR2's
+    # orthogonality test fails
     assert route != 0
     if cond <= 1e6:
-        assert route == 2
+        assert route in (2, 3)
+    lam = lambda_min_equilibrated(X, center)
+    if lam > 1.01e-3:
+        assert route == 3
+    elif lam < 0.99e-3:
+        assert route != 3
+
+
+def correlated(rng, n, lams, center=True):
+    """n x k with orthonormal-times-A^(1/2) columns: its Gram is V diag(lams) V^T for a random
+    orthogonal V (so its equilibrated Gram has smallest eigenvalue near min(lams) /
+    mean(lams)); orthogonal to the ones vector when center, so centring leaves it as is."""
+    k = len(lams)
+    Q = orthonormal_centred(rng, n, k) if center else np.linalg.qr(rng.standard_normal((n, k)))[0]
+    V = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    return Q @ (V * np.sqrt(lams)) @ V.T
+
+
+def assert_matches_svd(X, center=True, rtol=1e-12):
+    """Issue 15's contract against NumPy's SVD of the centred float64 matrix: spectrum within
+    64 max(n, f) eps s_max (the accuracy floor of any backward-stable SVD, the reference's
+    included), erank (plain and squared), participation and stable rank within rtol relative,
+    numerical rank exact (the matrices here keep their values far from its threshold)."""
+    n, f = X.shape
+    Xc = np.asarray(X, np.float64)
+    if center:
+        Xc = Xc - Xc.mean(axis=0)
+    s_ref = np.linalg.svd(Xc, compute_uv=False)
+    s = rg.singular_values(X, center=center)
+    np.testing.assert_array_less(np.abs(s - s_ref), 64 * max(n, f) * EPS * s_ref[0])
+    for measure, squared in [("erank", False), ("erank", True), ("participation", False),
+                             ("stable", False)]:
+        got = rg.effective_rank(X, measure, squared=squared, center=center)
+        want = ref_measure(s_ref, measure, squared)
+        assert abs(got - want) <= rtol * want, (measure, squared, got, want)
+    assert rg.effective_rank(X, "numerical", center=center) == np.linalg.matrix_rank(Xc)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2048, 16), (300, 40), (24, 300)])
+def test_scaled_cholesky_route_on_graded_matrices(shape, dtype):
+    """Column scales from 1 to 1e-6 on a well-conditioned core (the benchmark's "graded"
+    stream, ten times steeper; a representation whose units differ in scale): the Gram's
+    condition number reaches ~1e12, its equilibrated form stays well conditioned, and the
+    scaled Cholesky route takes it.  Wide matrices are measured uncentred (centred, their
+    tall side is rank deficient and takes the direct route).  Also through strided views."""
+    n, f = shape
+    center = n >= f
+    rng = np.random.default_rng(n + f)
+    k = min(n, f)
+    core = correlated(rng, max(n, f), rng.uniform(0.5, 1.5, k), center=center)
+    X = core * np.logspace(0, -6, k)
+    X = (X if n >= f else X.T).astype(dtype)
+    assert lambda_min_equilibrated(X, center) > 0.1
+    assert _core.rank(X, center=center)[1] == 3
+    assert_matches_svd(X, center)
+    big = np.zeros((2 * n, 3 * f), dtype)
+    big[::2, 1::3] = X
+    view = big[::2, 1::3]                                  # both strides non-unit
+    assert rg.effective_rank(view, center=center) == rg.effective_rank(X, center=center)
+    assert rg.effective_rank(view[::-1], center=center) == rg.effective_rank(
+        np.ascontiguousarray(X[::-1]), center=center)
+
+
+@pytest.mark.parametrize("lam_min", [4e-3, 2.5e-4])
+def test_scaled_cholesky_route_threshold(lam_min):
+    """Either side of the scaled route's criterion (lambda_min of the equilibrated Gram >=
+    1e-3, rank.h): correlated columns with some eigenvalues small (as a trained network's
+    stream has dozens of collapsed directions), then column scales 1..1e-4.  Above it the
+    scaled route is taken, below it CholeskyQR2; both meet the contract."""
+    rng = np.random.default_rng(int(1 / lam_min))
+    lams = np.concatenate([rng.uniform(0.7, 1.3, 24), np.full(8, lam_min)])
+    X = correlated(rng, 2048, lams) * np.logspace(0, -4, 32)
+    lam = lambda_min_equilibrated(X)
+    assert (lam > 1.5e-3) if lam_min > 1e-3 else (lam < 0.7e-3), lam
+    assert _core.rank(X)[1] == (3 if lam_min > 1e-3 else 2)
+    assert_matches_svd(X)
+    assert_matches_svd(X.astype(np.float32))
+
+
+def test_rank_deficient_tall_matrices_take_the_direct_route():
+    """A tall matrix with few distinct rows (the embedding layer of a network: at each
+    position at most V + 1 different vectors), centred: Cholesky fails and the direct route
+    (Householder QR, then dgesdd of the triangular factor) takes it; its zeros must stay at
+    SVD level for the numerical rank to be exact."""
+    rng = np.random.default_rng(15)
+    rows = rng.standard_normal((9, 16)).astype(np.float32)
+    X = rows[rng.integers(0, 9, 2048)]
+    assert _core.rank(X)[1] == 1
+    assert rg.effective_rank(X, "numerical") == 8
+    assert_matches_svd(X)
+    Y = rng.standard_normal((500, 6)) @ rng.standard_normal((6, 60))   # rank 6, n > 2 f
+    assert _core.rank(Y)[1] == 1
+    assert_matches_svd(Y)
+
+
+def test_mixed_routes_are_independent_of_grouping_and_threads():
+    """A stream whose positions take every route (well conditioned, graded, correlated,
+    rank deficient): the batched strided call gives each matrix the bits it gets alone,
+    whatever the grouping of interleaved positions and the thread count."""
+    rng = np.random.default_rng(16)
+    n, length, d = 512, 7, 16
+    z = rng.standard_normal((3, n, length, d)).astype(np.float32)
+    z[:, :, 1, :] *= np.logspace(0, -5, d).astype(np.float32)                # scaled Cholesky
+    z[:, :, 2, :] = correlated(rng, n, np.r_[np.ones(12), np.full(4, 1e-9)])  # CholeskyQR2
+    z[:, :, 3, :] = z[:, rng.integers(0, 5, n), 3, :]                        # rank deficient
+    view = z.transpose(0, 2, 1, 3)
+    routes = _core.rank(view)[1]
+    assert set(routes[0].tolist()) == {0, 1, 2, 3}, routes
+    loop = np.array([[rg.effective_rank(np.ascontiguousarray(z[l, :, p, :]))
+                      for p in range(length)] for l in range(3)])
+    np.testing.assert_array_equal(rg.effective_rank(view, n_threads=1), loop)
+    np.testing.assert_array_equal(rg.effective_rank(view, n_threads=2), loop)
+    np.testing.assert_array_equal(rg.effective_rank(view[:, 2:5]), loop[:, 2:5])
+    spectra = rg.singular_values(view)
+    np.testing.assert_array_equal(spectra[1, 2], rg.singular_values(z[1, :, 2, :]))
+    for p in range(length):
+        assert_matches_svd(z[0, :, p, :])
 
 
 def test_uncentred():
@@ -291,7 +423,7 @@ def test_batched_equals_loop():
         np.testing.assert_array_equal(rg.effective_rank(view, measure, n_threads=2), loop)
     np.testing.assert_array_equal(rg.rank_profile(stream, n_threads=3),
                                   rg.effective_rank(view).mean(axis=1))
-    # interleaved matrices converted in cache-sized groups (8 of these per group: 8 + 4 here)
+    # interleaved matrices loaded in cache-sized groups (512 kB: 2 of these per group)
     big = rng.standard_normal((2, 2048, 12, 16)).astype(np.float32)
     np.testing.assert_array_equal(
         rg.effective_rank(big.transpose(0, 2, 1, 3)),
