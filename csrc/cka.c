@@ -49,6 +49,7 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
                          double *M /* nl x nl */)
 {
     for (int64_t i = 0; i < nl * nl; i++) C[i] = 0.0;
+    int64_t zeroed = 0;  /* the block size whose diagonal blocks hold zeros below */
     for (int64_t b0 = 0; b0 < n; b0 += r) {
         const int64_t rb = b0 + r < n ? r : n - b0, rest = n - b0 - rb;
         /* per layer: the diagonal block (rb x rb, both triangles) then the block right of it
@@ -58,7 +59,9 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
             const int64_t fl = off[l + 1] - off[l];
             const double *Xb = Z + n * off[l] + b0 * fl;  /* layer-major: layer l is n x fl */
             double *D = PD + l * rb * rb;
-            for (int64_t i = 1; i < rb; i++)  /* the strictly lower part: zeros */
+            /* dsyrk writes the upper triangle only: zero the strictly lower part once per
+             * block size (only the last block can be smaller) */
+            for (int64_t i = 1; i < rb && zeroed != rb; i++)
                 for (int64_t j = 0; j < i; j++) D[i * rb + j] = 0.0;
             RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)rb,
                                  (blasint)fl, 1.0, Xb, (blasint)fl, 0.0, D, (blasint)rb);
@@ -70,6 +73,7 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
         }
         /* the diagonal blocks hold their upper triangles: the sum over a whole block is
          * twice theirs less the diagonal's */
+        zeroed = rb;
         RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)nl,
                              (blasint)(rb * rb), 2.0, PD, (blasint)(rb * rb), 1.0, C,
                              (blasint)nl);
