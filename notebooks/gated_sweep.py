@@ -1,8 +1,9 @@
 """The seeds behind the README's gated verdicts (issue 12): ξ ∈ {1, 7} × 10 seeds (and the
-extra ξ = 1 seeds of EXTRA_SEEDS) with the
-recipe the recipe study chose at the small size (cosine learning rate 3e-3, 500 warm-up steps,
-30,000 steps; see notebooks/recipe_study.py), at the small size and at the paper's size. Every
-run stores every measure, its initialisation baseline, the flow during training, and the gate's
+extra ξ = 1 seeds of EXTRA_SEEDS) at the small size and at the paper's size, each with the
+recipe the recipe study chose for it (rgflow.report.CONFIGS; notebooks/recipe_study.py):
+cosine learning rate 3e-3 with 500 warm-up steps, for 30,000 steps of batch 128 at the small
+size and 10,000 steps of batch 512 at the paper's size (~1 hour a run there, two at a time
+on 2 cores; ~7 minutes at the small size). Every run stores every measure, its initialisation baseline, the flow during training, and the gate's
 figures on 65,536 fresh sequences. Records go to notebooks/results/gated-<size>/ (resumable:
 finished runs are not recomputed; Ctrl-C stops at the next chunk and keeps what finished).
 

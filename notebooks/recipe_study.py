@@ -31,7 +31,8 @@ RECIPES = {
               "cos-1e-3-5k": (1e-3, "cosine", 500, 5000),
               "const-3e-3": (3e-3, "constant", 0, 20000),
               "const-3e-4": (3e-4, "constant", 0, 20000)},
-    # The small size's recipe (cos-3e-3-30k) is seed 0 of the gated paper sweep: it ends 0.029
+    # The small size's recipe (cos-3e-3-30k) is the gated paper sweep's first seed 0 (full run
+    # records in results/recipe/paper-cos-3e-3-30k/, written by gated_sweep.py): it ends 0.029
     # (xi = 7) and 0.014 (xi = 1) nats above the floor with 11 of 12 blocks' units switched
     # off. Within the 30,000-step budget: a lower rate; the small size's best excess per step
     # (batch 512: less gradient noise, 4x the sequences a step); decoupled weight decay (which
