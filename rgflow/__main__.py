@@ -211,11 +211,12 @@ def make_parser():
         "--store notebooks/results/gated-small (with --quick) judges the committed records "
         "without training.")
     p.add_argument("--quick", action="store_true",
-                   help="the small size (L %d, m %d, K %d; about 9 minutes per run on one core) "
-                   "instead of the paper size (L %d, m %d, K %d; about 50 minutes per run), "
-                   "both %d steps (default: paper size)" % (
-                       quick.length, quick.hidden, quick.depth, paper.length, paper.hidden,
-                       paper.depth, paper.steps))
+                   help="the small size (L %d, m %d, K %d, %d steps of batch %d; about 9 "
+                   "minutes per run on one core) instead of the paper size (L %d, m %d, K %d, "
+                   "%d steps of batch %d; about an hour per run) (default: paper size)" % (
+                       quick.length, quick.hidden, quick.depth, quick.steps, quick.batch_size,
+                       paper.length, paper.hidden, paper.depth, paper.steps,
+                       paper.batch_size))
     p.add_argument("--seeds", type=_integer(1), default=10, metavar="N",
                    help="train seeds 0..N-1 at each xi; every other seed of the same "
                    "configuration already in the store is judged too (default: %(default)s)")
@@ -236,8 +237,8 @@ def make_parser():
         description="Run every (xi, seed) of a grid, store each finished run in STORE (a "
         "re-run computes only what is missing), print the table and write STORE/table.json "
         "and STORE/phase_diagram.png. Every run follows the documented recipe (--steps "
-        "to shorten it); without --quick it is paper size (about 50 minutes per run on one "
-        "core; about 9 with --quick).")
+        "to shorten it); without --quick it is paper size (about an hour per run on one "
+        "core; about 9 minutes with --quick).")
     p.add_argument("--xi", type=_xi(low_open=True), nargs="+", default=[1.0, 7.0],
                    metavar="XI", help="correlation lengths, > 0 (default: 1 7)")
     p.add_argument("--seeds", type=_integer(1), default=3, metavar="N",
@@ -251,10 +252,11 @@ def make_parser():
                    help="run on the Dask cluster of this scheduler instead of local processes "
                    "(default: none)")
     p.add_argument("--quick", action="store_true",
-                   help="start from the quick configuration (L %d, m %d, K %d, %d steps) "
-                   "(default: the paper size, L %d, m %d, K %d, %d steps)" % (
-                       quick.length, quick.hidden, quick.depth, quick.steps, paper.length,
-                       paper.hidden, paper.depth, paper.steps))
+                   help="start from the quick configuration (L %d, m %d, K %d, %d steps of "
+                   "batch %d) (default: the paper size, L %d, m %d, K %d, %d steps of batch "
+                   "%d)" % (quick.length, quick.hidden, quick.depth, quick.steps,
+                            quick.batch_size, paper.length, paper.hidden, paper.depth,
+                            paper.steps, paper.batch_size))
     for name, what in (("steps", "training steps"), ("depth", "residual blocks K"),
                        ("hidden", "MLP hidden width m"), ("width", "per-position width d"),
                        ("length", "sequence length L")):

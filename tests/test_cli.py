@@ -48,7 +48,7 @@ def test_help_and_version(capsys):
     code, out, _ = run(["sweep", "--help"], capsys)
     assert code == 0
     assert "--seeds N            train seeds 0..N-1 at each xi (default: 3)" in out
-    assert "--steps N            training steps (default: 30000)" in out
+    assert "--steps N            training steps (default: 10000, or 30000 with --quick)" in out
     assert "--depth N            residual blocks K (default: 12, or 8 with --quick)" in out
 
 
