@@ -9,9 +9,30 @@
 #include "blas.h"
 #include "status.h"
 
-static inline double load_elem(const char *p, int dtype)
+/* Forced inline: the fast loaders below are also compiled for AVX2 and AVX-512
+ * (RG_LOAD_CLONES), and a call would run the generic code. */
+#if defined(__GNUC__)
+#define RG_ROW_INLINE static inline __attribute__((always_inline))
+#else
+#define RG_ROW_INLINE static inline
+#endif
+
+/* f values of a source row (dtype, col_stride bytes apart) into o as float64, exactly (the
+ * contiguous cases apart, so that they vectorize). */
+RG_ROW_INLINE void convert_row(const char *restrict row, int dtype, int64_t col_stride, int64_t f,
+                               double *restrict o)
 {
-    return dtype == RG_FLOAT32 ? (double)*(const float *)p : *(const double *)p;
+    if (dtype == RG_FLOAT32 && col_stride == 4) {
+        const float *restrict r = (const float *)row;
+        for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
+    } else if (dtype == RG_FLOAT64 && col_stride == 8) {
+        memcpy(o, row, (size_t)f * sizeof(double));
+    } else {
+        for (int64_t j = 0; j < f; j++) {
+            const char *p = row + j * col_stride;
+            o[j] = dtype == RG_FLOAT32 ? (double)*(const float *)p : *(const double *)p;
+        }
+    }
 }
 
 /* Rows summed per block before the block sum joins the column total: the rounding error of a
@@ -45,7 +66,6 @@ static int load_scan(const rg_strided_matrix *v, double *out, int64_t ld, double
                      double *amax)
 {
     const int64_t n = v->rows, f = v->cols;
-    const int64_t esize = v->dtype == RG_FLOAT32 ? 4 : 8;
     /* per-column accumulators, all updated element-wise across a row so the loops vectorize */
     double *sum = scratch, *lo = sum + f, *hi = lo + f, *nan = hi + f, *blk = nan + f;
     for (int64_t j = 0; j < f; j++) {
@@ -62,15 +82,7 @@ static int load_scan(const rg_strided_matrix *v, double *out, int64_t ld, double
              * apart, where hardware prefetchers do not reach: ask for a row well ahead */
             if (i + RG_PREFETCH_ROWS < n)
                 RG_PREFETCH(row + RG_PREFETCH_ROWS * v->row_stride);
-            if (v->col_stride == esize && v->dtype == RG_FLOAT32) {
-                const float *r = (const float *)row;
-                for (int64_t j = 0; j < f; j++) o[j] = (double)r[j];
-            } else if (v->col_stride == esize) {
-                memcpy(o, row, (size_t)f * sizeof(double));
-            } else {
-                for (int64_t j = 0; j < f; j++) o[j] = load_elem(row + j * v->col_stride,
-                                                                 v->dtype);
-            }
+            convert_row(row, v->dtype, v->col_stride, f, o);
             for (int64_t j = 0; j < f; j++) {
                 lo[j] = o[j] < lo[j] ? o[j] : lo[j];
                 hi[j] = o[j] > hi[j] ? o[j] : hi[j];
@@ -170,29 +182,6 @@ static int load_centered_ref(const rg_strided_matrix *v, int center, double *out
 #define RG_LOAD_CLONES
 #endif
 
-/* One row's contribution to the column statistics (minimum, maximum, block sum) of f values
- * x_j = X(j), stored into o (when o is not NULL). */
-#define RG_SCAN_ROW(X, o)                                                                     \
-    do {                                                                                      \
-        if (o) {                                                                              \
-            double *restrict o_ = (o);                                                        \
-            for (int64_t j = 0; j < f; j++) {                                                 \
-                const double x = (X);                                                         \
-                o_[j] = x;                                                                    \
-                lo[j] = x < lo[j] ? x : lo[j];                                                \
-                hi[j] = x > hi[j] ? x : hi[j];                                                \
-                blk[j] += x;                                                                  \
-            }                                                                                 \
-        } else {                                                                              \
-            for (int64_t j = 0; j < f; j++) {                                                 \
-                const double x = (X);                                                         \
-                lo[j] = x < lo[j] ? x : lo[j];                                                \
-                hi[j] = x > hi[j] ? x : hi[j];                                                \
-                blk[j] += x;                                                                  \
-            }                                                                                 \
-        }                                                                                     \
-    } while (0)
-
 /* Every cache line of the bytes [p, p + span] (span may be negative) asked for ahead. */
 static inline void prefetch_span(const char *p, int64_t span)
 {
@@ -202,19 +191,18 @@ static inline void prefetch_span(const char *p, int64_t span)
 }
 
 /* Fast pass 1: per-column blocked sums (as load_scan: RG_SUM_BLOCK rows per block, the same
- * order), minima and maxima of v's f columns, and (if out is not NULL) the values converted
- * to float64 into out: the span's matrix q (columns q w .. q w + w - 1) at out + q qstride,
- * rows at ld.  A NaN shows as a NaN sum, an Inf as an infinite minimum or maximum; the caller
- * sends such matrices to the reference loader. */
+ * order), minima and maxima of v's columns, in matrices of w columns: matrix q (columns q w ..
+ * q w + w - 1) converted to float64 into out + q qstride (rows at ld), or, if out is NULL,
+ * each row in turn into buf (v->cols doubles).  A NaN shows as a NaN sum, an Inf as an
+ * infinite minimum or maximum; the caller sends such matrices to the reference loader. */
 static RG_LOAD_CLONES void scan_columns(const rg_strided_matrix *v, int64_t w,
                                         double *restrict sum, double *restrict lo,
                                         double *restrict hi, double *restrict blk, double *out,
-                                        int64_t ld, int64_t qstride)
+                                        int64_t ld, int64_t qstride, double *restrict buf)
 {
-    const int64_t n = v->rows, width = v->cols;
-    const int f32 = v->dtype == RG_FLOAT32 && v->col_stride == 4;
-    const int f64 = v->dtype == RG_FLOAT64 && v->col_stride == 8;
-    const int64_t span = (width - 1) * v->col_stride;
+    const int64_t n = v->rows, width = v->cols, cs = v->col_stride;
+    /* a row is converted a matrix at a time into its place in out, or whole into buf */
+    const int64_t step = out ? w : width;
     for (int64_t j = 0; j < width; j++) {
         sum[j] = 0.0;
         lo[j] = INFINITY;
@@ -226,40 +214,16 @@ static RG_LOAD_CLONES void scan_columns(const rg_strided_matrix *v, int64_t w,
         for (int64_t i = i0; i < i1; i++) {
             const char *row = v->data + i * v->row_stride;
             if (i + RG_PREFETCH_ROWS < n)
-                prefetch_span(row + RG_PREFETCH_ROWS * v->row_stride, span);
-            if (!out) {
-                const int64_t f = width;
-                if (f32) {
-                    const float *restrict r = (const float *)row;
-                    RG_SCAN_ROW((double)r[j], (double *)NULL);
-                } else if (f64) {
-                    const double *restrict r = (const double *)row;
-                    RG_SCAN_ROW(r[j], (double *)NULL);
-                } else {
-                    RG_SCAN_ROW(load_elem(row + j * v->col_stride, v->dtype), (double *)NULL);
+                prefetch_span(row + RG_PREFETCH_ROWS * v->row_stride, (width - 1) * cs);
+            for (int64_t c0 = 0; c0 < width; c0 += step) {
+                double *restrict x = out ? out + (c0 / w) * qstride + i * ld : buf;
+                double *restrict l = lo + c0, *restrict h = hi + c0, *restrict b = blk + c0;
+                convert_row(row + c0 * cs, v->dtype, cs, step, x);
+                for (int64_t j = 0; j < step; j++) {
+                    l[j] = x[j] < l[j] ? x[j] : l[j];
+                    h[j] = x[j] > h[j] ? x[j] : h[j];
+                    b[j] += x[j];
                 }
-                continue;
-            }
-            for (int64_t c0 = 0; c0 < width; c0 += w) {  /* matrix c0 / w of the span */
-                double *o = out + (c0 / w) * qstride + i * ld;
-                double *lo_ = lo, *hi_ = hi, *blk_ = blk;
-                lo = lo_ + c0;
-                hi = hi_ + c0;
-                blk = blk_ + c0;
-                const int64_t f = w;
-                if (f32) {
-                    const float *restrict r = (const float *)row + c0;
-                    RG_SCAN_ROW((double)r[j], o);
-                } else if (f64) {
-                    const double *restrict r = (const double *)row + c0;
-                    RG_SCAN_ROW(r[j], o);
-                } else {
-                    const char *r = row + c0 * v->col_stride;
-                    RG_SCAN_ROW(load_elem(r + j * v->col_stride, v->dtype), o);
-                }
-                lo = lo_;
-                hi = hi_;
-                blk = blk_;
             }
         }
         for (int64_t j = 0; j < width; j++) sum[j] += blk[j];
@@ -275,46 +239,22 @@ static RG_LOAD_CLONES void convert_center(const rg_strided_matrix *v, int64_t g,
                                           int64_t ld, int64_t qstride, double *restrict cabs,
                                           int in_place)
 {
-    const int64_t n = v->rows;
-    const int f32 = v->dtype == RG_FLOAT32 && v->col_stride == 4;
-    const int f64 = v->dtype == RG_FLOAT64 && v->col_stride == 8;
+    const int64_t n = v->rows, cs = v->col_stride;
     for (int64_t c = 0; c < g * f; c++) cabs[c] = 0.0;
     for (int64_t i = 0; i < n; i++) {
         const char *row = v->data + i * v->row_stride;
         if (!in_place && i + RG_PREFETCH_ROWS < n)
-            prefetch_span(row + RG_PREFETCH_ROWS * v->row_stride, (g * f - 1) * v->col_stride);
+            prefetch_span(row + RG_PREFETCH_ROWS * v->row_stride, (g * f - 1) * cs);
         for (int64_t q = 0; q < g; q++) {
             double *restrict o = out + q * qstride + i * ld;
             const double *restrict m = mean + q * f;
             double *restrict a = cabs + q * f;
-            if (in_place) {
-                for (int64_t j = 0; j < f; j++) {
-                    const double x = o[j] - m[j], ax = fabs(x);
-                    o[j] = x;
-                    a[j] = ax > a[j] ? ax : a[j];
-                }
-            } else if (f32) {
-                const float *restrict r = (const float *)row + q * f;
-                for (int64_t j = 0; j < f; j++) {
-                    const double x = (double)r[j] - m[j], ax = fabs(x);
-                    o[j] = x;
-                    a[j] = ax > a[j] ? ax : a[j];
-                }
-            } else if (f64) {
-                const double *restrict r = (const double *)row + q * f;
-                for (int64_t j = 0; j < f; j++) {
-                    const double x = r[j] - m[j], ax = fabs(x);
-                    o[j] = x;
-                    a[j] = ax > a[j] ? ax : a[j];
-                }
-            } else {
-                const char *r = row + q * f * v->col_stride;
-                for (int64_t j = 0; j < f; j++) {
-                    const double x = load_elem(r + j * v->col_stride, v->dtype) - m[j];
-                    const double ax = fabs(x);
-                    o[j] = x;
-                    a[j] = ax > a[j] ? ax : a[j];
-                }
+            /* (converted exactly, so x - m has the bits it would have from the source) */
+            if (!in_place) convert_row(row + q * f * cs, v->dtype, cs, f, o);
+            for (int64_t j = 0; j < f; j++) {
+                const double x = o[j] - m[j], ax = fabs(x);
+                o[j] = x;
+                a[j] = ax > a[j] ? ax : a[j];
             }
         }
     }
@@ -337,7 +277,8 @@ static RG_LOAD_CLONES void convert_center(const rg_strided_matrix *v, int64_t g,
  * exponent (as rg_load_centered's) or RG_EXP_REFERENCE if it holds NaN/Inf or magnitudes
  * above 2^(2 RG_SAFE_EXP): the caller then loads it with load_centered_ref.  When the g
  * matrices' rows are contiguous spans (gstride = f elements) each pass reads the rows once
- * for all of them.  st: 5 g f doubles. */
+ * for all of them.  st: 5 g f doubles (cabs, written only in pass 2, is pass 1's row buffer
+ * when pass 1 stores nothing). */
 static void load_span(const rg_strided_matrix *v, int64_t g, int64_t gstride, int center,
                       double *out, int64_t ld, int64_t qstride, double *st, int *exps)
 {
@@ -350,13 +291,13 @@ static void load_span(const rg_strided_matrix *v, int64_t g, int64_t gstride, in
     rg_strided_matrix w = *v;
     if (wide) {
         w.cols = gf;
-        scan_columns(&w, f, sum, lo, hi, blk, dest, ld, qstride);
+        scan_columns(&w, f, sum, lo, hi, blk, dest, ld, qstride, cabs);
     } else {
         for (int64_t q = 0; q < g; q++) {
             rg_strided_matrix vq = *v;
             vq.data += q * gstride;
             scan_columns(&vq, f, sum + q * f, lo + q * f, hi + q * f, blk + q * f,
-                         dest ? dest + q * qstride : NULL, ld, 0);
+                         dest ? dest + q * qstride : NULL, ld, 0, cabs);
         }
     }
     const double big = ldexp(1.0, 2 * RG_SAFE_EXP);
