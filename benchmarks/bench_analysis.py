@@ -138,19 +138,19 @@ def np_cka_matrix_per_pair(stream):
 
 # ---- rgflow ----------------------------------------------------------------------------------
 
-THREADS = [1]  # rgflow's thread count for the plain rgflow rows (--threads)
-
-TASKS = {
-    "position/rgflow": lambda s: rg.rank_profile(s, level="position", n_threads=THREADS[0]),
-    "position/rgflow-2threads": lambda s: rg.rank_profile(s, level="position", n_threads=2),
-    "position/numpy": np_position_profile,
-    "stream/rgflow": lambda s: rg.rank_profile(s, level="stream", n_threads=THREADS[0]),
-    "stream/rgflow-2threads": lambda s: rg.rank_profile(s, level="stream", n_threads=2),
-    "stream/numpy": np_stream_profile,
-    "cka/rgflow": lambda s: rg.cka_matrix(s, level="stream"),
-    "cka/numpy-cached": np_cka_matrix_cached,
-    "cka/numpy-per-pair": np_cka_matrix_per_pair,
-}
+def make_tasks(threads):
+    """The benchmark's tasks by name; the plain rgflow rows use ``threads`` (--threads)."""
+    return {
+        "position/rgflow": lambda s: rg.rank_profile(s, level="position", n_threads=threads),
+        "position/rgflow-2threads": lambda s: rg.rank_profile(s, level="position", n_threads=2),
+        "position/numpy": np_position_profile,
+        "stream/rgflow": lambda s: rg.rank_profile(s, level="stream", n_threads=threads),
+        "stream/rgflow-2threads": lambda s: rg.rank_profile(s, level="stream", n_threads=2),
+        "stream/numpy": np_stream_profile,
+        "cka/rgflow": lambda s: rg.cka_matrix(s, level="stream"),
+        "cka/numpy-cached": np_cka_matrix_cached,
+        "cka/numpy-per-pair": np_cka_matrix_per_pair,
+    }
 
 
 def timed(fn, arg, repeat):
@@ -180,15 +180,16 @@ def vm_hwm_kib():
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
-def child(task, kind):
+def child(fn, kind):
     s = make_stream(kind)
     before = vm_hwm_kib()
-    TASKS[task](s)
+    fn(s)
     print(json.dumps({"peak_mib": (vm_hwm_kib() - before) / 1024.0}))
 
 
-def peak_mib(task, kind):
-    out = subprocess.run([sys.executable, __file__, "--child", task, "--kind", kind],
+def peak_mib(task, kind, threads):
+    out = subprocess.run([sys.executable, __file__, "--child", task, "--kind", kind,
+                          "--threads", str(threads)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout)["peak_mib"]
 
@@ -216,9 +217,9 @@ def main():
                     "rgflow rows (default 1, as single-threaded NumPy; the -2threads rows use 2 "
                     "and are checked bit-identical to these)")
     args = ap.parse_args()
-    THREADS[0] = args.threads
+    tasks = make_tasks(args.threads)
     if args.child:
-        return child(args.child, args.kind)
+        return child(tasks[args.child], args.kind)
     info = rg.where_computed()
     print("rgflow analysis benchmark; BLAS: %s (%s kernel, OpenBLAS threads: NumPy's follow "
           "OPENBLAS_NUM_THREADS=%s, rgflow's are always 1), rgflow threads %d for the plain rows"
@@ -239,7 +240,7 @@ def main():
         for what, ours, theirs, theirs_rounds in comparisons:
             # interleaved: rgflow best of 5 (3 for CKA), NumPy best of theirs_rounds
             rounds = max(3 if what.startswith("cka") else 5, theirs_rounds)
-            (t1, r1), (t2, r2) = interleaved(TASKS[ours], TASKS[theirs], s, rounds,
+            (t1, r1), (t2, r2) = interleaved(tasks[ours], tasks[theirs], s, rounds,
                                              theirs_rounds)
             diff = float(np.max(np.abs(np.asarray(r1) - np.asarray(r2))))
             rows.append((kind, what, ours, theirs, t1, t2, t2 / t1, diff))
@@ -247,13 +248,13 @@ def main():
                   % (what, ours, t1, theirs, t2, t2 / t1, diff))
         for level in ("position", "stream"):
             one = rg.rank_profile(s, level=level, n_threads=1)
-            two = TASKS[level + "/rgflow-2threads"](s)
+            two = tasks[level + "/rgflow-2threads"](s)
             print("  %-10s 1 and 2 rgflow threads bit-identical: %s"
                   % (level, "yes" if np.array_equal(one, two) else "NO"))
     print("\npeak memory above the loaded stream (fresh subprocess each, MiB):")
     for task in ("cka/rgflow", "cka/numpy-cached", "stream/rgflow", "stream/numpy",
                  "position/rgflow", "position/numpy"):
-        print("  %-22s %8.1f" % (task, peak_mib(task, "gaussian")))
+        print("  %-22s %8.1f" % (task, peak_mib(task, "gaussian", args.threads)))
 
 
 if __name__ == "__main__":

@@ -447,13 +447,6 @@ int rg_chain_posterior(const double *T, const double *pi, int64_t V,
                        double *out, double *work, int64_t *bad_seq, int64_t *bad_pos)
 {
     const int64_t ld = L * V; /* row stride of out viewed as (n, L*V) */
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t t = 0; t < L; t++)
-            if (!mask[i * L + t] && (tokens[i * L + t] < 0 || tokens[i * L + t] >= V)) {
-                *bad_seq = i; *bad_pos = t;
-                return RG_ERR_VALUE;
-            }
-
     /* Forward: out[i, t] = P(x_t | visible x_0..x_t), normalised per step. */
     for (int64_t i = 0; i < n; i++)
         memcpy(out + i * ld, pi, sizeof(double) * (size_t)V);
@@ -520,12 +513,6 @@ int rg_chain_bayes_nll(const double *T, const double *pi, int64_t V,
     int status = RG_OK;
     for (int64_t s = 0; s < n; s += chunk) {
         int64_t m = n - s < chunk ? n - s : chunk;
-        for (int64_t k = s * L; k < (s + m) * L; k++)
-            if (tokens[k] < 0 || tokens[k] >= V) {
-                *bad_seq = k / L; *bad_pos = k % L;
-                status = RG_ERR_VALUE;
-                goto exit;
-            }
         status = rg_chain_posterior(T, pi, V, tokens + s * L, mask + s * L, m, L, post, work,
                                     bad_seq, bad_pos);
         if (status != RG_OK) { *bad_seq += s; goto exit; }

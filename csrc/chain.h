@@ -109,9 +109,9 @@ static inline double rg_normalize_row(double *row, int64_t n)
 
 /* Exact posterior of every position given the visible ones (mask[i*L+t] == 0), by
  * forward-backward with per-step normalisation.  Chains of n sequences are processed together,
- * one dgemm per step.  tokens at visible positions must lie in [0, V); values at masked
- * positions are ignored.  out: (n, L, V), one-hot at visible positions.  work: 2*n*V doubles.
- * RG_ERR_VALUE: visible token out of range at (*bad_seq, *bad_pos).
+ * one dgemm per step.  tokens at visible positions must lie in [0, V) (unchecked: the caller
+ * validates); values at masked positions are ignored.  out: (n, L, V), one-hot at visible
+ * positions.  work: 2*n*V doubles.
  * RG_ERR_ZERO_PROB: the visible tokens of sequence *bad_seq are impossible (first seen at
  * *bad_pos). */
 int rg_chain_posterior(const double *T, const double *pi, int64_t V,
@@ -119,8 +119,8 @@ int rg_chain_posterior(const double *T, const double *pi, int64_t V,
                        double *out, double *work, int64_t *bad_seq, int64_t *bad_pos);
 
 /* Sum over masked positions of -log posterior(true token), and their count, computed in chunks
- * with one workspace allocation.  tokens must hold the true tokens everywhere.  A true token
- * with posterior 0 contributes +inf. */
+ * with one workspace allocation.  tokens must hold the true tokens everywhere, in [0, V)
+ * (unchecked).  A true token with posterior 0 contributes +inf. */
 int rg_chain_bayes_nll(const double *T, const double *pi, int64_t V,
                        const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
                        double *nll_sum, int64_t *count, int64_t *bad_seq, int64_t *bad_pos);

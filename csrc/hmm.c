@@ -28,13 +28,6 @@ static int smooth(const double *T, const double *pi, const double *E, int64_t H,
                   double *G, double *b, double *g, int64_t *bad_seq, int64_t *bad_pos)
 {
     const int64_t ld = L * H; /* row stride of G viewed as (n, L*H) */
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t t = 0; t < L; t++)
-            if (!mask[i * L + t] && (tokens[i * L + t] < 0 || tokens[i * L + t] >= V)) {
-                *bad_seq = i; *bad_pos = t;
-                return RG_ERR_VALUE;
-            }
-
     /* Forward: G[i, t] = P(h_t | visible x_0..x_t). */
     for (int64_t i = 0; i < n; i++) memcpy(G + i * ld, pi, sizeof(double) * (size_t)H);
     for (int64_t t = 0; t < L; t++) {
@@ -110,12 +103,6 @@ int rg_hmm_bayes_nll(const double *T, const double *pi, const double *E, int64_t
     int status = RG_OK;
     for (int64_t s = 0; s < n; s += chunk) {
         const int64_t m = n - s < chunk ? n - s : chunk;
-        for (int64_t k = s * L; k < (s + m) * L; k++)
-            if (tokens[k] < 0 || tokens[k] >= V) {
-                *bad_seq = k / L; *bad_pos = k % L;
-                status = RG_ERR_VALUE;
-                goto exit;
-            }
         status = smooth(T, pi, E, H, V, tokens + s * L, mask + s * L, m, L, G, b, g, bad_seq,
                         bad_pos);
         if (status != RG_OK) { *bad_seq += s; goto exit; }

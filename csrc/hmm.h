@@ -16,9 +16,9 @@
 int64_t rg_hmm_work_size(int64_t H, int64_t n, int64_t L);
 
 /* out (n, L, V): P(x_t = v | the visible tokens of sequence i), one-hot at visible positions
- * (mask 0).  Tokens at visible positions must lie in [0, V); values at masked positions are
- * ignored.  work: rg_hmm_work_size doubles.  The GEMMs need n, L*H and L*V below 2^31.
- * RG_ERR_VALUE: visible token out of range at (*bad_seq, *bad_pos).
+ * (mask 0).  Tokens at visible positions must lie in [0, V) (unchecked: the caller validates);
+ * values at masked positions are ignored.  work: rg_hmm_work_size doubles.  The GEMMs need n,
+ * L*H and L*V below 2^31.
  * RG_ERR_ZERO_PROB: the visible tokens of sequence *bad_seq are impossible (first seen at
  * *bad_pos). */
 int rg_hmm_posterior(const double *T, const double *pi, const double *E, int64_t H, int64_t V,
@@ -26,7 +26,8 @@ int rg_hmm_posterior(const double *T, const double *pi, const double *E, int64_t
                      double *out, double *work, int64_t *bad_seq, int64_t *bad_pos);
 
 /* Sum over masked positions of -log posterior(true token), and their count, in chunks of
- * sequences with one workspace allocation.  tokens hold the true tokens everywhere. */
+ * sequences with one workspace allocation.  tokens hold the true tokens everywhere, in [0, V)
+ * (unchecked). */
 int rg_hmm_bayes_nll(const double *T, const double *pi, const double *E, int64_t H, int64_t V,
                      const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
                      double *nll_sum, int64_t *count, int64_t *bad_seq, int64_t *bad_pos);

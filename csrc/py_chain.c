@@ -125,17 +125,19 @@ uint64_t *rg_py_source(const rg_chain_arg *c, rg_source *src)
 /* ---- converters: observed sequences ------------------------------------------------------- */
 
 /* The arguments of chain_posterior and chain_bayes_nll: a chain (with its emission, for a
- * hidden Markov task), tokens and their mask. */
+ * hidden Markov task), tokens and their mask.  true_tokens: chain_bayes_nll's tokens are the
+ * true ones everywhere, so the mask id may appear nowhere. */
 typedef struct {
     rg_chain_arg chain;
     rg_array tokens, mask;
     int64_t n, L;
+    int true_tokens;
 } observed;
 
 static int observed_tokens_conv(PyObject *obj, void *arg)
 {
     observed *o = arg;
-    /* masked positions may hold the mask id V; the kernel checks visible ones are < V */
+    /* the mask id V passes here; observed_tokens_valid refuses it where it may not stand */
     const int64_t width = o->chain.V > o->chain.n_tokens ? o->chain.V : o->chain.n_tokens;
     o->tokens.hi = o->chain.n_tokens;
     if (!rg_int32_conv(obj, &o->tokens)) return 0;
@@ -150,21 +152,38 @@ static int observed_tokens_conv(PyObject *obj, void *arg)
     return 0;
 }
 
+/* The tokens' one range check (the kernels trust it): the conversion bounded them to [0, V];
+ * the mask id V may stand only where the mask hides a token, and never among true tokens. */
+static int observed_tokens_valid(const observed *o)
+{
+    const int32_t *x = PyArray_DATA(o->tokens.a);
+    const npy_bool *hidden = PyArray_DATA(o->mask.a);
+    const int64_t V = o->chain.n_tokens;
+    for (int64_t k = 0; k < o->n * o->L; k++)
+        if (x[k] == V && (o->true_tokens || !hidden[k])) {
+            rg_py_error(PyExc_ValueError, "tokens[%lld, %lld] = %d is not a token in [0, %lld)",
+                        (long long)(k / o->L), (long long)(k % o->L), x[k], (long long)V);
+            return 0;
+        }
+    return 1;
+}
+
 static int observed_mask_conv(PyObject *obj, void *arg)
 {
     observed *o = arg;
     if (!rg_bool_conv(obj, &o->mask)) return 0;
-    if (PyArray_DIM(o->mask.a, 0) == o->n && PyArray_DIM(o->mask.a, 1) == o->L) return 1;
+    if (PyArray_DIM(o->mask.a, 0) == o->n && PyArray_DIM(o->mask.a, 1) == o->L)
+        return observed_tokens_valid(o);
     rg_py_error(PyExc_ValueError, "mask has shape (%ld, %ld) but tokens has shape (%lld, %lld)",
                 (long)PyArray_DIM(o->mask.a, 0), (long)PyArray_DIM(o->mask.a, 1),
                 (long long)o->n, (long long)o->L);
     return 0;
 }
 
-static int observed_parse(PyObject *args, const char *format, observed *o)
+static int observed_parse(PyObject *args, const char *format, int true_tokens, observed *o)
 {
     *o = (observed){RG_CHAIN_ARG, RG_ARRAY("tokens", 2, "of shape (n, length)"),
-                    RG_ARRAY("mask", 2, "of shape (n, length)"), 0, 0};
+                    RG_ARRAY("mask", 2, "of shape (n, length)"), 0, 0, true_tokens};
     return PyArg_ParseTuple(args, format, rg_transition_conv, &o->chain, rg_stationary_conv,
                             &o->chain, rg_emission_conv, &o->chain, observed_tokens_conv, o,
                             observed_mask_conv, o);
@@ -178,14 +197,9 @@ static void observed_clear(observed *o)
 }
 
 /* The exception of a posterior kernel's status at (seq, pos). */
-static void observed_error(int status, int64_t seq, int64_t pos, const observed *o)
+static void observed_error(int status, int64_t seq, int64_t pos)
 {
-    if (status == RG_ERR_VALUE)
-        rg_py_error(PyExc_ValueError, "tokens[%lld, %lld] = %d is not a token in [0, %lld)",
-                    (long long)seq, (long long)pos,
-                    ((int32_t *)PyArray_DATA(o->tokens.a))[seq * o->L + pos],
-                    (long long)o->chain.n_tokens);
-    else if (status == RG_ERR_ZERO_PROB)
+    if (status == RG_ERR_ZERO_PROB)
         rg_py_error(PyExc_ValueError, "the visible tokens of sequence %lld have probability "
                     "zero under the chain (first impossible at position %lld)", (long long)seq,
                     (long long)pos);
@@ -403,7 +417,7 @@ static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
     double *work = NULL;
     int64_t seq = 0, pos = 0;
     int status = RG_OK;
-    if (!observed_parse(args, "O&O&O&O&O&:chain_posterior", &o) ||
+    if (!observed_parse(args, "O&O&O&O&O&:chain_posterior", 0, &o) ||
         posterior_buffers(&o, &out, &work) < 0) {
         Py_CLEAR(out);
         goto exit;
@@ -412,7 +426,7 @@ static PyObject *py_chain_posterior(PyObject *self, PyObject *args)
     status = observed_run(&o, PyArray_DATA(out), work, NULL, NULL, &seq, &pos);
     Py_END_ALLOW_THREADS
     if (status != RG_OK) {
-        observed_error(status, seq, pos, &o);
+        observed_error(status, seq, pos);
         Py_CLEAR(out);
     }
 exit:
@@ -428,12 +442,12 @@ static PyObject *py_chain_bayes_nll(PyObject *self, PyObject *args)
     int64_t seq = 0, pos = 0, count = 0;
     double sum = 0.0;
     int status = RG_OK;
-    if (!observed_parse(args, "O&O&O&O&O&:chain_bayes_nll", &o)) goto exit;
+    if (!observed_parse(args, "O&O&O&O&O&:chain_bayes_nll", 1, &o)) goto exit;
     Py_BEGIN_ALLOW_THREADS
     status = observed_run(&o, NULL, NULL, &sum, &count, &seq, &pos);
     Py_END_ALLOW_THREADS
     if (status != RG_OK)
-        observed_error(status, seq, pos, &o);
+        observed_error(status, seq, pos);
     else
         result = Py_BuildValue("dL", sum, (long long)count);
 exit:

@@ -611,6 +611,25 @@ def test_bad_posterior_and_loss_arguments():
     assert np.isfinite(task.posterior(masked, mask)).all()
 
 
+def test_mask_id_is_a_token_only_where_hidden():
+    # the one range check of posterior and bayes_loss (in the binding; the kernels trust it)
+    # names where the mask id V stands wrongly: visible, or among bayes_loss's true tokens
+    for task in (rg.MarkovChain.lazy(3, 1.0), rg.HiddenMarkovTask(GOOD_T, GOOD_E)):  # V = 3
+        tokens = task.sample(4, 5, seed=0)
+        mask = np.zeros((4, 5), dtype=bool)
+        mask[1, 2] = True
+        hidden = tokens.copy()
+        hidden[1, 2] = 3
+        assert np.isfinite(task.posterior(hidden, mask)).all()
+        with pytest.raises(ValueError, match=r"tokens\[1, 2\] = 3 is not a token in \[0, 3\)"):
+            task.bayes_loss(hidden, mask)
+        visible = tokens.copy()
+        visible[2, 4] = 3
+        for run in (task.posterior, task.bayes_loss):
+            with pytest.raises(ValueError, match=r"tokens\[2, 4\] = 3 is not a token"):
+                run(visible, mask)
+
+
 def test_impossible_visible_tokens_are_rejected():
     # token 2 is never emitted
     E = np.array([[0.6, 0.4, 0.0], [0.3, 0.7, 0.0]])
