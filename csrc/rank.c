@@ -579,6 +579,59 @@ static int scaled_test(const double *Gu, const double *dg, int64_t k, double *W)
                                         (lapack_int)k) == 0;
 }
 
+/* G's strictly lower part mirrored into its upper triangle and its diagonal into dg: dpotrf
+ * ('L') leaves both, so the Gram stays at hand for the scaled test without a third k x k
+ * buffer being touched on the Gram route. */
+static void mirror_lower(double *G /* k x k */, int64_t k, double *dg /* k */)
+{
+    for (int64_t j = 0; j < k; j++) dg[j] = G[j * k + j];
+    for (int64_t j0 = 0; j0 < k; j0 += 32)  /* in 32 x 32 tiles: both sides cached */
+        for (int64_t i0 = j0; i0 < k; i0 += 32)
+            for (int64_t j = j0; j < (j0 + 32 < k ? j0 + 32 : k); j++)
+                for (int64_t i = (i0 > j + 1 ? i0 : j + 1); i < (i0 + 32 < k ? i0 + 32 : k); i++)
+                    G[i * k + j] = G[j * k + i];
+}
+
+/* The routes through the Gram's Cholesky factor, cheapest first: the Gram route, the scaled
+ * Cholesky route, CholeskyQR2.  A Gram that passes the Gram test is positive definite, so when
+ * Cholesky fails, so would all three.  Returns 1 when a route filled s (its id in *route), 0
+ * when none applies (the caller takes the direct route), -1 on a LAPACK failure. */
+static int cholesky_routes(const double *A, int64_t n, int64_t f, double *T, double *G,
+                           double *G2, double *P, double *dg, double *s, double *work,
+                           int64_t lwork, lapack_int *iwork, int64_t liwork, uint8_t *route)
+{
+    const int64_t k = n < f ? n : f;
+    const lapack_int kk = (lapack_int)k;
+    mirror_lower(G, k, dg);
+    memcpy(G2, G, sizeof(double) * (size_t)(k * k));  /* the copy dsyevd destroys */
+    if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G, kk) != 0) return 0;
+    /* max_i G_ii / min_i L_ii^2 <= lambda_max / lambda_min (G_ii <= lambda_max, each pivot
+     * L_ii^2 >= lambda_min): beyond 1 / RG_GRAM_MIN_RATIO the Gram test fails, and its
+     * eigenvalues are not computed */
+    double gmax = 0.0, pmin = INFINITY;
+    for (int64_t i = 0; i < k; i++) {
+        gmax = fmax(gmax, dg[i]);
+        pmin = fmin(pmin, G[i * k + i] * G[i * k + i]);
+    }
+    if (gmax * RG_GRAM_MIN_RATIO <= pmin && gram_values(G2, k, 0, s, work, lwork, iwork, liwork)) {
+        *route = RG_ROUTE_GRAM;
+        return 1;
+    }
+    /* the scaled Cholesky route: singular values of L (T holds k x k scratch) */
+    if (scaled_test(G, dg, k, T)) {
+        lower_part(G, k, G2);
+        if (factor_svd(G2, k, s, work, lwork, iwork)) {
+            *route = RG_ROUTE_CHOLESKY;
+            return 1;
+        }
+    }
+    lower_part(G, k, P);
+    if (RG_BLAS(LAPACKE_dtrtri_work)(LAPACK_COL_MAJOR, 'L', 'N', kk, P, kk) != 0) return -1;
+    if (!cholqr2_spectrum(A, n, f, T, G, G2, P, s, work, lwork, iwork)) return 0;
+    *route = RG_ROUTE_CHOLQR2;
+    return 1;
+}
+
 /* Singular values of the scaled centred matrix A (n x f, row-major, destroyed) into s (k,
  * descending), by the cheapest accurate route (*route: RG_ROUTE_*; see rank.h).  T: n x f
  * scratch; G, G2, P: k x k scratch; dg: k.  structural_zero: the smallest value is 0 by construction
@@ -589,7 +642,6 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
                     lapack_int *iwork, int64_t liwork, uint8_t *route)
 {
     const int64_t k = n < f ? n : f;
-    const lapack_int kk = (lapack_int)k;
     gram(A, n, f, G);
     if (structural_zero) {
         if (gram_values(G, k, 1, s, work, lwork, iwork, liwork)) {
@@ -597,49 +649,10 @@ static int spectrum(double *A /* n x f */, int64_t n, int64_t f, int structural_
             return RG_OK;
         }
     } else {
-        /* G's strictly lower part mirrored into its upper triangle and its diagonal into dg:
-         * dpotrf ('L') leaves both, so the Gram stays at hand for the scaled test without a
-         * third k x k buffer being touched on the Gram route; G2: the copy dsyevd destroys */
-        for (int64_t j = 0; j < k; j++) dg[j] = G[j * k + j];
-        for (int64_t j0 = 0; j0 < k; j0 += 32)  /* in 32 x 32 tiles: both sides cached */
-            for (int64_t i0 = j0; i0 < k; i0 += 32)
-                for (int64_t j = j0; j < (j0 + 32 < k ? j0 + 32 : k); j++)
-                    for (int64_t i = (i0 > j + 1 ? i0 : j + 1); i < (i0 + 32 < k ? i0 + 32 : k);
-                         i++)
-                        G[i * k + j] = G[j * k + i];
-        memcpy(G2, G, sizeof(double) * (size_t)(k * k));
-        /* a Gram that passes the Gram test is positive definite: when Cholesky fails, so would
-         * the Gram route, and both Cholesky routes */
-        if (RG_BLAS(LAPACKE_dpotrf_work)(LAPACK_COL_MAJOR, 'L', kk, G, kk) == 0) {
-            /* max_i G_ii / min_i L_ii^2 <= lambda_max / lambda_min (G_ii <= lambda_max, each
-             * pivot L_ii^2 >= lambda_min): beyond 1 / RG_GRAM_MIN_RATIO the Gram test fails,
-             * and its eigenvalues are not computed */
-            double gmax = 0.0, pmin = INFINITY;
-            for (int64_t i = 0; i < k; i++) {
-                gmax = fmax(gmax, dg[i]);
-                pmin = fmin(pmin, G[i * k + i] * G[i * k + i]);
-            }
-            if (gmax * RG_GRAM_MIN_RATIO <= pmin &&
-                gram_values(G2, k, 0, s, work, lwork, iwork, liwork)) {
-                *route = RG_ROUTE_GRAM;
-                return RG_OK;
-            }
-            /* the scaled Cholesky route: singular values of L (T holds k x k scratch) */
-            if (scaled_test(G, dg, k, T)) {
-                lower_part(G, k, G2);
-                if (factor_svd(G2, k, s, work, lwork, iwork)) {
-                    *route = RG_ROUTE_CHOLESKY;
-                    return RG_OK;
-                }
-            }
-            lower_part(G, k, P);
-            if (RG_BLAS(LAPACKE_dtrtri_work)(LAPACK_COL_MAJOR, 'L', 'N', kk, P, kk) != 0)
-                return RG_ERR_LAPACK;
-            if (cholqr2_spectrum(A, n, f, T, G, G2, P, s, work, lwork, iwork)) {
-                *route = RG_ROUTE_CHOLQR2;
-                return RG_OK;
-            }
-        }
+        const int done = cholesky_routes(A, n, f, T, G, G2, P, dg, s, work, lwork, iwork,
+                                         liwork, route);
+        if (done < 0) return RG_ERR_LAPACK;
+        if (done) return RG_OK;
     }
     if (!direct_spectrum(A, n, f, T, G2, s, work, lwork, iwork)) return RG_ERR_LAPACK;
     *route = RG_ROUTE_SVD;
