@@ -1,6 +1,6 @@
-"""One full training step (forward + backward + AdamW, batch 128) of rgflow vs PyTorch.
+"""One full training step (forward + backward + AdamW) of rgflow vs PyTorch.
 
-    python benchmarks/bench_train.py [--threads N] [--steps S] [--repeats R]
+    python benchmarks/bench_train.py [--threads N] [--steps S] [--repeats R] [--configs abc]
 
 For each configuration it prints ms/step of rgflow's fused C loop (batch sampling and masking
 included) and of the equivalent torch module (default torch.optim.AdamW, batch precomputed,
@@ -29,8 +29,11 @@ import rgflow as rg  # noqa: E402
 from rgflow import _core  # noqa: E402
 from rgflow.train import train_batch  # noqa: E402
 
-CONFIGS = {"a": dict(V=8, L=32, d=16, m=512, K=12), "b": dict(V=8, L=16, d=8, m=128, K=8)}
-B = 128
+# (a) the paper's size at batch 128, (b) a small network, (c) the paper size's recipe (batch
+# 512, rgflow.report.CONFIGS["paper"]).
+CONFIGS = {"a": dict(V=8, L=32, d=16, m=512, K=12, B=128),
+           "b": dict(V=8, L=16, d=8, m=128, K=8, B=128),
+           "c": dict(V=8, L=32, d=16, m=512, K=12, B=512)}
 
 
 def blas_lib():
@@ -54,6 +57,7 @@ def blas_lib():
 
 def step_gemms(c):
     """(transA, transB, M, N, K, count) of every sgemm in one training step, row-major."""
+    B = c["B"]
     D, m, BL = c["L"] * c["d"], c["m"], B * c["L"]
     N, T = 111, 112  # CblasNoTrans, CblasTrans
     return [
@@ -99,6 +103,7 @@ def sgemm_bound_runner(c, sgemm, set_threads, threads):
 def rgflow_runner(c, steps):
     model = rg.ResidualMLP(c["V"], c["L"], c["d"], c["m"], c["K"], seed=0)
     chain = rg.MarkovChain.lazy(c["V"], 7.0)
+    B = c["B"]
     ws = model._workspace(B)
     lrs = np.full(steps, 1e-4)
     arenas = (model.params, model._grads, model._adam_m, model._adam_v)
@@ -122,7 +127,7 @@ def torch_runner(c, model, steps, threads):
     net = to_torch(model)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     chain = rg.MarkovChain.lazy(V, 7.0)
-    t, x, mask = train_batch(chain, model, 0, batch_size=B)
+    t, x, mask = train_batch(chain, model, 0, batch_size=c["B"])
     x, t, mask = (torch.from_numpy(x.astype(np.int64)), torch.from_numpy(t.astype(np.int64)),
                   torch.from_numpy(mask))
 
@@ -143,7 +148,7 @@ def main():
                    "rgflow's default, the CPUs available)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--configs", default="ab")
+    p.add_argument("--configs", default="abc")
     a = p.parse_args()
     if a.threads:
         rg.set_num_threads(a.threads)
@@ -155,8 +160,8 @@ def main():
         have_torch = True
     except ImportError:
         have_torch = False
-    print("rgflow %s, threads %d, batch %d; OpenBLAS %s kernel, CPU %s; sgemm bound via %s"
-          % (rg.__version__, threads, B, info["core"], info["cpu"],
+    print("rgflow %s, threads %d; OpenBLAS %s kernel, CPU %s; sgemm bound via %s"
+          % (rg.__version__, threads, info["core"], info["cpu"],
              "rgflow's OpenBLAS" if sgemm else "n/a"))
     rows = []
     for key in a.configs:
@@ -178,11 +183,11 @@ def main():
         med = {k: float(np.median(v)) for k, v in times.items()}
         t_rg, bound, t_pt = best["rgflow"], best["bound"], best.get("torch", float("nan"))
         rows.append((key, c, best, med, flops))
-        print("(%s) V=%d L=%d d=%d m=%d K=%d: rgflow %.2f ms/step (median %.2f), torch %s "
+        print("(%s) V=%d L=%d d=%d m=%d K=%d B=%d: rgflow %.2f ms/step (median %.2f), torch %s "
               "%.2f ms/step (median %.2f), ratio %.2fx | GEMM %.3f GFLOP/step: rgflow %.1f "
               "GFLOP/s, sgemm-bound %.1f GFLOP/s (%.2f ms, median %.2f) -> %.0f%% of bound"
-              % (key, c["V"], c["L"], c["d"], c["m"], c["K"], 1e3 * t_rg, 1e3 * med["rgflow"],
-                 ver, 1e3 * t_pt, 1e3 * med.get("torch", float("nan")), t_pt / t_rg,
+              % (key, c["V"], c["L"], c["d"], c["m"], c["K"], c["B"], 1e3 * t_rg,
+                 1e3 * med["rgflow"], ver, 1e3 * t_pt, 1e3 * med.get("torch", float("nan")), t_pt / t_rg,
                  flops / 1e9, flops / t_rg / 1e9, flops / bound / 1e9, 1e3 * bound,
                  1e3 * med["bound"], 100 * bound / t_rg))
     return rows
