@@ -187,7 +187,8 @@ def main():
               "%.2f ms/step (median %.2f), ratio %.2fx | GEMM %.3f GFLOP/step: rgflow %.1f "
               "GFLOP/s, sgemm-bound %.1f GFLOP/s (%.2f ms, median %.2f) -> %.0f%% of bound"
               % (key, c["V"], c["L"], c["d"], c["m"], c["K"], c["B"], 1e3 * t_rg,
-                 1e3 * med["rgflow"], ver, 1e3 * t_pt, 1e3 * med.get("torch", float("nan")), t_pt / t_rg,
+                 1e3 * med["rgflow"], ver, 1e3 * t_pt, 1e3 * med.get("torch", float("nan")),
+                 t_pt / t_rg,
                  flops / 1e9, flops / t_rg / 1e9, flops / bound / 1e9, 1e3 * bound,
                  1e3 * med["bound"], 100 * bound / t_rg))
     return rows
