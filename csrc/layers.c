@@ -207,10 +207,11 @@ static inline RG_VECTOR_SELECTS float rg_vphi(float x)
 
 #define INV_SQRT2PI 0.39894228040143267794f
 
-/* The loops are also compiled for AVX2 and picked at load time (ifunc): -std=c99 implies
- * -ffp-contract=off, so both versions do the same IEEE operations and give identical bits. */
+/* The loops are also compiled for AVX-512 and AVX2 and picked at load time (ifunc): -std=c99
+ * implies -ffp-contract=off, so every version does the same IEEE operations and gives
+ * identical bits. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define RG_CLONES __attribute__((target_clones("avx2", "default")))
+#define RG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define RG_CLONES
 #endif
