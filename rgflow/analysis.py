@@ -193,10 +193,13 @@ def _as_stack(stream):
     return np.stack(layers)
 
 
-def _stream(stream, ndim=4):
+def _stream(stream):
     s = _as_stack(stream)
-    if s.ndim != ndim:
+    if s.ndim != 4:
         raise ValueError("stream must have shape (depth+1, n, length, width), got shape %s"
+                         % (s.shape,))
+    if 0 in s.shape[1:]:
+        raise ValueError("stream needs at least one sample, position and feature, got shape %s"
                          % (s.shape,))
     return s
 

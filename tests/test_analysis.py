@@ -6,6 +6,8 @@ entrywise within ``1e-10 * s_i + 64 * max(n, f) * eps * s_max``: the second term
 accuracy floor of any backward-stable SVD (the reference's included), below which singular
 values are noise and cannot be matched relatively.
 """
+import warnings
+
 import numpy as np
 import pytest
 
@@ -599,6 +601,22 @@ def test_stream_errors_name_the_argument():
             f(layers)
     with pytest.raises(ValueError, match="at least one layer"):
         rg.drift_profile([])
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0), (0, 0, 0, 0)])
+def test_empty_streams_raise_without_warnings(shape):
+    # a stream without positions once warned "Mean of empty slice" and gave NaN profiles
+    z = np.zeros(shape, dtype=np.float32)
+    calls = [lambda lvl=lvl: rg.rank_profile(z, level=lvl)
+             for lvl in ("position", "pooled", "stream")]
+    calls += [lambda: rg.drift_profile(z), lambda: rg.cka_matrix(z, level="pooled")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in calls:
+            with pytest.raises(ValueError, match=r"^stream needs at least one sample, position "
+                                                 r"and feature, got shape \(%s\)"
+                                                 % ", ".join(map(str, shape))):
+                call()
 
 
 def test_plots_headless():
