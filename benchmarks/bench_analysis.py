@@ -147,7 +147,8 @@ def make_tasks(threads):
         "stream/rgflow": lambda s: rg.rank_profile(s, level="stream", n_threads=threads),
         "stream/rgflow-2threads": lambda s: rg.rank_profile(s, level="stream", n_threads=2),
         "stream/numpy": np_stream_profile,
-        "cka/rgflow": lambda s: rg.cka_matrix(s, level="stream"),
+        "cka/rgflow": lambda s: rg.cka_matrix(s, level="stream", n_threads=threads),
+        "cka/rgflow-2threads": lambda s: rg.cka_matrix(s, level="stream", n_threads=2),
         "cka/numpy-cached": np_cka_matrix_cached,
         "cka/numpy-per-pair": np_cka_matrix_per_pair,
     }
@@ -234,7 +235,8 @@ def main():
         comparisons = [("position", "position/rgflow", "position/numpy", 5),
                        ("position", "position/rgflow-2threads", "position/numpy", 3),
                        ("stream", "stream/rgflow", "stream/numpy", 3),
-                       (square, "cka/rgflow", "cka/numpy-cached", 2)]
+                       (square, "cka/rgflow", "cka/numpy-cached", 2),
+                       (square, "cka/rgflow-2threads", "cka/numpy-cached", 2)]
         if kind == "gaussian" and not args.quick:
             comparisons.append((square, "cka/rgflow", "cka/numpy-per-pair", 1))
         for what, ours, theirs, theirs_rounds in comparisons:
@@ -246,13 +248,15 @@ def main():
             rows.append((kind, what, ours, theirs, t1, t2, t2 / t1, diff))
             print("  %-10s %-26s %8.3f s   %-20s %8.3f s   x%6.1f   max|diff| %.1e"
                   % (what, ours, t1, theirs, t2, t2 / t1, diff))
-        for level in ("position", "stream"):
-            one = rg.rank_profile(s, level=level, n_threads=1)
+        for level in ("position", "stream", "cka"):
+            one = (rg.cka_matrix(s, level="stream", n_threads=1) if level == "cka"
+                   else rg.rank_profile(s, level=level, n_threads=1))
             two = tasks[level + "/rgflow-2threads"](s)
             print("  %-10s 1 and 2 rgflow threads bit-identical: %s"
                   % (level, "yes" if np.array_equal(one, two) else "NO"))
     print("\npeak memory above the loaded stream (fresh subprocess each, MiB):")
-    for task in ("cka/rgflow", "cka/numpy-cached", "stream/rgflow", "stream/numpy",
+    for task in ("cka/rgflow", "cka/rgflow-2threads", "cka/numpy-cached", "stream/rgflow",
+                 "stream/numpy",
                  "position/rgflow", "position/numpy"):
         print("  %-22s %8.1f" % (task, peak_mib(task, "gaussian", args.threads)))
 

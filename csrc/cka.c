@@ -6,10 +6,13 @@
 
 #include "blas.h"
 #include "memory.h"
+#include "pool.h"
 #include "status.h"
 
 /* Sample-space row blocks hold at most this many doubles for all layers together (32 MB). */
 #define RG_CKA_BLOCK_DOUBLES ((int64_t)1 << 22)
+/* Below this many multiply-adds (~1 ms) a call runs on the calling thread alone. */
+#define RG_CKA_POOL_MADDS 4194304.0
 
 static double sumsq(const double *a /* rows x ld */, int64_t rows, int64_t cols, int64_t ld)
 {
@@ -26,25 +29,145 @@ static int64_t last_partner(int64_t l, int64_t n_layers, int consecutive)
     return consecutive ? (l + 1 < n_layers ? l + 1 : l) : n_layers - 1;
 }
 
-/* C_lm for the needed pairs in feature space.  T: max f_l x W scratch. */
-static void cross_feature(const double *Z /* n x W */, int64_t n, int64_t W, int64_t nl,
-                          const int64_t *off /* nl + 1 */, int consecutive, double *T, double *C)
+/* ---- the work items (pool.h) ----------------------------------------------------------------
+ *
+ * Items are cut from the shapes alone and each writes its own outputs: a layer's load and row
+ * norms, a layer's part of a row block's Grams, a layer's row of C.  The sums over layers (C
+ * from the row blocks) stay on the calling thread, in the order of the single-threaded code,
+ * so every value is computed by the same calls in the same order on any number of threads.
+ *
+ * Subnormals: the pool runs items with FTZ and DAZ on, on 1 thread as on N (rg_pool_run
+ * flushes with a NULL pool too), so the thread count never changes a bit.  The loader (exact
+ * copies of the caller's data: DAZ would read a float32 subnormal as zero, and a layer of them
+ * would come out constant) and the sums of squares that make C run with subnormals kept
+ * (rg_pool_keep_subnormals), as does everything on the calling thread.  What is flushed is
+ * the inside of the Gram and cross-product GEMMs on the loaded Z, where every layer's largest
+ * centred magnitude lies in [2^-300, 2^300] (rank.c rescales a layer only outside that range,
+ * not to ~1).  Flushing changes an entry only if one of its partial sums falls below 2^-1022
+ * (an FMA whose result stays above 2^-969 rounds a sub-2^-1022 product away anyway) or Z
+ * holds a subnormal; the change is then below 2^-1022 (2^-422 of the layer's largest
+ * squared entry), and in C it stayed below C's rounding in every case tried.  float32 input
+ * cannot get there: its centred entries are multiples of 2^-233 (n < 2^31), so every product
+ * and partial sum is 0 or at least 2^-466.  The previous, unflushed build gave the same bits
+ * on every input tried, float64 layers with rows or columns scaled by 1e-160 and subnormal
+ * entries included (tests/test_analysis.py has the subnormal-layer case). */
+
+/* Loading: item l copies layer l centred into Z (as rank.h's rg_load_centered, exactly) and
+ * its row norms into d.  st: 5 f_l doubles per layer. */
+typedef struct {
+    const rg_strided_matrix *layers;
+    const int64_t *off;
+    int64_t n, W;
+    int sample;        /* layer-major Z (sample space), else [X_0 | X_1 | ...] */
+    double *Z, *d, *st;
+    int64_t *status;   /* per layer */
+} load_job;
+
+static void load_item(const void *arg, int64_t l)
 {
-    for (int64_t l = 0; l < nl; l++) {
-        const int64_t last = last_partner(l, nl, consecutive);
+    const load_job *j = arg;
+    const unsigned fp = rg_pool_keep_subnormals();
+    const int64_t n = j->n, f = j->layers[l].cols, ld = j->sample ? f : j->W;
+    double *X = j->sample ? j->Z + n * j->off[l] : j->Z + j->off[l];
+    int e;
+    int status = rg_load_centered(&j->layers[l], 1, X, ld, j->st + 5 * j->off[l], &e);
+    for (int64_t i = 0; status == RG_OK && i < n; i++)
+        j->d[l * n + i] = sumsq(X + i * ld, 1, f, ld);
+    j->status[l] = status;
+    rg_pool_restore_fp(fp);
+}
+
+/* Feature space: C_lm for the needed pairs, one GEMM X_l^T [X_l | X_{l+1} ...] per layer
+ * into a T of its own.  Items are lanes (as many as threads, bounded by memory), each with a
+ * T of tsize doubles, which claim layers in order until none is left: a layer's GEMM and sums
+ * are the same in any lane, so the lanes change memory and speed only. */
+typedef struct {
+    const double *Z;
+    const int64_t *off;
+    int64_t n, W, nl, tsize;
+    int consecutive;
+    double *T, *C;
+    int64_t *next;     /* atomic: the next unclaimed layer */
+} feature_job;
+
+static void feature_item(const void *arg, int64_t lane)
+{
+    const feature_job *j = arg;
+    const int64_t nl = j->nl, W = j->W, n = j->n, *off = j->off;
+    double *T = j->T + lane * j->tsize;
+    int64_t l;
+    while ((l = __atomic_fetch_add(j->next, 1, __ATOMIC_RELAXED)) < nl) {
+        const int64_t last = last_partner(l, nl, j->consecutive);
         const int64_t fl = off[l + 1] - off[l], c0 = off[l], width = off[last + 1] - c0;
         RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasTrans, CblasNoTrans, (blasint)fl,
-                             (blasint)width, (blasint)n, 1.0, Z + c0, (blasint)W, Z + c0,
-                             (blasint)W, 0.0, T, (blasint)width);
+                             (blasint)width, (blasint)n, 1.0, j->Z + c0, (blasint)W,
+                             j->Z + c0, (blasint)W, 0.0, T, (blasint)width);
+        const unsigned fp = rg_pool_keep_subnormals();
         for (int64_t m = l; m <= last; m++)
-            C[l * nl + m] = sumsq(T + (off[m] - c0), fl, off[m + 1] - off[m], width);
+            j->C[l * nl + m] = sumsq(T + (off[m] - c0), fl, off[m + 1] - off[m], width);
+        rg_pool_restore_fp(fp);
     }
+}
+
+/* The T of the widest layer's GEMM (f_l times its partners' widths). */
+static int64_t feature_tsize(const int64_t *off, int64_t nl, int consecutive)
+{
+    int64_t t = 0;
+    for (int64_t l = 0; l < nl; l++) {
+        const int64_t s = (off[l + 1] - off[l]) * (off[last_partner(l, nl, consecutive) + 1] -
+                                                   off[l]);
+        if (s > t) t = s;
+    }
+    return t;
+}
+
+/* Feature-space lanes for n_threads threads: at most one per layer, and more than one only
+ * while their T fit in 1/8 of Z (n W doubles). */
+static int64_t feature_lanes(int64_t tsize, int64_t nl, int64_t n, int64_t W, int n_threads)
+{
+    int64_t k = n_threads < nl ? n_threads : nl;
+    const int64_t fit = tsize > 0 ? n * W / 8 / tsize : k;
+    if (k > fit) k = fit;
+    return k < 1 ? 1 : k;
+}
+
+/* Sample space, one row block: the nl layers' blocks right of the diagonal (dgemm; items
+ * 0..nl-1 when there are any, claimed first as the larger), then their diagonal blocks
+ * (dsyrk), each into its own slice of P. */
+typedef struct {
+    const double *Z;
+    const int64_t *off;
+    int64_t n, nl, b0, rb, rest;
+    double *PD, *PR;
+    int zero_lower;    /* zero the diagonal blocks' strictly lower triangles */
+} block_job;
+
+static void block_item(const void *arg, int64_t i)
+{
+    const block_job *j = arg;
+    const int64_t rb = j->rb, rest = j->rest, nl = j->nl;
+    const int right = rest > 0 && i < nl;
+    const int64_t l = rest > 0 && !right ? i - nl : i, fl = j->off[l + 1] - j->off[l];
+    const double *Xb = j->Z + j->n * j->off[l] + j->b0 * fl; /* layer l is n x fl */
+    if (right) {
+        RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rb,
+                             (blasint)rest, (blasint)fl, 1.0, Xb, (blasint)fl, Xb + rb * fl,
+                             (blasint)fl, 0.0, j->PR + l * rb * rest, (blasint)rest);
+        return;
+    }
+    double *D = j->PD + l * rb * rb;
+    /* dsyrk writes the upper triangle only */
+    for (int64_t r = 1; r < rb && j->zero_lower; r++)
+        for (int64_t c = 0; c < r; c++) D[r * rb + c] = 0.0;
+    RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)rb, (blasint)fl,
+                         1.0, Xb, (blasint)fl, 0.0, D, (blasint)rb);
 }
 
 /* C_lm for all pairs in sample space, row block by row block, from Z holding the layers one
  * after the other (layer l: n x f_l at Z + n off[l]; contiguous, so each dgemm streams one
- * block of memory).  P: nl * r * n scratch. */
-static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int64_t nl,
+ * block of memory): the layers' Gram blocks on the pool, then the sums over layers here.
+ * P: nl * r * n scratch. */
+static void cross_sample(rg_pool *pool, const double *Z, int64_t n, int64_t nl,
                          const int64_t *off /* nl + 1 */, int64_t r, double *P, double *C,
                          double *M /* nl x nl */)
 {
@@ -55,22 +178,11 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
         /* per layer: the diagonal block (rb x rb, both triangles) then the block right of it
          * (rb x rest, counted twice for symmetry) */
         double *PD = P, *PR = P + nl * rb * rb;
-        for (int64_t l = 0; l < nl; l++) {
-            const int64_t fl = off[l + 1] - off[l];
-            const double *Xb = Z + n * off[l] + b0 * fl;  /* layer-major: layer l is n x fl */
-            double *D = PD + l * rb * rb;
-            /* dsyrk writes the upper triangle only: zero the strictly lower part once per
-             * block size (only the last block can be smaller) */
-            for (int64_t i = 1; i < rb && zeroed != rb; i++)
-                for (int64_t j = 0; j < i; j++) D[i * rb + j] = 0.0;
-            RG_BLAS(cblas_dsyrk)(CblasRowMajor, CblasUpper, CblasNoTrans, (blasint)rb,
-                                 (blasint)fl, 1.0, Xb, (blasint)fl, 0.0, D, (blasint)rb);
-            if (rest > 0)
-                RG_BLAS(cblas_dgemm)(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)rb,
-                                     (blasint)rest, (blasint)fl, 1.0, Xb, (blasint)fl,
-                                     Xb + rb * fl, (blasint)fl, 0.0, PR + l * rb * rest,
-                                     (blasint)rest);
-        }
+        /* the lower triangles are zeroed once per block size (only the last block can be
+         * smaller) */
+        block_job job = {Z, off, n, nl, b0, rb, rest, PD, PR, zeroed != rb};
+        const rg_task task = {block_item, &job, rest > 0 ? 2 * nl : nl};
+        rg_pool_run(pool, &task, 1);
         /* the diagonal blocks hold their upper triangles: the sum over a whole block is
          * twice theirs less the diagonal's */
         zeroed = rb;
@@ -95,9 +207,9 @@ static void cross_sample(const double *Z /* n x W */, int64_t n, int64_t W, int6
 }
 
 /* Rows per sample-space block (the block holds r rows of every Gram), or 0 when the feature
- * space is cheaper (multiply-add counts of the two routes). */
+ * space is cheaper (multiply-add counts of the two routes); *work: the cheaper count. */
 static int64_t sample_rows(const rg_strided_matrix *layers, int64_t nl, int consecutive,
-                           int64_t n, int64_t W)
+                           int64_t n, int64_t W, double *work)
 {
     double feat = 0.0, samp = 0.5 * (double)n * (double)n * (double)W +
                               0.25 * (double)nl * (double)nl * (double)n * (double)n;
@@ -106,6 +218,7 @@ static int64_t sample_rows(const rg_strided_matrix *layers, int64_t nl, int cons
         for (int64_t m = l; m <= last_partner(l, nl, consecutive); m++) width += layers[m].cols;
         feat += (double)n * (double)layers[l].cols * (double)width;
     }
+    *work = samp < feat ? samp : feat;
     if (!(samp < feat)) return 0;
     int64_t r = RG_CKA_BLOCK_DOUBLES / (nl * n);
     if (r < 16) r = 16;
@@ -142,43 +255,57 @@ static void hsic_to_cka(const double *C, const double *d, int64_t n, int64_t nl,
 }
 
 int rg_cka_layers(const rg_strided_matrix *layers, int64_t nl, int consecutive, int debiased,
-                  double *out, int *sample_space, int64_t *bad)
+                  int n_threads, double *out, int *sample_space, int64_t *bad)
 {
     const int64_t n = layers[0].rows;
-    int64_t W = 0, fmax = 0;
-    for (int64_t l = 0; l < nl; l++) {
-        W += layers[l].cols;
-        if (layers[l].cols > fmax) fmax = layers[l].cols;
-    }
-    const int64_t r = sample_rows(layers, nl, consecutive, n, W);
-    const int64_t scratch = r > 0 ? nl * r * n + nl * nl : fmax * W;
+    int64_t W = 0;
+    for (int64_t l = 0; l < nl; l++) W += layers[l].cols;
+    double work;
+    const int64_t r = sample_rows(layers, nl, consecutive, n, W, &work);
     if (sample_space) *sample_space = r > 0;
-    /* one allocation: Z (n W) | d (nl n) | scratch (5 fmax) | C (nl nl) | off (nl + 1) |
-     * scratch */
-    const size_t nd = (size_t)(n * W + nl * n + 5 * fmax + nl * nl + (nl + 1) + scratch);
-    double *ws = rg_alloc_large(nd * sizeof(double));
-    if (!ws) return RG_ERR_NOMEM;
-    double *Z = ws, *d = Z + n * W, *mean = d + nl * n, *C = mean + 5 * fmax;
-    double *S = C + nl * nl + nl + 1;
-    int64_t *off = (int64_t *)(C + nl * nl);  /* same size as a double */
+    /* small problems run on the calling thread (through rg_pool_run all the same) */
+    if (n_threads < 1 || work + (double)n * (double)W < RG_CKA_POOL_MADDS) n_threads = 1;
+    if (n_threads > RG_POOL_MAX) n_threads = RG_POOL_MAX;
+    /* the layers' column offsets, then one allocation: Z (n W) | d (nl n) | loader scratch
+     * (5 W) | C (nl nl) | status (nl) | scratch (P and M, or the lanes' T) */
+    int64_t *off = malloc((size_t)(nl + 1) * sizeof *off);
+    if (!off) return RG_ERR_NOMEM;
     off[0] = 0;
     for (int64_t l = 0; l < nl; l++) off[l + 1] = off[l] + layers[l].cols;
-    int status = RG_OK;
-    for (int64_t l = 0; l < nl && status == RG_OK; l++) {
-        /* sample space: layer-major (layer l is n x f_l at Z + n off[l]); feature space:
-         * [X_0 | X_1 | ...] (n x W), so one GEMM spans a layer's partners */
-        const int64_t ld = r > 0 ? layers[l].cols : W;
-        double *Xl = r > 0 ? Z + n * off[l] : Z + off[l];
-        int e;
-        status = rg_load_centered(&layers[l], 1, Xl, ld, mean, &e);
-        if (status != RG_OK) *bad = l;
-        for (int64_t i = 0; status == RG_OK && i < n; i++)
-            d[l * n + i] = sumsq(Xl + i * ld, 1, layers[l].cols, ld);
+    const int64_t tsize = r > 0 ? 0 : feature_tsize(off, nl, consecutive);
+    const int64_t lanes = r > 0 ? 0 : feature_lanes(tsize, nl, n, W, n_threads);
+    const int64_t scratch = r > 0 ? nl * r * n + nl * nl : lanes * tsize;
+    const size_t nd = (size_t)(n * W + nl * n + 5 * W + nl * nl + nl + scratch);
+    double *ws = rg_alloc_large(nd * sizeof(double));
+    if (!ws) {
+        free(off);
+        return RG_ERR_NOMEM;
     }
+    double *Z = ws, *d = Z + n * W, *st = d + nl * n, *C = st + 5 * W;
+    int64_t *status_of = (int64_t *)(C + nl * nl);  /* same size as a double */
+    double *S = C + nl * nl + nl;
+    rg_pool pool;
+    if (n_threads > 1) rg_pool_init(&pool, n_threads);
+    rg_pool *p = n_threads > 1 ? &pool : NULL;
+
+    load_job lj = {layers, off, n, W, r > 0, Z, d, st, status_of};
+    const rg_task load = {load_item, &lj, nl};
+    rg_pool_run(p, &load, 1);
+    int status = RG_OK;
+    for (int64_t l = 0; l < nl && status == RG_OK; l++)
+        if ((status = (int)status_of[l]) != RG_OK) *bad = l;  /* the first in layer order */
     for (int64_t i = 0; i < nl * nl; i++) C[i] = NAN;
-    if (status == RG_OK && r > 0) cross_sample(Z, n, W, nl, off, r, S, C, S + nl * r * n);
-    else if (status == RG_OK) cross_feature(Z, n, W, nl, off, consecutive, S, C);
+    if (status == RG_OK && r > 0) {
+        cross_sample(p, Z, n, nl, off, r, S, C, S + nl * r * n);
+    } else if (status == RG_OK) {
+        int64_t next = 0;
+        feature_job fj = {Z, off, n, W, nl, tsize, consecutive, S, C, &next};
+        const rg_task task = {feature_item, &fj, lanes};
+        rg_pool_run(p, &task, 1);
+    }
     if (status == RG_OK) hsic_to_cka(C, d, n, nl, consecutive, debiased, out);
+    if (p) rg_pool_destroy(p);
     free(ws);
+    free(off);
     return status;
 }

@@ -29,6 +29,14 @@
  *     of 16): the r x r diagonal block by dsyrk (its upper triangle), the block right of it by
  *     dgemm, with <K_l, K_m> summed over blocks by dsyrks of the flattened blocks
  *     (n_layers^2 n^2 / 4; a diagonal block counts twice, less its diagonal).
+ * Threads (pool.h): the layers' loads, the sample-space route's per-layer Gram blocks of each
+ * row block (a dgemm and a dsyrk per layer, into that layer's slice of the block scratch: no
+ * extra memory) and the feature-space route's per-layer GEMMs (in lanes, one per thread up to
+ * one per layer, each with its own T of max_l f_l x (partners' widths) doubles, while the
+ * lanes' T fit in 1/8 of Z) are work items; the sums over layers that make C run on the
+ * calling thread in the single-threaded order.  Every value comes from the same calls in the
+ * same order on any number of threads: the same bits (cka.c states what the pool's flushing
+ * of subnormals means here).
  * Undefined values are NaN: a layer that is constant (zero after centring) for the biased
  * estimator, HSIC_u(l, l) <= 0 for the debiased one. */
 #ifndef RG_CKA_H
@@ -39,10 +47,12 @@
 
 /* CKA between n_layers representations (all with the same row count n; debiased needs
  * n >= 4).  consecutive: only the pairs (l, l) and (l, l+1) are needed (drift profile); else
- * all.  out: n_layers x n_layers, symmetric; entries not computed are NaN.  *sample_space
+ * all.  n_threads: threads of a pool (pool.h) started for the call (capped at RG_POOL_MAX;
+ * calls below ~4M multiply-adds run on the calling thread); the result does not depend on it.
+ * out: n_layers x n_layers, symmetric; entries not computed are NaN.  *sample_space
  * (optional) reports the route; *bad gets the layer holding a NaN/Inf on RG_ERR_NOT_FINITE. */
 int rg_cka_layers(const rg_strided_matrix *layers /* n_layers */, int64_t n_layers,
-                  int consecutive, int debiased, double *out /* n_layers x n_layers */,
-                  int *sample_space, int64_t *bad);
+                  int consecutive, int debiased, int n_threads,
+                  double *out /* n_layers x n_layers */, int *sample_space, int64_t *bad);
 
 #endif

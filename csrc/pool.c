@@ -13,7 +13,14 @@ static unsigned flush_subnormals(void)
     return saved;
 }
 static void restore_fp_mode(unsigned saved) { _mm_setcsr(saved); }
+unsigned rg_pool_keep_subnormals(void)
+{
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved & ~RG_FTZ_DAZ);
+    return saved;
+}
 #else
+unsigned rg_pool_keep_subnormals(void) { return 0; }
 static unsigned flush_subnormals(void) { return 0; }
 static void restore_fp_mode(unsigned saved) { (void)saved; }
 #endif
@@ -97,6 +104,8 @@ void rg_pool_destroy(rg_pool *p)
     pthread_cond_destroy(&p->idle);
     pthread_mutex_destroy(&p->mu);
 }
+
+void rg_pool_restore_fp(unsigned saved) { restore_fp_mode(saved); }
 
 void rg_pool_run(rg_pool *p, const rg_task *tasks, int n_tasks)
 {

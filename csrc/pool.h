@@ -8,11 +8,13 @@
  * on some kernels (Haswell), changes the rounding.
  *
  * Every item runs with subnormal floats flushed to zero (x86 FTZ and DAZ; the caller's mode is
- * restored when rg_pool_run returns).  The model's kernels, the pool's only users, produce
+ * restored when rg_pool_run returns), with a NULL pool too.  The model's kernels produce
  * subnormals from switched-off hidden units (GELU of a pre-activation below about -13, and the
  * products of such tiny values), and a GEMM with subnormal operands runs ~100x slower on x86
  * (125x measured for sgemm; a paper-size training step went from 66 ms to 3-4 s with dead
  * units).  Every thread flushes alike, so results still do not depend on the thread count.
+ * Code inside an item that must keep subnormals (CKA's loader copies the caller's data, and
+ * DAZ reads a float32 subnormal as 0) switches back with rg_pool_keep_subnormals.
  *
  * Items are claimed dynamically (an atomic counter), so uneven items balance.  Workers spin
  * briefly after each job, then sleep on a condition variable: the per-layer jobs of a training
@@ -56,6 +58,13 @@ void rg_pool_destroy(rg_pool *p);
 /* Runs every item of tasks[0..n_tasks) and returns when all are done.  p NULL: in order, on
  * the calling thread. */
 void rg_pool_run(rg_pool *p, const rg_task *tasks, int n_tasks);
+
+/* Inside an item: IEEE subnormals (flush-to-zero and denormals-are-zero off) until
+ * rg_pool_restore_fp(saved).  For items that must read the caller's data exactly: under DAZ a
+ * float32 subnormal converts to 0.0 (cka.c's loader).  Every thread then runs such code in
+ * the same mode, so results still do not depend on the thread count. */
+unsigned rg_pool_keep_subnormals(void);
+void rg_pool_restore_fp(unsigned saved);
 
 /* Number of chunks of [0, n) with at least min_size elements each, at most max_chunks (>= 1):
  * a function of the sizes only.  Chunk j of k covers rg_chunk_begin(n, k, j) ..

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cka.h"
+#include "pool.h"
 #include "rank.h"
 #include "status.h"
 
@@ -220,23 +221,38 @@ static int check_cka(const layers_arg *ly, int debiased)
                ? -1 : 0;
 }
 
+/* n_threads: a positive int (more than the pool's maximum means the maximum), or None for
+ * rgflow's count (rgflow.get_num_threads). */
+static int threads_conv(PyObject *obj, void *spec)
+{
+    rg_size *s = spec;
+    if (obj == Py_None) {
+        s->v = rg_py_threads();
+        return 1;
+    }
+    if (!rg_size_conv(obj, s)) return 0;
+    if (s->v > RG_POOL_MAX) s->v = RG_POOL_MAX;
+    return 1;
+}
+
 static PyObject *py_cka(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"layers", "consecutive", "debiased", "names", NULL};
+    static char *kwlist[] = {"layers", "consecutive", "debiased", "names", "n_threads", NULL};
     layers_arg ly = {NULL, Py_None, 0, NULL, NULL, 0, 0};
     PyObject *seq, *names = Py_None, *result = NULL;
     PyArrayObject *out = NULL;
     int consecutive = 0, debiased = 0, sample_space = 0, status;
     int64_t bad = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|ppO:cka", kwlist, &seq, &consecutive,
-                                     &debiased, &names) ||
+    rg_size n_threads = RG_SIZE("n_threads", 1, INT64_MAX);
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|ppOO&:cka", kwlist, &seq, &consecutive,
+                                     &debiased, &names, threads_conv, &n_threads) ||
         load_layers(&ly, seq, names) < 0 || check_cka(&ly, debiased) < 0 ||
         !(out = rg_py_empty(
               2, (npy_intp[]){ly.n_layers, ly.n_layers}, NPY_FLOAT64)))
         goto exit;
     Py_BEGIN_ALLOW_THREADS
-    status = rg_cka_layers(ly.views, ly.n_layers, consecutive, debiased, PyArray_DATA(out),
-                           &sample_space, &bad);
+    status = rg_cka_layers(ly.views, ly.n_layers, consecutive, debiased, (int)n_threads.v,
+                           PyArray_DATA(out), &sample_space, &bad);
     Py_END_ALLOW_THREADS
     char name[64];
     if (status == RG_ERR_NOT_FINITE)
@@ -260,7 +276,8 @@ PyMethodDef rg_analysis_methods[] = {
      "route per matrix: 0 Gram eigenvalues, 1 direct SVD (QR + dgesdd), 2 CholeskyQR2, "
      "3 scaled Cholesky (see rank.h)."},
     {"cka", RG_KW(py_cka),
-     "cka($module, /, layers, consecutive=False, debiased=False, names=None)\n--\n\n"
+     "cka($module, /, layers, consecutive=False, debiased=False, names=None, n_threads=None)"
+     "\n--\n\n"
      "((n_layers, n_layers) float64, sample_space): linear CKA between 2-D arrays with equal "
-     "row counts."},
+     "row counts, on n_threads threads (None: rgflow's count; the same bits for any)."},
     {NULL, NULL, 0, NULL}};

@@ -70,14 +70,20 @@ def _as_result(values, measure):
     return values[()] if values.ndim == 0 else values
 
 
+def _threads(n_threads):
+    """n_threads as a positive int; None means rgflow's count (:func:`rgflow.get_num_threads`).
+    Errors name ``n_threads``."""
+    if n_threads is None:
+        from .runtime import get_num_threads
+        return get_num_threads()
+    return as_count(n_threads, "n_threads")
+
+
 def _rank(X, measure, center, squared, tol, n_threads, name="X"):
     """_core.rank over the stack, split along its first axis over n_threads threads (views, no
     copies; every matrix is computed by the same code, so the result is independent of
     n_threads).  Errors name the argument ``name``."""
-    if n_threads is None:
-        from .runtime import get_num_threads
-        n_threads = get_num_threads()
-    n_threads = as_count(n_threads, "n_threads")
+    n_threads = _threads(n_threads)
     args = (measure, bool(center), bool(squared), _tol(tol), name)
     X = _from_torch(X)
     if n_threads > 1:
@@ -361,7 +367,7 @@ def _layers(stream, level):
     return layers, tuple("stream[%d]" % l for l in range(layers.shape[0]))
 
 
-def drift_profile(stream, level="stream", debiased=False):
+def drift_profile(stream, level="stream", debiased=False, n_threads=None):
     """Kernel drift between consecutive layers: 1 - linear CKA(z_l, z_{l+1}).
 
     Parameters
@@ -373,6 +379,12 @@ def drift_profile(stream, level="stream", debiased=False):
         ``stream``: z_l flattened to (n, length*width); ``pooled``: mean over positions.
     debiased : bool
         Use the debiased CKA (n >= 4).
+    n_threads : int or None
+        Threads of rgflow's C pool for the one kernel call (the GIL is released): the layers'
+        loads and their Grams (or feature-space cross products) are its work items, each run
+        with single-threaded OpenBLAS, and the sums over layers run in a fixed order, so the
+        result is the same, bit for bit, for any thread count.  None:
+        :func:`rgflow.get_num_threads`.
 
     Returns float64 (depth,); each layer's Gram-side quantities are computed once.
 
@@ -381,8 +393,9 @@ def drift_profile(stream, level="stream", debiased=False):
     >>> drift_profile(z).shape
     (3,)
     """
+    n_threads = _threads(n_threads)
     layers, names = _layers(stream, level)
-    out, _ = _core.cka(tuple(layers), True, bool(debiased), names)
+    out, _ = _core.cka(tuple(layers), True, bool(debiased), names, n_threads)
     return 1.0 - np.diagonal(out, offset=1).copy()
 
 
@@ -410,7 +423,7 @@ def block_updates(stream):
                      where=norms[:-1] > 0)
 
 
-def cka_matrix(stream, level="stream", debiased=False):
+def cka_matrix(stream, level="stream", debiased=False, n_threads=None):
     """Linear CKA between every pair of layers.
 
     Same arguments as :func:`drift_profile`.  Returns float64 (depth+1, depth+1), symmetric,
@@ -420,13 +433,22 @@ def cka_matrix(stream, level="stream", debiased=False):
     triangle once, reused by every pair) -- and takes the cheaper; sample space builds the
     Grams in row blocks (<= 32 MB), never a whole n x n matrix.
 
+    ``n_threads`` (int or None: :func:`rgflow.get_num_threads`) threads of rgflow's C pool
+    share the work, as in :func:`drift_profile`: per layer, its load and its part of every row
+    block (sample space) or its cross products (feature space), each with single-threaded
+    OpenBLAS; the sums over layers run in a fixed order, so the result is the same, bit for
+    bit, for any thread count.  Sample space needs no memory beyond one thread's; feature
+    space gives each thread (up to one per layer) its own cross-product scratch while these
+    fit in 1/8 of the float64 copy of the layers.
+
     >>> import numpy as np
     >>> z = np.random.default_rng(0).standard_normal((4, 64, 8, 4))
     >>> cka_matrix(z).shape
     (4, 4)
     """
+    n_threads = _threads(n_threads)
     layers, names = _layers(stream, level)
-    out, _ = _core.cka(tuple(layers), False, bool(debiased), names)
+    out, _ = _core.cka(tuple(layers), False, bool(debiased), names, n_threads)
     return out
 
 

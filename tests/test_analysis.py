@@ -519,6 +519,82 @@ def test_cka_sample_space_in_several_row_blocks():
     np.testing.assert_allclose([M[0, 1], M[5, 250], M[299, 3]], ref, rtol=0, atol=1e-10)
 
 
+def cka_thread_cases():
+    """Streams on both routes, big enough (> 4M multiply-adds) that the pool runs: (name,
+    stream, sample_space of the matrix, of the drift)."""
+    rng = np.random.default_rng(21)
+    walk = lambda shape: np.cumsum(rng.standard_normal(shape), axis=0)  # noqa: E731
+    return [("sample, 2 row blocks (664 + 37 rows)", walk((9, 701, 97)).astype(np.float32),
+             1, 0),
+            ("sample, drift too", walk((5, 301, 397)), 1, 1),
+            ("feature", walk((5, 4096, 16)).astype(np.float32), 0, 0),
+            ("feature, 4-d stream", walk((6, 1001, 13, 7)), 0, 0)]
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_threads_give_identical_bits(debiased):
+    for name, z, matrix_route, drift_route in cka_thread_cases():
+        layers = tuple(z.reshape(z.shape[0], z.shape[1], -1))
+        assert _core.cka(layers, False)[1] == matrix_route, name
+        assert _core.cka(layers, True)[1] == drift_route, name
+        levels = ("stream", "pooled") if z.ndim == 4 else ("stream",)
+        for level in levels:
+            M = rg.cka_matrix(z, level=level, debiased=debiased, n_threads=1)
+            d = rg.drift_profile(z, level=level, debiased=debiased, n_threads=1)
+            assert np.all(np.isfinite(M)) and np.all(np.isfinite(d)), name
+            for t in (2, 3, 100, None):  # more than the pool's 64 threads: capped
+                np.testing.assert_array_equal(
+                    rg.cka_matrix(z, level=level, debiased=debiased, n_threads=t), M, name)
+                np.testing.assert_array_equal(
+                    rg.drift_profile(z, level=level, debiased=debiased, n_threads=t), d, name)
+    # and against the n x n reference, on threads
+    z = cka_thread_cases()[1][1]
+    M = rg.cka_matrix(z, debiased=debiased, n_threads=3)
+    np.testing.assert_allclose([M[0, 1], M[4, 2]], [ref_cka(z[0], z[1], debiased),
+                                                    ref_cka(z[4], z[2], debiased)],
+                               rtol=0, atol=1e-10)
+
+
+def test_cka_keeps_subnormal_inputs_on_threads():
+    """The pool flushes subnormals (pool.h), but CKA's loader copies the data with them kept:
+    a float32 layer of subnormals (DAZ would read it as zeros) gives the CKA of its exact
+    float64 values, on both routes and any thread count."""
+    rng = np.random.default_rng(22)
+    for shape in [(4, 300, 500), (4, 3000, 24)]:  # sample space, feature space
+        z = np.cumsum(rng.standard_normal(shape), axis=0).astype(np.float32)
+        z[1] *= np.float32(1e-40)
+        assert np.all(np.abs(z[1]) < np.finfo(np.float32).tiny)
+        for t in (1, 2):
+            M = rg.cka_matrix(z, n_threads=t)
+            assert np.all(np.isfinite(M)) and M[0, 1] > 0.5
+            np.testing.assert_array_equal(M, rg.cka_matrix(z.astype(np.float64), n_threads=t))
+            np.testing.assert_array_equal(rg.drift_profile(z, n_threads=t),
+                                          rg.drift_profile(z.astype(np.float64), n_threads=1))
+
+
+def test_cka_n_threads_errors():
+    z = np.random.default_rng(23).standard_normal((3, 40, 5, 4))
+    for f in (rg.cka_matrix, rg.drift_profile):
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match="^n_threads must be >= 1, got %d$" % bad):
+                f(z, n_threads=bad)
+        for bad in (1.5, "2", True, np.float64(2.0)):
+            with pytest.raises(TypeError, match="^n_threads must be an int, got"):
+                f(z, n_threads=bad)
+        np.testing.assert_array_equal(f(z, n_threads=np.int64(2)), f(z, n_threads=1))
+    layers = tuple(z.reshape(3, 40, -1))
+    with pytest.raises(ValueError, match="^n_threads must be positive, got 0$"):
+        _core.cka(layers, n_threads=0)
+    with pytest.raises(TypeError, match="^n_threads must be an integer, got float$"):
+        _core.cka(layers, n_threads=1.5)
+    # NaN in several layers: the first is named, whichever thread loaded it
+    big = np.cumsum(np.random.default_rng(24).standard_normal((6, 701, 97)), axis=0)
+    big[4, 3, 5] = big[2, 600, 7] = np.inf
+    for t in (1, 2, 3):
+        with pytest.raises(ValueError, match=r"^stream\[2\] contains NaN or Inf"):
+            rg.cka_matrix(big, n_threads=t)
+
+
 def test_cka_known_values():
     rng = np.random.default_rng(8)
     X = rng.standard_normal((100, 6))
