@@ -52,6 +52,29 @@ static int64_t last_partner(int64_t l, int64_t n_layers, int consecutive)
  * on every input tried, float64 layers with rows or columns scaled by 1e-160 and subnormal
  * entries included (tests/test_analysis.py has the subnormal-layer case). */
 
+/* CKA squares Gram entries, so it sees fourth powers of a layer's values: a layer whose rows'
+ * squared norms lie outside [2^-2E, 2^2E] (E = RG_CKA_SAFE_EXP) is scaled by a power of two
+ * to rows of norm about 1 (the loader keeps values only within [2^-300, 2^300], where
+ * fourth powers over- or underflow: a layer scaled by 1e-87 gave NaN, one by 1e80 lost 3
+ * digits).  CKA does not depend on a layer's scale, and a power of two scales every product
+ * and sum exactly, so layers inside the range, not scaled, give the same bits as scaled ones
+ * would. */
+#define RG_CKA_SAFE_EXP 150
+
+/* X (n x f, rows at ld) and its rows' squared norms d times 2^-k and 2^-2k, k chosen from
+ * dmax = max d so that the largest squared norm lands in [1/2, 2). */
+static void unit_scale(double *X, int64_t n, int64_t f, int64_t ld, double *d, double dmax)
+{
+    int e;
+    frexp(dmax, &e);
+    const int k = e / 2;
+    const double sx = ldexp(1.0, -k), sd = ldexp(1.0, -2 * k);
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t c = 0; c < f; c++) X[i * ld + c] *= sx;
+        d[i] *= sd;
+    }
+}
+
 /* Loading: item l copies layer l centred into Z (as rank.h's rg_load_centered, exactly) and
  * its row norms into d.  st: 5 f_l doubles per layer. */
 typedef struct {
@@ -71,8 +94,14 @@ static void load_item(const void *arg, int64_t l)
     double *X = j->sample ? j->Z + n * j->off[l] : j->Z + j->off[l];
     int e;
     int status = rg_load_centered(&j->layers[l], 1, X, ld, j->st + 5 * j->off[l], &e);
-    for (int64_t i = 0; status == RG_OK && i < n; i++)
+    double dmax = 0.0;
+    for (int64_t i = 0; status == RG_OK && i < n; i++) {
         j->d[l * n + i] = sumsq(X + i * ld, 1, f, ld);
+        dmax = fmax(dmax, j->d[l * n + i]);
+    }
+    if (status == RG_OK && dmax > 0.0 &&
+        (dmax > ldexp(1.0, 2 * RG_CKA_SAFE_EXP) || dmax < ldexp(1.0, -2 * RG_CKA_SAFE_EXP)))
+        unit_scale(X, n, f, ld, j->d + l * n, dmax);
     j->status[l] = status;
     rg_pool_restore_fp(fp);
 }

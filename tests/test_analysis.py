@@ -679,6 +679,23 @@ def test_stream_errors_name_the_argument():
         rg.drift_profile([])
 
 
+@pytest.mark.parametrize("shape", [(5, 300, 4, 6), (5, 40, 8, 64)])  # sample, feature space
+def test_cka_does_not_depend_on_a_layers_scale(shape):
+    # CKA sees fourth powers of a layer's values: a layer scaled by 1e-87 once gave NaN, one
+    # by 1e80 an error of 0.08.  Powers of two scale every product exactly, so the results
+    # must not move by a bit.
+    z = np.random.default_rng(17).standard_normal(shape)
+    z[1:] += 0.7 * z[:-1]
+    ref_matrix, ref_drift = rg.cka_matrix(z), rg.drift_profile(z, debiased=True)
+    for e in (-900, -500, -290, -266, 266, 500, 1000):
+        scaled = z.copy()
+        scaled[2] *= 2.0 ** e
+        scaled[4] *= 2.0 ** (e // 2)
+        np.testing.assert_array_equal(rg.cka_matrix(scaled), ref_matrix, err_msg="2^%d" % e)
+        np.testing.assert_array_equal(rg.drift_profile(scaled, debiased=True), ref_drift,
+                                      err_msg="2^%d" % e)
+
+
 @pytest.mark.parametrize("shape", [(2, 0, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0), (0, 0, 0, 0)])
 def test_empty_streams_raise_without_warnings(shape):
     # a stream without positions once warned "Mean of empty slice" and gave NaN profiles
