@@ -59,6 +59,17 @@ static void scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int 
         for (int64_t j = 0; j < cols; j++) out[i * ld + j] = out[i * ld + j] * s1 * s2;
 }
 
+/* Rows i0 .. i1 - 1 of out (f columns at ld) summed per column into blk, then blk added to
+ * sum: one block of the blocked sums (RG_SUM_BLOCK). */
+static void add_block_sums(const double *out, int64_t i0, int64_t i1, int64_t f, int64_t ld,
+                           double *blk, double *sum)
+{
+    for (int64_t j = 0; j < f; j++) blk[j] = 0.0;
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = 0; j < f; j++) blk[j] += out[i * ld + j];
+    for (int64_t j = 0; j < f; j++) sum[j] += blk[j];
+}
+
 /* Pass 1: v converted to float64 into out (rows x cols at ld), with per-column sums (blocked),
  * minima and maxima in scratch (sum | lo | hi | nan | blk, f each); x*0 is NaN exactly when x
  * is NaN or Inf.  RG_ERR_NOT_FINITE if v holds one; else the largest magnitude in *amax. */
@@ -89,10 +100,7 @@ static int load_scan(const rg_strided_matrix *v, double *out, int64_t ld, double
                 nan[j] += o[j] * 0.0;
             }
         }
-        for (int64_t j = 0; j < f; j++) blk[j] = 0.0;
-        for (int64_t i = i0; i < i1; i++)
-            for (int64_t j = 0; j < f; j++) blk[j] += out[i * ld + j];
-        for (int64_t j = 0; j < f; j++) sum[j] += blk[j];
+        add_block_sums(out, i0, i1, f, ld, blk, sum);
     }
     *amax = 0.0;
     for (int64_t j = 0; j < f; j++) {
@@ -135,14 +143,15 @@ static int load_centered_ref(const rg_strided_matrix *v, int center, double *out
                              int64_t ld, double *scratch /* 5 cols */, int *exponent)
 {
     const int64_t n = v->rows, f = v->cols;
-    double *sum = scratch, *lo = sum + f, *hi = lo + f, amax;
+    double *sum = scratch, *lo = sum + f, *hi = lo + f, *blk = hi + 2 * f, amax;
     int status = load_scan(v, out, ld, scratch, &amax);
     if (status != RG_OK) return status;
     *exponent = 0;
     if (amax == 0.0) return RG_OK;
     int e = 0;
     if (amax > ldexp(1.0, 2 * RG_SAFE_EXP)) {
-        /* sums of n such values may overflow: scale first (rare) */
+        /* sums of n such values may overflow: scale first (rare), then the same blocked
+         * sums, so the means are those of unscaled data times 2^-e exactly */
         frexp(amax, &e);
         scale_pow2(out, n, f, ld, e);
         for (int64_t j = 0; j < f; j++) {
@@ -150,8 +159,9 @@ static int load_centered_ref(const rg_strided_matrix *v, int center, double *out
             lo[j] = ldexp(lo[j], -e);
             hi[j] = ldexp(hi[j], -e);
         }
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < f; j++) sum[j] += out[i * ld + j];
+        for (int64_t i0 = 0; i0 < n; i0 += RG_SUM_BLOCK)
+            add_block_sums(out, i0, i0 + RG_SUM_BLOCK < n ? i0 + RG_SUM_BLOCK : n, f, ld, blk,
+                           sum);
     }
     double cmax = amax;
     if (center) {
