@@ -36,21 +36,14 @@ static int64_t last_partner(int64_t l, int64_t n_layers, int consecutive)
  * from the row blocks) stay on the calling thread, in the order of the single-threaded code,
  * so every value is computed by the same calls in the same order on any number of threads.
  *
- * Subnormals: the pool runs items with FTZ and DAZ on, on 1 thread as on N (rg_pool_run
- * flushes with a NULL pool too), so the thread count never changes a bit.  The loader (exact
- * copies of the caller's data: DAZ would read a float32 subnormal as zero, and a layer of them
- * would come out constant) and the sums of squares that make C run with subnormals kept
- * (rg_pool_keep_subnormals), as does everything on the calling thread.  What is flushed is
- * the inside of the Gram and cross-product GEMMs on the loaded Z, where every layer's largest
- * centred magnitude lies in [2^-300, 2^300] (rank.c rescales a layer only outside that range,
- * not to ~1).  Flushing changes an entry only if one of its partial sums falls below 2^-1022
- * (an FMA whose result stays above 2^-969 rounds a sub-2^-1022 product away anyway) or Z
- * holds a subnormal; the change is then below 2^-1022 (2^-422 of the layer's largest
- * squared entry), and in C it stayed below C's rounding in every case tried.  float32 input
- * cannot get there: its centred entries are multiples of 2^-233 (n < 2^31), so every product
- * and partial sum is 0 or at least 2^-466.  The previous, unflushed build gave the same bits
- * on every input tried, float64 layers with rows or columns scaled by 1e-160 and subnormal
- * entries included (tests/test_analysis.py has the subnormal-layer case). */
+ * Subnormals: the pool runs items with FTZ and DAZ on, on 1 thread as on N, so the thread
+ * count never changes a bit.  The loader and the sums of squares that make C keep subnormals
+ * (rg_pool_keep_subnormals): under DAZ a float32 subnormal reads as zero.  Only the Gram and
+ * cross-product GEMMs flush, on layers whose largest squared row norm is at least 2^-300
+ * (unit_scale below): a flushed value (< 2^-1022) is then over 2^700 times smaller than the
+ * layer's largest Gram entry.  float32 input never produces one (its centred entries are
+ * multiples of 2^-233).  The unflushed build gave the same bits on every input tried
+ * (tests/test_analysis.py has the subnormal-layer case). */
 
 /* CKA squares Gram entries, so it sees fourth powers of a layer's values: a layer whose rows'
  * squared norms lie outside [2^-2E, 2^2E] (E = RG_CKA_SAFE_EXP) is scaled by a power of two
