@@ -60,12 +60,8 @@ static void unit_scale(double *X, int64_t n, int64_t f, int64_t ld, double *d, d
 {
     int e;
     frexp(dmax, &e);
-    const int k = e / 2;
-    const double sx = ldexp(1.0, -k), sd = ldexp(1.0, -2 * k);
-    for (int64_t i = 0; i < n; i++) {
-        for (int64_t c = 0; c < f; c++) X[i * ld + c] *= sx;
-        d[i] *= sd;
-    }
+    rg_scale_pow2(X, n, f, ld, e / 2);
+    rg_scale_pow2(d, n, 1, 1, 2 * (e / 2));
 }
 
 /* Loading: item l copies layer l centred into Z (as rank.h's rg_load_centered, exactly) and

@@ -52,7 +52,7 @@ RG_ROW_INLINE void convert_row(const char *restrict row, int dtype, int64_t col_
 
 /* Multiply out (rows x cols at ld) by 2^-e (exact). In two halves: for subnormal data e is
  * below -1023 and 2^-e alone would overflow to inf (and 2^-1024 would itself be subnormal). */
-static void scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int e)
+void rg_scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int e)
 {
     const double s1 = ldexp(1.0, -(e / 2)), s2 = ldexp(1.0, -(e - e / 2));
     for (int64_t i = 0; i < rows; i++)
@@ -153,7 +153,7 @@ static int load_centered_ref(const rg_strided_matrix *v, int center, double *out
         /* sums of n such values may overflow: scale first (rare), then the same blocked
          * sums, so the means are those of unscaled data times 2^-e exactly */
         frexp(amax, &e);
-        scale_pow2(out, n, f, ld, e);
+        rg_scale_pow2(out, n, f, ld, e);
         for (int64_t j = 0; j < f; j++) {
             sum[j] = 0.0;
             lo[j] = ldexp(lo[j], -e);
@@ -173,7 +173,7 @@ static int load_centered_ref(const rg_strided_matrix *v, int center, double *out
     if (cmax > ldexp(1.0, RG_SAFE_EXP) || cmax < ldexp(1.0, -RG_SAFE_EXP)) {
         int e2;
         frexp(cmax, &e2);
-        scale_pow2(out, n, f, ld, e2);
+        rg_scale_pow2(out, n, f, ld, e2);
         e += e2;
     }
     *exponent = e;
@@ -338,7 +338,7 @@ static void load_span(const rg_strided_matrix *v, int64_t g, int64_t gstride, in
         for (int64_t c = q * f; c < q * f + f; c++) cmax = fmax(cmax, cabs[c]);
         if (cmax != 0.0 && (cmax > ldexp(1.0, RG_SAFE_EXP) || cmax < ldexp(1.0, -RG_SAFE_EXP))) {
             frexp(cmax, &exps[q]);
-            scale_pow2(out + q * qstride, n, f, ld, exps[q]);
+            rg_scale_pow2(out + q * qstride, n, f, ld, exps[q]);
         }
     }
 }

@@ -100,6 +100,10 @@ enum {
 int rg_load_centered(const rg_strided_matrix *v, int center, double *out /* rows x ld */, int64_t ld,
                      double *scratch /* 5 cols */, int *exponent);
 
+/* out (rows x cols at ld) times 2^-e, exactly for normal results (in two factors, so that e
+ * below -1023 does not overflow the factor). */
+void rg_scale_pow2(double *out, int64_t rows, int64_t cols, int64_t ld, int e);
+
 /* A measure of a spectrum s (k values, descending, >= 0).  An all-zero spectrum gives 0 for
  * every measure.  tol < 0 selects numpy.linalg.matrix_rank's s_max * max(n, f) * eps. */
 double rg_spectrum_measure(const double *s /* k */, int64_t k, int measure, int squared,
