@@ -1,6 +1,7 @@
 """Hidden Markov tasks: construction, sampling, the exact posterior, the Bayes and adjacent-token
 losses, each against an independent reference (brute-force enumeration of every hidden path and
-every completion, a NumPy forward-backward written here, chi-square tests on samples)."""
+every completion, a NumPy forward-backward written here, hmmlearn's forward-backward,
+chi-square tests on samples)."""
 import itertools
 
 import numpy as np
@@ -270,6 +271,63 @@ def test_posterior_matches_numpy_forward_backward_on_long_sequences():
     assert np.isfinite(post).all() and (post >= 0).all()
     np.testing.assert_allclose(post.sum(axis=2), 1.0, rtol=0, atol=1e-12)
     np.testing.assert_allclose(post, ref, rtol=0, atol=1e-10)
+
+
+def hmmlearn_posterior(T, pi, E, tokens, mask, implementation):
+    """The token posterior from hmmlearn's forward-backward (its C recursions, not ours): a
+    CategoricalHMM whose emission likelihood is 1 for every state at a masked position
+    (hmmlearn's documented extension point for custom emissions), then gamma @ E."""
+    from hmmlearn import hmm
+
+    class MaskedCategoricalHMM(hmm.CategoricalHMM):
+        def _compute_likelihood(self, X):
+            x = X[:, 0]
+            lik = np.ones((len(x), self.n_components))
+            seen = x < self.n_features
+            lik[seen] = self.emissionprob_[:, x[seen]].T
+            return lik
+
+        def _compute_log_likelihood(self, X):
+            with np.errstate(divide="ignore"):
+                return np.log(self._compute_likelihood(X))
+
+    n, L = tokens.shape
+    H, V = E.shape
+    model = MaskedCategoricalHMM(n_components=H, n_features=V, implementation=implementation)
+    model.startprob_, model.transmat_, model.emissionprob_ = pi, T, E
+    X = np.where(mask, V, tokens).reshape(-1, 1)
+    loglik, gamma = model.score_samples(X, lengths=[L] * n)
+    post = (gamma @ E).reshape(n, L, V)
+    rows, pos = np.nonzero(~mask)
+    post[rows, pos] = 0.0
+    post[rows, pos, tokens[rows, pos]] = 1.0
+    logliks = [model.score(X[i * L:(i + 1) * L]) for i in range(n)]
+    return post, np.array(logliks), loglik
+
+
+@pytest.mark.parametrize("implementation", ["scaling", "log"])
+def test_posterior_matches_hmmlearn_on_long_sequences(implementation):
+    """hmmlearn (a test extra) as a second, external forward-backward: random tasks, lengths to
+    2,000, half the tokens masked, likelihoods far below 1e-300."""
+    pytest.importorskip("hmmlearn")
+    rng = np.random.default_rng(11)
+    for H, V, L, n, xi in [(3, 5, 2000, 3, 2.0), (6, 4, 700, 5, 9.0), (2, 9, 64, 40, 0.5)]:
+        T = rg.MarkovChain.random(H, xi, seed=int(rng.integers(1000))).transition
+        E = random_emission(rng, H, V)
+        task = rg.HiddenMarkovTask(T, E)
+        tokens = task.sample(n, L, seed=int(rng.integers(1000)))
+        masked, mask = rg.mask_tokens(tokens, rate=0.5, seed=int(rng.integers(1000)),
+                                      mask_id=V)
+        post = task.posterior(masked, mask)
+        ref, logliks, total = hmmlearn_posterior(T, stationary_ref(T), E, tokens, mask,
+                                                 implementation)
+        np.testing.assert_allclose(post, ref, rtol=0, atol=1e-10)
+        # and hmmlearn agrees with this file's NumPy reference on log P(visible tokens)
+        ours, loglik = forward_backward_ref(T, stationary_ref(T), E, tokens, mask)
+        np.testing.assert_allclose(logliks, loglik, rtol=1e-10)
+        np.testing.assert_allclose(total, loglik.sum(), rtol=1e-10)
+        if L == 2000:   # an unscaled forward pass would underflow here
+            assert loglik.max() < np.log(1e-300)
 
 
 # --------------------------------------------------------------------------------------------
