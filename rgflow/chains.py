@@ -666,7 +666,14 @@ def _adjacent_nll(tokens, mask, n_states, left, init, right, emission):
     score = score * np.where(has_right[:, None], right[:, b].T, 1.0)
     if emission is not None:
         score = score @ emission
-    truth = score[np.arange(rows.size), tokens[rows, pos]] / score.sum(axis=1)
+    total = score.sum(axis=1)
+    if not np.all(total > 0.0):
+        # the visible neighbours are impossible together (or one of them on its own): no
+        # conditional law exists, as posterior and bayes_loss say for impossible tokens
+        k = int(np.argmin(total > 0.0))
+        raise ValueError("tokens: the visible neighbours of masked position (%d, %d) have "
+                         "probability zero under the chain" % (rows[k], pos[k]))
+    truth = score[np.arange(rows.size), tokens[rows, pos]] / total
     return -np.log(truth)
 
 

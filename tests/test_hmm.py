@@ -711,6 +711,25 @@ def test_impossible_visible_tokens_are_rejected():
                                                  np.array([[False, True, False]]))[0, 1], [0, 1])
 
 
+def test_adjacent_rule_rejects_impossible_visible_neighbours():
+    """The adjacent rule conditions on the visible neighbours; when they have probability zero
+    it raises as posterior and bayes_loss do (it returned NaN, with a RuntimeWarning)."""
+    never = rg.HiddenMarkovTask(GOOD_T, np.array([[0.6, 0.4, 0.0], [0.3, 0.7, 0.0]]))
+    flip = rg.HiddenMarkovTask(np.array([[0.0, 1.0], [1.0, 0.0]]), np.eye(2))
+    hide = np.array([[False, False, False], [False, True, False]])
+    for task, bad in [(never, [[0, 1, 0], [2, 0, 1]]),   # token 2 is never emitted
+                      (flip, [[0, 1, 0], [0, 1, 1]])]:   # 0 _ 1 is impossible at period 2
+        for chain in (task, task.hidden) if task is flip else (task,):
+            for run in (chain.adjacent_nll, chain.adjacent_loss):
+                with pytest.raises(ValueError, match=r"tokens.*\(1, 1\).*probability zero"):
+                    run(np.array(bad), hide)
+    # a possible pair of neighbours with an impossible true token stays -log 0 = inf, as in
+    # bayes_loss; a possible one is exact: 0 _ 0 forces 1 at period 2
+    with np.errstate(divide="ignore"):
+        assert flip.adjacent_nll(np.array([[0, 0, 0]]), hide[1:]).tolist() == [np.inf]
+    assert flip.adjacent_nll(np.array([[0, 1, 0]]), hide[1:]).tolist() == [0.0]
+
+
 # --------------------------------------------------------------------------------------------
 # The task in training, configs and the relevant context
 
