@@ -242,17 +242,22 @@ int rg_chain_eigenvalues(const double *T, int64_t V, double tol, double *re, dou
     return rc == 0 ? RG_OK : RG_ERR_LAPACK;
 }
 
-/* thr[j] = round(2^32 * sum_{k<=j} p_k), the last forced to 2^32 (V). */
+/* thr[j] = round(2^32 * sum_{k<=j} p_k), forced to 2^32 from the last positive p_j on (V).
+ * A row may sum to 1 - 1e-9 (the validation's tolerance): the missing ~4 / 2^32 goes to the
+ * last state that has probability, never to trailing zeros (which would then be sampled, and
+ * the posterior would refuse the sample as impossible).  Rows whose last entry is positive
+ * get the tables they always had. */
 static void cdf_row(const double *p, int64_t V, uint64_t *thr)
 {
     const double scale = 4294967296.0; /* 2^32 */
     double cdf = 0.0;
+    int64_t last = V - 1;
+    while (last > 0 && !(p[last] > 0.0)) last--;
     for (int64_t j = 0; j < V; j++) {
         cdf += p[j];
         double t = nearbyint(cdf * scale);
-        thr[j] = t >= scale ? (uint64_t)1 << 32 : (uint64_t)t;
+        thr[j] = j >= last || t >= scale ? (uint64_t)1 << 32 : (uint64_t)t;
     }
-    thr[V - 1] = (uint64_t)1 << 32;
 }
 
 void rg_sampler_thresholds(const double *T, const double *init, int64_t V, uint64_t *thr)

@@ -466,6 +466,24 @@ def test_sample_emission_and_transition_frequencies_chi_square():
     np.testing.assert_array_equal(states, task.hidden.sample(4000, 50, seed=3))
 
 
+def test_tokens_of_probability_zero_are_never_sampled_when_rows_sum_short():
+    """Rows may sum to 1 - 1e-9 (the tolerance). The sampler's inverse-CDF table gave the
+    missing ~4 / 2^32 to the last column even when its probability is exactly 0, so the task
+    emitted a token it cannot emit and its own posterior refused the sample as impossible.
+    Seed 74024182 was found by a search of the Philox stream: the emission stream's word 1 of
+    sequence 0 is 2^32 - 4, inside that sliver."""
+    E = np.array([[0.5, 0.5 - 9e-10, 0.0], [0.25, 0.75 - 9e-10, 0.0]])
+    task = rg.HiddenMarkovTask(GOOD_T, E)
+    assert rg._core.philox4x32_10((0, 0, 7, 0), (74024182, 0))[1] == 2**32 - 4
+    x = task.sample(1, 3, seed=74024182)
+    assert x[0, 1] == 1   # the last token of positive probability, not token 2 (was [0 2 0])
+    mask = np.array([[True, False, False]])
+    assert np.isfinite(task.bayes_loss(x, mask))
+    # rows that end in a positive entry keep their tables: the same draw gives token 2 there
+    full = rg.HiddenMarkovTask(GOOD_T, np.array([[0.5, 0.0, 0.5], [0.25, 0.0, 0.75]]))
+    assert full.sample(1, 3, seed=74024182)[0, 1] == 2
+
+
 def test_sample_reproducible_prefix_stable_and_thread_independent():
     task = rg.HiddenMarkovTask.noisy(8, 1.5, 0.3)
     a, sa = task.sample(10, 17, seed=9, hidden_states=True)
