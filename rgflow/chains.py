@@ -460,7 +460,10 @@ class HiddenMarkovTask:
         (3, 5)
         """
         noise = as_real(noise, "noise", low=0.0, high=1.0)
-        hidden = _hidden_chain(chain, n_hidden, xi, seed)
+        H = as_count(n_hidden, "n_hidden", minimum=2)
+        if H > _core.MAX_STATES:
+            raise ValueError("n_hidden must lie in [2, %d], got %d" % (_core.MAX_STATES, H))
+        hidden = _hidden_chain(chain, H, xi, seed)
         V = as_count(n_states, "n_states", minimum=2)
         if V > _core.MAX_STATES:
             raise ValueError("n_states must lie in [2, %d], got %d" % (_core.MAX_STATES, V))

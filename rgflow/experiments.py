@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from . import findings
+from . import _core, findings
 from ._util import as_count, as_mask_rate, as_real
 from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, relevance_decomposition
 from .chains import XI_MAX, HiddenMarkovTask, MarkovChain, mask_tokens
@@ -144,6 +144,9 @@ class Config:
             raise ValueError("task must be one of %s, got %r" % (TASKS, self.task))
         as_real(self.noise, "noise", low=0.0, high=1.0)
         as_count(self.n_hidden, "n_hidden", minimum=0)
+        if self.n_hidden and not 2 <= self.n_hidden <= _core.MAX_STATES:
+            raise ValueError("n_hidden must be 0 (n_states) or lie in [2, %d], got %d"
+                             % (_core.MAX_STATES, self.n_hidden))
         if self.task == "chain" and self.noise != 0.0:
             raise ValueError("noise applies to the hidden-Markov tasks, not to task='chain'")
         if self.task != "hmm-random" and self.n_hidden not in (0, self.n_states):

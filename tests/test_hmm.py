@@ -618,6 +618,20 @@ def test_bad_factory_arguments():
         rg.HiddenMarkovTask.random(3, 4, 1.0, seed=-1)
 
 
+def test_bad_n_hidden_is_named_and_refused_by_config():
+    """random(n_hidden=1) said "n_states must be >= 2" (the hidden chain's own argument), and
+    Config(task="hmm-random", n_hidden=1 or 10**6) was accepted, to fail only in run()."""
+    from rgflow.experiments import Config
+    for bad in (1, 65536, 10**6):
+        with pytest.raises(ValueError, match=r"^n_hidden must .*got %d$" % bad):
+            rg.HiddenMarkovTask.random(bad, 4, 1.0)
+        with pytest.raises(ValueError, match=r"^n_hidden must .*got %d$" % bad):
+            Config(task="hmm-random", n_hidden=bad)
+    with pytest.raises(TypeError, match="n_hidden"):
+        rg.HiddenMarkovTask.random(3.0, 4, 1.0)
+    assert Config(task="hmm-random", n_hidden=2).n_hidden == 2
+
+
 def test_bad_sample_arguments():
     task = rg.HiddenMarkovTask(GOOD_T, GOOD_E)
     for kwargs, exc, match in [
