@@ -559,6 +559,8 @@ class HiddenMarkovTask:
         n_threads = as_count(n_threads, "n_threads")
         n = as_count(n, "n")
         length = as_count(length, "length")
+        if not isinstance(hidden_states, (bool, np.bool_)):
+            raise TypeError("hidden_states must be a bool, got %s" % type(hidden_states).__name__)
         with_states = bool(hidden_states)
         if n < 2 * n_threads:
             n_threads = 1

@@ -640,7 +640,9 @@ def test_bad_sample_arguments():
             (dict(n=3.0, length=5), TypeError, "n must be an int"),
             (dict(n=3, length=5, seed=-1), ValueError, "seed"),
             (dict(n=3, length=5, n_threads=0), ValueError, "n_threads"),
-            (dict(n=2**40, length=2**40), ValueError, "too large")]:
+            (dict(n=2**40, length=2**40), ValueError, "too large"),
+            (dict(n=3, length=5, hidden_states=np.array([1, 2])), TypeError, "hidden_states"),
+            (dict(n=3, length=5, hidden_states="yes"), TypeError, "hidden_states")]:
         with pytest.raises(exc, match=match):
             task.sample(**kwargs)
 
