@@ -6,14 +6,16 @@
 /* Hidden Markov tasks: a chain over H hidden states (T (H, H) row-major, initial law pi (H))
  * emits one token per step through E (H, V), E[h*V + v] = P(token v | state h).  The exact
  * posterior of every token given the visible ones, by forward-backward over the hidden states
- * with per-step normalisation (no underflow at any length).  Sampling: chain.h, rg_source. */
+ * with per-step normalisation (no underflow at any length, nor for emission probabilities
+ * down to the smallest subnormal: tiny columns are scaled by a power of two).  Sampling:
+ * chain.h, rg_source. */
 #ifndef RG_HMM_H
 #define RG_HMM_H
 
 #include <stdint.h>
 
 /* Doubles of workspace rg_hmm_posterior needs for n sequences of length L. */
-int64_t rg_hmm_work_size(int64_t H, int64_t n, int64_t L);
+int64_t rg_hmm_work_size(int64_t H, int64_t V, int64_t n, int64_t L);
 
 /* out (n, L, V): P(x_t = v | the visible tokens of sequence i), one-hot at visible positions
  * (mask 0).  Tokens at visible positions must lie in [0, V) (unchecked: the caller validates);

@@ -378,7 +378,7 @@ exit:
 static int posterior_buffers(const observed *o, PyArrayObject **out, double **work)
 {
     const int64_t n = o->n, L = o->L, H = o->chain.V, V = o->chain.n_tokens;
-    const int64_t n_work = o->chain.E.a ? rg_hmm_work_size(H, n, L) : 2 * n * V;
+    const int64_t n_work = o->chain.E.a ? rg_hmm_work_size(H, V, n, L) : 2 * n * V;
     char what[200];
     snprintf(what, sizeof what, "posterior of tokens: n * length * V = %lld x %lld x %lld "
              "float64", (long long)n, (long long)L, (long long)V);

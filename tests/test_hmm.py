@@ -330,6 +330,27 @@ def test_posterior_matches_hmmlearn_on_long_sequences(implementation):
             assert loglik.max() < np.log(1e-300)
 
 
+def test_tiny_emission_probabilities_do_not_underflow_to_impossible():
+    """A visible token whose every emission probability is tiny (1e-200 after a state of
+    probability 1e-200; a subnormal 1e-320) is possible: the posterior and the Bayes loss stay
+    finite and equal hmmlearn's log-space recursions, where a plain product underflows to 0."""
+    pytest.importorskip("hmmlearn")
+    cases = [
+        (np.array([[1 - 1e-200, 1e-200], [.5, .5]]), np.array([[1, 0], [1 - 1e-200, 1e-200]]),
+         [0, 1, 0, 0], [0, 0, 0, 1]),
+        (np.array([[.9, .1], [.2, .8]]), np.array([[.5, .5, 0], [.5, .5, 1e-320]]),
+         [0, 2, 1, 0, 1, 2, 2], [1, 0, 1, 0, 1, 0, 1])]
+    for T, E, tokens, mask in cases:
+        task = rg.HiddenMarkovTask(T, E)
+        tokens = np.array([tokens], dtype=np.int32)
+        mask = np.array([mask], dtype=bool)
+        masked = np.where(mask, E.shape[1], tokens).astype(np.int32)
+        post = task.posterior(masked, mask)
+        ref = hmmlearn_posterior(T, stationary_ref(T), E, tokens, mask, "log")[0]
+        np.testing.assert_allclose(post, ref, rtol=1e-12, atol=0)
+        assert np.isfinite(task.bayes_loss(tokens, mask))
+
+
 # --------------------------------------------------------------------------------------------
 # Bayes loss and the adjacent-token rule
 
