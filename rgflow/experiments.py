@@ -152,6 +152,8 @@ class Config:
         if self.task != "hmm-random" and self.n_hidden not in (0, self.n_states):
             raise ValueError("n_hidden applies to task='hmm-random' only (task=%r has "
                              "n_states hidden states)" % self.task)
+        if self.n_hidden == self.n_states:   # one spelling of one task, so one key
+            object.__setattr__(self, "n_hidden", 0)
         if self.schedule not in SCHEDULES:
             raise ValueError("schedule must be one of %s, got %r" % (SCHEDULES, self.schedule))
         for name in ("n_states", "length", "width", "hidden", "depth", "steps", "batch_size",
