@@ -119,10 +119,10 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     n = x.shape[0]
     seen = []  # per batch: one tensor per captured layer, in order
 
-    def keep(slot, name, pick):
+    def keep(slot, name, take):
         def hook(mod, args, result=None):
-            value = pick(args, result)
-            seen[-1][slot] = _tensor_of(value, name, output).detach()
+            value = take(args, result)
+            seen[-1][slot] = _copy(_tensor_of(value, name, output), pick)
         return hook
 
     hooks, out = [], None
@@ -151,16 +151,6 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
                     raise ValueError("captured layers have unequal output shapes %s; choose "
                                      "layers of one shape" % sorted(shapes))
                 shape = shapes.pop()
-                if pick is not None:
-                    if len(shape) < 3:
-                        raise ValueError("positions= needs layer outputs with a position axis "
-                                         "(n, length, ...), got shape %s" % (shape,))
-                    try:
-                        got = [t[:, pick] for t in got]
-                    except IndexError as exc:
-                        raise ValueError("positions: %s (the outputs have %d positions)"
-                                         % (exc, shape[1])) from None
-                    shape = tuple(got[0].shape)
                 if shape[0] != min(batch_size, n - lo):
                     raise ValueError("layer outputs have batch dimension %d, not the inputs' "
                                      "%d" % (shape[0], min(batch_size, n - lo)))
@@ -173,13 +163,30 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
                     raise ValueError("layer outputs change shape between batches (%s, then "
                                      "%s)" % (out.shape[2:], shape[1:]))
                 for k, t in enumerate(got):
-                    out[k, lo:lo + shape[0]] = t.to(torch.float32).numpy()
+                    out[k, lo:lo + shape[0]] = t.numpy()
     finally:
         for h in hooks:
             h.remove()
         for m, training in modes:
             m.training = training
     return out
+
+
+def _copy(t, pick):
+    """A float32 copy of the positions ``pick`` of the tensor a hook saw, taken when the hook
+    runs: the model may later change that tensor in place (``h += block(h)``, an in-place
+    activation), which would change a stored reference."""
+    t = t.detach()
+    if pick is not None:
+        if t.dim() < 3:
+            raise ValueError("positions= needs layer outputs with a position axis "
+                             "(n, length, ...), got shape %s" % (tuple(t.shape),))
+        try:
+            t = t[:, pick]
+        except IndexError as exc:
+            raise ValueError("positions: %s (the outputs have %d positions)"
+                             % (exc, t.shape[1])) from None
+    return t.to(torch.float32, copy=True)
 
 
 def _positions(positions):

@@ -192,3 +192,41 @@ def test_a_first_layer_called_with_keywords_says_what_to_do():
         capture(net, torch.randn(2, 3))
     assert capture(net, torch.randn(2, 3), include_input=False).shape == (2, 2, 3)
     assert no_hooks(net)
+
+
+def test_outputs_are_copied_before_later_in_place_updates():
+    """A later in-place op (ReLU(inplace=True) after a captured layer, a residual stream
+    updated with +=) must not change what was captured: the hand-collected values, exact."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4))
+    x = torch.randn(9, 4)
+    stream = capture(net, x, batch_size=4)
+    with torch.no_grad():
+        a = net[0](x)
+        ref = [x, a, torch.relu(a), net[2](torch.relu(a))]
+    # 1e-6: a batch of 1 (the last of 4, 4, 1) rounds a matmul differently from one of 9
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=0, atol=1e-6)
+    assert (stream[1] < -0.1).any()    # the Linear's output before the ReLU
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Linear(3, 3)
+            self.blocks = nn.ModuleList(nn.Linear(3, 3) for _ in range(2))
+
+        def forward(self, x):
+            h = self.emb(x)
+            for b in self.blocks:
+                h += b(h)             # the input the pre-hook saw is changed in place
+            return h
+
+    net = InPlace()
+    x = torch.randn(5, 4, 3)
+    stream = capture(net, x, positions=[0, 2])
+    with torch.no_grad():
+        h = net.emb(x)
+        ref = [h]
+        for b in net.blocks:
+            ref.append(b(h))
+            h = h + ref[-1]
+    np.testing.assert_array_equal(stream, torch.stack(ref)[:, :, [0, 2]].numpy())
