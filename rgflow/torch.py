@@ -118,34 +118,61 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     include_input = layers is None if include_input is None else bool(include_input)
     n = x.shape[0]
     seen = []  # per batch: one tensor per captured layer, in order
+    slots = len(chosen) + include_input
+    # a module may be selected several times (a shared block listed k times in a ModuleList):
+    # its k-th call in a forward pass fills its k-th slot
+    selected = {}  # id(module) -> (first name, module, its slots in order)
+    for k, (name, m) in enumerate(chosen):
+        selected.setdefault(id(m), (name, m, []))[2].append(k + include_input)
+    calls = {}
 
-    def keep(slot, name, take):
-        def hook(mod, args, result=None):
-            value = take(args, result)
-            seen[-1][slot] = _copy(_tensor_of(value, name, output), pick)
+    def keep_input(name):
+        def hook(mod, args):
+            if seen[-1][0] is None:  # the first call's input
+                seen[-1][0] = _copy(_tensor_of(_first_input(args), name, output), pick)
+        return hook
+
+    def keep_output(key, name, where):
+        def hook(mod, args, result):
+            c = calls[key] = calls.get(key, 0) + 1
+            if c <= len(where):
+                seen[-1][where[c - 1]] = _copy(_tensor_of(result, name, output), pick)
         return hook
 
     hooks, out = [], None
     modes = [(m, m.training) for m in module.modules()]  # eval() below sets every submodule
     try:
-        slots = len(chosen) + include_input
         if include_input:
             first_name, first = chosen[0]
-            hooks.append(first.register_forward_pre_hook(
-                keep(0, first_name + " (input)", _first_input)))
-        for k, (name, m) in enumerate(chosen):
-            hooks.append(m.register_forward_hook(keep(k + include_input, name,
-                                                      lambda args, result: result)))
+            hooks.append(first.register_forward_pre_hook(keep_input(first_name + " (input)")))
+        for key, (name, m, where) in selected.items():
+            hooks.append(m.register_forward_hook(keep_output(key, name, where)))
         module.eval()
         with torch.no_grad():
             for lo in range(0, n, batch_size):
                 seen.append([None] * slots)
+                calls.clear()
                 module(x[lo:lo + batch_size])
                 got = seen.pop()
-                missing = [i for i, t in enumerate(got) if t is None]
-                if missing:
+                for key, (name, m, where) in selected.items():
+                    c = calls.get(key, 0)
+                    if c == 0:
+                        raise ValueError("layer %r did not run in the forward pass%s" % (
+                            name, " (a %s is a container that never runs: select its "
+                            "children)" % type(m).__name__ if isinstance(
+                                m, (torch.nn.ModuleList, torch.nn.ModuleDict)) else ""))
+                    if c == 1:  # selected more than once, run once: its output each time
+                        for slot in where[1:]:
+                            got[slot] = got[where[0]]
+                    elif c != len(where):
+                        raise ValueError(
+                            "layer %r ran %d times in one forward pass but is selected %d "
+                            "time(s); capture takes one output per selection (a module "
+                            "selected k times takes its k calls in order): select modules "
+                            "that run once" % (name, c, len(where)))
+                if got[0] is None:
                     raise ValueError("layer %r did not run in the forward pass"
-                                     % _slot_name(chosen, include_input, missing[0]))
+                                     % _slot_name(chosen, include_input, 0))
                 shapes = {tuple(t.shape) for t in got}
                 if len(shapes) != 1:
                     raise ValueError("captured layers have unequal output shapes %s; choose "
@@ -202,7 +229,7 @@ def _positions(positions):
     return torch.as_tensor(np.atleast_1d(idx).astype(np.int64))
 
 
-def _first_input(args, _):
+def _first_input(args):
     """The tensor the first layer receives: its one positional argument."""
     if len(args) != 1:
         raise ValueError("the first layer receives %d positional arguments, not one tensor: "

@@ -230,3 +230,43 @@ def test_outputs_are_copied_before_later_in_place_updates():
             ref.append(b(h))
             h = h + ref[-1]
     np.testing.assert_array_equal(stream, torch.stack(ref)[:, :, [0, 2]].numpy())
+
+
+class Tied(nn.Module):
+    """One block applied three times (weight sharing): a ModuleList holding it thrice."""
+
+    def __init__(self):
+        super().__init__()
+        block = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+        self.blocks = nn.ModuleList([block, block, block])
+
+    def forward(self, z):
+        for b in self.blocks:
+            z = z + b(z)
+        return z
+
+
+def test_a_shared_block_gives_each_call_its_own_layer():
+    """The k-th call of a module listed k times is its k-th layer (the hooks saw every call and
+    kept the last: all three outputs and the input were the last call's); a module selected
+    once that runs more than once is an error, not its last call."""
+    torch.manual_seed(3)
+    net = Tied()
+    x = torch.randn(6, 3)
+    stream = capture(net, x)
+    with torch.no_grad():
+        z, ref = x, [x]
+        for b in net.blocks:
+            ref.append(b(z))
+            z = z + ref[-1]
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=0, atol=1e-6)
+    assert np.abs(stream[1] - stream[3]).max() > 0.01
+    with pytest.raises(ValueError, match=r"'blocks.0' ran 3 times in one forward pass"):
+        capture(net, x, layers=["blocks.0"])
+    with pytest.raises(ValueError, match=r"'blocks.0.0' ran 3 times"):
+        capture(net, x, layers=[net.blocks[0][0], "blocks.0.1"])
+    # a layer selected twice that runs once: its output twice
+    plain = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    twice = capture(plain, x, layers=["1", "0", "1"])
+    np.testing.assert_array_equal(twice[0], twice[2])
+    assert no_hooks(net) and no_hooks(plain)
