@@ -81,7 +81,9 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     ----------
     module : torch.nn.Module on the CPU. It runs in eval mode; every submodule's mode is
         restored after.
-    inputs : tensor or array, (n, ...): one batch dimension first (e.g. (n, length) tokens).
+    inputs : tensor or array, (n, ...): one batch dimension first (e.g. (n, length) tokens);
+        a tuple of tensors/arrays, each (n, ...), for a model taking several positional
+        inputs. A NumPy float array is converted to the model's parameter dtype.
     layers : None (default: the residual blocks, :func:`residual_blocks`), submodule names,
         submodules, or a callable ``layers(module)`` returning either.
     include_input : also take the input of the first layer as layer 0 (the embedding the
@@ -108,15 +110,12 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     if devices - {"cpu"}:
         raise ValueError("module is on %s; capture runs on the CPU: call module.cpu() first"
                          % ", ".join(sorted(devices - {"cpu"})))
-    x = inputs if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs))
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError("inputs must have a batch dimension of at least one sample, got "
-                         "shape %s" % (tuple(x.shape),))
+    xs = _inputs(module, inputs)
     batch_size = as_count(batch_size, "batch_size")
     pick = _positions(positions)
     chosen = _layers(module, layers)
     include_input = layers is None if include_input is None else bool(include_input)
-    n = x.shape[0]
+    n = xs[0].shape[0]
     seen = []  # per batch: one tensor per captured layer, in order
     slots = len(chosen) + include_input
     # a module may be selected several times (a shared block listed k times in a ModuleList):
@@ -152,7 +151,7 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
             for lo in range(0, n, batch_size):
                 seen.append([None] * slots)
                 calls.clear()
-                module(x[lo:lo + batch_size])
+                module(*(x[lo:lo + batch_size] for x in xs))
                 got = seen.pop()
                 for key, (name, m, where) in selected.items():
                     c = calls.get(key, 0)
@@ -197,6 +196,29 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
         for m, training in modes:
             m.training = training
     return out
+
+
+def _inputs(module, inputs):
+    """capture's inputs as a list of tensors with one batch dimension of the same length: a
+    tuple of tensors/arrays is the model's positional inputs; a NumPy (or nested-list) float
+    array takes the dtype of the model's floating parameters."""
+    several = isinstance(inputs, tuple) and len(inputs) > 0 and all(
+        torch.is_tensor(v) or isinstance(v, np.ndarray) for v in inputs)
+    floating = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    xs = []
+    for v in (inputs if several else (inputs,)):
+        if not torch.is_tensor(v):
+            v = torch.from_numpy(np.ascontiguousarray(v))  # (a reversed array is copied)
+            if v.is_floating_point() and floating is not None:
+                v = v.to(floating)
+        if v.dim() < 1 or v.shape[0] == 0:
+            raise ValueError("inputs must have a batch dimension of at least one sample, got "
+                             "shape %s" % (tuple(v.shape),))
+        xs.append(v)
+    if len({v.shape[0] for v in xs}) > 1:
+        raise ValueError("inputs: a tuple of inputs must share the batch dimension, got "
+                         "shapes %s" % ", ".join(str(tuple(v.shape)) for v in xs))
+    return xs
 
 
 def _copy(t, pick):

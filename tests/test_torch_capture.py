@@ -270,3 +270,40 @@ def test_a_shared_block_gives_each_call_its_own_layer():
     twice = capture(plain, x, layers=["1", "0", "1"])
     np.testing.assert_array_equal(twice[0], twice[2])
     assert no_hooks(net) and no_hooks(plain)
+
+
+def test_several_inputs_and_numpy_inputs():
+    """A tuple of tensors/arrays is the model's positional inputs, batched together (it was
+    stacked into one array: 2 'samples'); a NumPy float array takes the model's dtype, and a
+    reversed (negative-stride) array is taken as it is."""
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(3, 3) for _ in range(2))
+
+        def forward(self, x, y):
+            x = x + y
+            for b in self.blocks:
+                x = torch.tanh(b(x))
+            return x
+
+    torch.manual_seed(4)
+    net = TwoInputs()
+    x, y = torch.randn(7, 3), np.random.default_rng(0).normal(size=(7, 3))   # float64 array
+    stream = capture(net, (x, y), batch_size=3)
+    assert stream.shape == (3, 7, 3)
+    with torch.no_grad():
+        z = x + torch.as_tensor(y, dtype=torch.float32)
+        ref = [z]
+        for b in net.blocks:
+            ref.append(b(z))
+            z = torch.tanh(ref[-1])
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="inputs"):
+        capture(net, (x, y[:5]))
+    seq = nn.Sequential(nn.Embedding(9, 4), nn.Linear(4, 4))
+    tokens = np.random.default_rng(1).integers(0, 9, (5, 6))
+    np.testing.assert_array_equal(capture(seq, tokens[::-1, ::-1], include_input=False),
+                                  capture(seq, tokens[::-1, ::-1].copy(), include_input=False))
+    with pytest.raises(TypeError, match="positional"):
+        capture(seq, (torch.as_tensor(tokens), torch.as_tensor(tokens)))
