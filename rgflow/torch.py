@@ -9,6 +9,8 @@ Needs PyTorch (the ``ref`` extra); ``import rgflow`` never imports this module.
 >>> stream = capture(net, tokens)   # doctest: +SKIP
 >>> rg.rank_profile(stream, "position")                              # doctest: +SKIP
 """
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -37,6 +39,10 @@ def _layers(module, layers):
         layers = layers(module)
     if isinstance(layers, (str, torch.nn.Module)):
         layers = [layers]
+    # a set has no order (and a set of names changes order between processes)
+    if isinstance(layers, (set, frozenset)) or not hasattr(layers, "__iter__"):
+        raise TypeError("layers must be a name, a module, or an ordered sequence of them (or "
+                        "a callable returning one), got %s" % type(layers).__name__)
     by_name = dict(module.named_modules())
     by_id = {id(m): name for name, m in module.named_modules()}
     out = []
@@ -61,12 +67,22 @@ def _layers(module, layers):
 
 
 def _tensor_of(value, name, output):
-    """The tensor a hook saw: ``value`` itself, or its element ``output`` of a tuple/list."""
-    if isinstance(value, (tuple, list)):
+    """The tensor a hook saw: ``value`` itself, or its element ``output`` of a tuple/list or
+    dict (any Mapping)."""
+    if torch.is_tensor(value):
+        return value
+    if isinstance(value, (tuple, list, Mapping)):
+        what = ("a dict with keys %s" % list(value)[:8] if isinstance(value, Mapping) else
+                "a %s of %d" % (type(value).__name__, len(value)))
         if output is None:
-            raise ValueError("layer %r returns a %s of %d; pass output=<index> to say which "
-                             "element to take" % (name, type(value).__name__, len(value)))
-        value = value[output]
+            raise ValueError("layer %r returns %s; pass output=<%s> to say which element to "
+                             "take" % (name, what, "key" if isinstance(value, Mapping)
+                                       else "index"))
+        try:
+            value = value[output]
+        except (IndexError, KeyError, TypeError):
+            raise ValueError("layer %r returns %s, which has no element output=%r"
+                             % (name, what, output)) from None
     if not torch.is_tensor(value):
         raise TypeError("layer %r returns %s, not a tensor" % (name, type(value).__name__))
     return value
@@ -88,7 +104,8 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
         submodules, or a callable ``layers(module)`` returning either.
     include_input : also take the input of the first layer as layer 0 (the embedding the
         blocks receive); default True when ``layers`` is None, else False.
-    output : for layers returning a tuple or list, the index of the element to take.
+    output : for layers returning a tuple or list, the index of the element to take; for
+        layers returning a dict, its key.
     batch_size : sequences per forward pass (memory stays bounded by one batch).
     positions : None (all), or an int, slice or 1-D sequence of indices along the axis after
         the batch (the positions of a (n, length, width) output): only those are kept, so

@@ -307,3 +307,44 @@ def test_several_inputs_and_numpy_inputs():
                                   capture(seq, tokens[::-1, ::-1].copy(), include_input=False))
     with pytest.raises(TypeError, match="positional"):
         capture(seq, (torch.as_tensor(tokens), torch.as_tensor(tokens)))
+
+
+def test_dict_outputs_and_layer_selections_that_cannot_be_ordered():
+    class DictBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, z):
+            return {"hidden": z + torch.tanh(self.fc(z)), "norm": z.norm()}
+
+    class DictNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(DictBlock() for _ in range(2))
+
+        def forward(self, z):
+            for b in self.blocks:
+                z = b(z)["hidden"]
+            return z
+
+    torch.manual_seed(5)
+    net, x = DictNet(), torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"'blocks.0' returns a dict with keys \['hidden', "
+                                         r"'norm'\]; pass output="):
+        capture(net, x)
+    stream = capture(net, x, output="hidden")
+    with torch.no_grad():
+        ref = [x, net.blocks[0](x)["hidden"]]
+        ref.append(net.blocks[1](ref[-1])["hidden"])
+    np.testing.assert_array_equal(stream, torch.stack(ref).numpy())
+    with pytest.raises(ValueError, match=r"'blocks.0'.*output='h'"):
+        capture(net, x, output="h")
+    with pytest.raises(ValueError, match=r"'blocks.0' returns a tuple of 2.*output=5"):
+        capture(TupleNet(d=3), x, output=5)
+    # a set has no order (string hashes change per process): the layers' order would vary
+    with pytest.raises(TypeError, match="layers"):
+        capture(net, x, layers={"blocks.0", "blocks.1"}, output="hidden")
+    with pytest.raises(TypeError, match="layers"):
+        capture(net, x, layers=lambda m: None, output="hidden")
+    assert no_hooks(net)
