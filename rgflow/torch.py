@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from ._util import as_count, check_memory
+from ._util import as_bool_mask, as_count, as_mask_rate, as_real, as_seed, check_memory
 
 __all__ = ["capture", "residual_blocks", "TransformerMLM", "train_transformer"]
 
@@ -312,7 +312,7 @@ class TransformerMLM(torch.nn.Module):
         if self.width % heads:
             raise ValueError("width (%d) must be a multiple of heads (%d)" % (width, heads))
         hidden = 4 * self.width if hidden is None else as_count(hidden, "hidden")
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(as_seed(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
             self.embed = torch.nn.Embedding(self.n_states + 1, self.width)
@@ -332,10 +332,13 @@ class TransformerMLM(torch.nn.Module):
         return self.final_norm(h) @ self.embed.weight[:self.n_states].T
 
     def _tokens(self, tokens):
-        t = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
-        if t.dim() != 2 or t.shape[1] != self.length:
-            raise ValueError("tokens must have shape (n, %d), got %s" % (self.length,
-                                                                       tuple(t.shape)))
+        a = tokens.numpy() if torch.is_tensor(tokens) else np.asarray(tokens)
+        if a.dtype.kind not in "iu":  # a float id would be truncated, a bool taken as 0/1
+            raise TypeError("tokens must be an integer array, got dtype %s" % a.dtype)
+        t = torch.as_tensor(a, dtype=torch.int64)
+        if t.dim() != 2 or t.shape[1] != self.length or t.shape[0] == 0:
+            raise ValueError("tokens must have shape (n >= 1, %d), got %s"
+                             % (self.length, tuple(t.shape)))
         if t.numel() and (t.min() < 0 or t.max() > self.n_states):
             raise ValueError("tokens must lie in [0, %d] (%d = MASK)" % (self.n_states,
                                                                         self.n_states))
@@ -345,6 +348,7 @@ class TransformerMLM(torch.nn.Module):
         """(n, length) ids -> (n, length, n_states) float32 logits, without gradients, in
         eval mode (restored after)."""
         t = self._tokens(tokens)
+        batch_size = as_count(batch_size, "batch_size")
         was = self.training
         self.eval()
         try:
@@ -361,8 +365,8 @@ class TransformerMLM(torch.nn.Module):
     def loss(self, masked_tokens, tokens, mask):
         """Mean masked cross-entropy (nats) of a batch, without gradients."""
         z = torch.as_tensor(self.logits(masked_tokens), dtype=torch.float64)
-        m = torch.as_tensor(np.asarray(mask, dtype=bool))
-        y = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
+        m = torch.as_tensor(as_bool_mask(mask, z.shape[:2]))
+        y = self._tokens(tokens)
         return float(torch.nn.functional.cross_entropy(z[m], y[m]))
 
 
@@ -376,29 +380,45 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     held-out evaluation. Returns an :class:`rgflow.History` (no ``flow``). ``progress``: a
     tqdm bar if true, or a callable called with the steps done every 25 steps (as
     :func:`rgflow.train` does). Ctrl-C, or a sweep's stop request, ends training at the next
-    25-step boundary with :class:`rgflow.TrainingInterrupted`.
+    25-step boundary with :class:`rgflow.TrainingInterrupted` (the model is left in eval
+    mode). The arguments are checked as :func:`rgflow.train` checks them (``steps`` >= 1:
+    the model has no step counter to continue from); ``eval_every=0`` evaluates only at the
+    end, and a non-finite training loss raises FloatingPointError naming the step.
     """
     import time
-    from ._util import as_real, as_seed
+    from .chains import HiddenMarkovTask, MarkovChain
     from .train import CHUNK_STEPS, TrainingInterrupted, _deferred_sigint, _held_out, _stop_check
 
     if not isinstance(model, TransformerMLM):
         raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
+    if not isinstance(chain, (MarkovChain, HiddenMarkovTask)):
+        raise TypeError("chain must be a MarkovChain or a HiddenMarkovTask, got %s"
+                        % type(chain).__name__)
     if chain.n_states != model.n_states:
         raise ValueError("chain has n_states = %d but the model has n_states = %d"
                          % (chain.n_states, model.n_states))
+    # every argument checked as train() checks it, before any work
     steps = as_count(steps, "steps")
     batch_size = as_count(batch_size, "batch_size")
+    lr = as_real(lr, "lr", low=0.0, high=float("inf"), high_open=True)
+    weight_decay = as_real(weight_decay, "weight_decay", low=0.0)
+    mask_rate = as_mask_rate(mask_rate)
+    mask_span = as_count(mask_span, "mask_span")
     seed = as_seed(seed)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError("schedule must be 'constant' or 'cosine', got %r" % (schedule,))
+    warmup = as_count(warmup, "warmup", minimum=0)
     total = steps if total_steps is None else as_count(total_steps, "total_steps")
-    eval_every = max(1, steps // 10) if eval_every is None else as_count(eval_every,
-                                                                         "eval_every")
+    # None or <= 0: no clipping, as in train()
+    clip = 0.0 if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm")
+    # 0: evaluate only at the end, as in train()
+    eval_every = as_count(max(1, steps // 10) if eval_every is None else eval_every,
+                          "eval_every", minimum=0)
+    eval_size = as_count(eval_size, "eval_size")
     t0 = time.perf_counter()
-    hist, floor = _held_out(chain, model, seed, as_count(eval_size, "eval_size"), mask_rate,
-                            mask_span)
+    hist, floor = _held_out(chain, model, seed, eval_size, mask_rate, mask_span)
     ev_tokens, ev_masked, ev_mask = hist.eval_batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    clip = None if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm", low=0.0)
     losses, lrs, ev_steps, ev_loss = [], [], [], []
     source = chain._source()
     bar = None
@@ -415,10 +435,15 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
                               ev_steps, ev_loss, (ev_tokens, ev_masked, ev_mask), report,
                               lambda: sigint[0] or (external is not None and external()),
                               CHUNK_STEPS, TrainingInterrupted)
+        except KeyboardInterrupt as exc:  # e.g. from a progress callback, as train() does
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted("train_transformer interrupted after step %d of %d"
+                                      % (len(losses), steps)) from exc
         finally:
+            model.eval()
             if bar is not None:
                 bar.close()
-    model.eval()
     hist.steps = np.arange(1, len(losses) + 1, dtype=np.int64)
     hist.losses = np.asarray(losses)
     hist.lrs = np.asarray(lrs)
@@ -445,14 +470,17 @@ def _transformer_loop(model, opt, source, steps, seed, batch_size, mask_rate, ma
         z = model(torch.as_tensor(masked, dtype=torch.int64))
         loss = torch.nn.functional.cross_entropy(z[m], torch.as_tensor(tokens,
                                                                       dtype=torch.int64)[m])
+        if not torch.isfinite(loss):  # as train(): not an update on a NaN gradient
+            raise FloatingPointError("training loss became %r at step %d (lr %.3g)"
+                                     % (float(loss.detach()), step, rate))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip:
+        if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         losses.append(float(loss.detach()))
         lrs.append(rate)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+        if (eval_every and (step + 1) % eval_every == 0) or step + 1 == steps:
             ev_steps.append(step + 1)
             ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
             model.train()
