@@ -225,7 +225,10 @@ def _inputs(module, inputs):
     xs = []
     for v in (inputs if several else (inputs,)):
         if not torch.is_tensor(v):
-            v = torch.from_numpy(np.ascontiguousarray(v))  # (a reversed array is copied)
+            a = np.asarray(v)
+            if any(stride < 0 for stride in a.strides):  # a reversed array: torch refuses it
+                a = a.copy()
+            v = torch.from_numpy(a)
             if v.is_floating_point() and floating is not None:
                 v = v.to(floating)
         if v.dim() < 1 or v.shape[0] == 0:

@@ -307,6 +307,8 @@ def test_several_inputs_and_numpy_inputs():
                                   capture(seq, tokens[::-1, ::-1].copy(), include_input=False))
     with pytest.raises(TypeError, match="positional"):
         capture(seq, (torch.as_tensor(tokens), torch.as_tensor(tokens)))
+    with pytest.raises(ValueError, match="batch dimension"):
+        capture(seq, np.int64(3))
 
 
 def test_dict_outputs_and_layer_selections_that_cannot_be_ordered():
