@@ -9,10 +9,12 @@ Needs PyTorch (the ``ref`` extra); ``import rgflow`` never imports this module.
 >>> stream = capture(net, tokens)   # doctest: +SKIP
 >>> rg.rank_profile(stream, "position")                              # doctest: +SKIP
 """
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
-from ._util import as_count, check_memory
+from ._util import as_bool_mask, as_count, as_mask_rate, as_real, as_seed, check_memory
 
 __all__ = ["capture", "residual_blocks", "TransformerMLM", "train_transformer"]
 
@@ -37,6 +39,10 @@ def _layers(module, layers):
         layers = layers(module)
     if isinstance(layers, (str, torch.nn.Module)):
         layers = [layers]
+    # a set has no order (and a set of names changes order between processes)
+    if isinstance(layers, (set, frozenset)) or not hasattr(layers, "__iter__"):
+        raise TypeError("layers must be a name, a module, or an ordered sequence of them (or "
+                        "a callable returning one), got %s" % type(layers).__name__)
     by_name = dict(module.named_modules())
     by_id = {id(m): name for name, m in module.named_modules()}
     out = []
@@ -61,12 +67,22 @@ def _layers(module, layers):
 
 
 def _tensor_of(value, name, output):
-    """The tensor a hook saw: ``value`` itself, or its element ``output`` of a tuple/list."""
-    if isinstance(value, (tuple, list)):
+    """The tensor a hook saw: ``value`` itself, or its element ``output`` of a tuple/list or
+    dict (any Mapping)."""
+    if torch.is_tensor(value):
+        return value
+    if isinstance(value, (tuple, list, Mapping)):
+        what = ("a dict with keys %s" % list(value)[:8] if isinstance(value, Mapping) else
+                "a %s of %d" % (type(value).__name__, len(value)))
         if output is None:
-            raise ValueError("layer %r returns a %s of %d; pass output=<index> to say which "
-                             "element to take" % (name, type(value).__name__, len(value)))
-        value = value[output]
+            raise ValueError("layer %r returns %s; pass output=<%s> to say which element to "
+                             "take" % (name, what, "key" if isinstance(value, Mapping)
+                                       else "index"))
+        try:
+            value = value[output]
+        except (IndexError, KeyError, TypeError):
+            raise ValueError("layer %r returns %s, which has no element output=%r"
+                             % (name, what, output)) from None
     if not torch.is_tensor(value):
         raise TypeError("layer %r returns %s, not a tensor" % (name, type(value).__name__))
     return value
@@ -81,12 +97,15 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     ----------
     module : torch.nn.Module on the CPU. It runs in eval mode; every submodule's mode is
         restored after.
-    inputs : tensor or array, (n, ...): one batch dimension first (e.g. (n, length) tokens).
+    inputs : tensor or array, (n, ...): one batch dimension first (e.g. (n, length) tokens);
+        a tuple of tensors/arrays, each (n, ...), for a model taking several positional
+        inputs. A NumPy float array is converted to the model's parameter dtype.
     layers : None (default: the residual blocks, :func:`residual_blocks`), submodule names,
         submodules, or a callable ``layers(module)`` returning either.
     include_input : also take the input of the first layer as layer 0 (the embedding the
         blocks receive); default True when ``layers`` is None, else False.
-    output : for layers returning a tuple or list, the index of the element to take.
+    output : for layers returning a tuple or list, the index of the element to take; for
+        layers returning a dict, its key.
     batch_size : sequences per forward pass (memory stays bounded by one batch).
     positions : None (all), or an int, slice or 1-D sequence of indices along the axis after
         the batch (the positions of a (n, length, width) output): only those are kept, so
@@ -108,59 +127,73 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
     if devices - {"cpu"}:
         raise ValueError("module is on %s; capture runs on the CPU: call module.cpu() first"
                          % ", ".join(sorted(devices - {"cpu"})))
-    x = inputs if torch.is_tensor(inputs) else torch.as_tensor(np.asarray(inputs))
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError("inputs must have a batch dimension of at least one sample, got "
-                         "shape %s" % (tuple(x.shape),))
+    xs = _inputs(module, inputs)
     batch_size = as_count(batch_size, "batch_size")
     pick = _positions(positions)
     chosen = _layers(module, layers)
     include_input = layers is None if include_input is None else bool(include_input)
-    n = x.shape[0]
+    n = xs[0].shape[0]
     seen = []  # per batch: one tensor per captured layer, in order
+    slots = len(chosen) + include_input
+    # a module may be selected several times (a shared block listed k times in a ModuleList):
+    # its k-th call in a forward pass fills its k-th slot
+    selected = {}  # id(module) -> (first name, module, its slots in order)
+    for k, (name, m) in enumerate(chosen):
+        selected.setdefault(id(m), (name, m, []))[2].append(k + include_input)
+    calls = {}
 
-    def keep(slot, name, pick):
-        def hook(mod, args, result=None):
-            value = pick(args, result)
-            seen[-1][slot] = _tensor_of(value, name, output).detach()
+    def keep_input(name):
+        def hook(mod, args):
+            if seen[-1][0] is None:  # the first call's input
+                seen[-1][0] = _copy(_tensor_of(_first_input(args), name, output), pick)
+        return hook
+
+    def keep_output(key, name, where):
+        def hook(mod, args, result):
+            c = calls[key] = calls.get(key, 0) + 1
+            if c <= len(where):
+                seen[-1][where[c - 1]] = _copy(_tensor_of(result, name, output), pick)
         return hook
 
     hooks, out = [], None
     modes = [(m, m.training) for m in module.modules()]  # eval() below sets every submodule
     try:
-        slots = len(chosen) + include_input
         if include_input:
             first_name, first = chosen[0]
-            hooks.append(first.register_forward_pre_hook(
-                keep(0, first_name + " (input)", _first_input)))
-        for k, (name, m) in enumerate(chosen):
-            hooks.append(m.register_forward_hook(keep(k + include_input, name,
-                                                      lambda args, result: result)))
+            hooks.append(first.register_forward_pre_hook(keep_input(first_name + " (input)")))
+        for key, (name, m, where) in selected.items():
+            hooks.append(m.register_forward_hook(keep_output(key, name, where)))
         module.eval()
         with torch.no_grad():
             for lo in range(0, n, batch_size):
                 seen.append([None] * slots)
-                module(x[lo:lo + batch_size])
+                calls.clear()
+                module(*(x[lo:lo + batch_size] for x in xs))
                 got = seen.pop()
-                missing = [i for i, t in enumerate(got) if t is None]
-                if missing:
+                for key, (name, m, where) in selected.items():
+                    c = calls.get(key, 0)
+                    if c == 0:
+                        raise ValueError("layer %r did not run in the forward pass%s" % (
+                            name, " (a %s is a container that never runs: select its "
+                            "children)" % type(m).__name__ if isinstance(
+                                m, (torch.nn.ModuleList, torch.nn.ModuleDict)) else ""))
+                    if c == 1:  # selected more than once, run once: its output each time
+                        for slot in where[1:]:
+                            got[slot] = got[where[0]]
+                    elif c != len(where):
+                        raise ValueError(
+                            "layer %r ran %d times in one forward pass but is selected %d "
+                            "time(s); capture takes one output per selection (a module "
+                            "selected k times takes its k calls in order): select modules "
+                            "that run once" % (name, c, len(where)))
+                if got[0] is None:
                     raise ValueError("layer %r did not run in the forward pass"
-                                     % _slot_name(chosen, include_input, missing[0]))
+                                     % _slot_name(chosen, include_input, 0))
                 shapes = {tuple(t.shape) for t in got}
                 if len(shapes) != 1:
                     raise ValueError("captured layers have unequal output shapes %s; choose "
                                      "layers of one shape" % sorted(shapes))
                 shape = shapes.pop()
-                if pick is not None:
-                    if len(shape) < 3:
-                        raise ValueError("positions= needs layer outputs with a position axis "
-                                         "(n, length, ...), got shape %s" % (shape,))
-                    try:
-                        got = [t[:, pick] for t in got]
-                    except IndexError as exc:
-                        raise ValueError("positions: %s (the outputs have %d positions)"
-                                         % (exc, shape[1])) from None
-                    shape = tuple(got[0].shape)
                 if shape[0] != min(batch_size, n - lo):
                     raise ValueError("layer outputs have batch dimension %d, not the inputs' "
                                      "%d" % (shape[0], min(batch_size, n - lo)))
@@ -173,13 +206,56 @@ def capture(module, inputs, layers=None, include_input=None, output=None, batch_
                     raise ValueError("layer outputs change shape between batches (%s, then "
                                      "%s)" % (out.shape[2:], shape[1:]))
                 for k, t in enumerate(got):
-                    out[k, lo:lo + shape[0]] = t.to(torch.float32).numpy()
+                    out[k, lo:lo + shape[0]] = t.numpy()
     finally:
         for h in hooks:
             h.remove()
         for m, training in modes:
             m.training = training
     return out
+
+
+def _inputs(module, inputs):
+    """capture's inputs as a list of tensors with one batch dimension of the same length: a
+    tuple of tensors/arrays is the model's positional inputs; a NumPy (or nested-list) float
+    array takes the dtype of the model's floating parameters."""
+    several = isinstance(inputs, tuple) and len(inputs) > 0 and all(
+        torch.is_tensor(v) or isinstance(v, np.ndarray) for v in inputs)
+    floating = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    xs = []
+    for v in (inputs if several else (inputs,)):
+        if not torch.is_tensor(v):
+            a = np.asarray(v)
+            if any(stride < 0 for stride in a.strides):  # a reversed array: torch refuses it
+                a = a.copy()
+            v = torch.from_numpy(a)
+            if v.is_floating_point() and floating is not None:
+                v = v.to(floating)
+        if v.dim() < 1 or v.shape[0] == 0:
+            raise ValueError("inputs must have a batch dimension of at least one sample, got "
+                             "shape %s" % (tuple(v.shape),))
+        xs.append(v)
+    if len({v.shape[0] for v in xs}) > 1:
+        raise ValueError("inputs: a tuple of inputs must share the batch dimension, got "
+                         "shapes %s" % ", ".join(str(tuple(v.shape)) for v in xs))
+    return xs
+
+
+def _copy(t, pick):
+    """A float32 copy of the positions ``pick`` of the tensor a hook saw, taken when the hook
+    runs: the model may later change that tensor in place (``h += block(h)``, an in-place
+    activation), which would change a stored reference."""
+    t = t.detach()
+    if pick is not None:
+        if t.dim() < 3:
+            raise ValueError("positions= needs layer outputs with a position axis "
+                             "(n, length, ...), got shape %s" % (tuple(t.shape),))
+        try:
+            t = t[:, pick]
+        except IndexError as exc:
+            raise ValueError("positions: %s (the outputs have %d positions)"
+                             % (exc, t.shape[1])) from None
+    return t.to(torch.float32, copy=True)
 
 
 def _positions(positions):
@@ -195,7 +271,7 @@ def _positions(positions):
     return torch.as_tensor(np.atleast_1d(idx).astype(np.int64))
 
 
-def _first_input(args, _):
+def _first_input(args):
     """The tensor the first layer receives: its one positional argument."""
     if len(args) != 1:
         raise ValueError("the first layer receives %d positional arguments, not one tensor: "
@@ -239,7 +315,7 @@ class TransformerMLM(torch.nn.Module):
         if self.width % heads:
             raise ValueError("width (%d) must be a multiple of heads (%d)" % (width, heads))
         hidden = 4 * self.width if hidden is None else as_count(hidden, "hidden")
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator().manual_seed(as_seed(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
             self.embed = torch.nn.Embedding(self.n_states + 1, self.width)
@@ -259,10 +335,13 @@ class TransformerMLM(torch.nn.Module):
         return self.final_norm(h) @ self.embed.weight[:self.n_states].T
 
     def _tokens(self, tokens):
-        t = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
-        if t.dim() != 2 or t.shape[1] != self.length:
-            raise ValueError("tokens must have shape (n, %d), got %s" % (self.length,
-                                                                       tuple(t.shape)))
+        a = tokens.numpy() if torch.is_tensor(tokens) else np.asarray(tokens)
+        if a.dtype.kind not in "iu":  # a float id would be truncated, a bool taken as 0/1
+            raise TypeError("tokens must be an integer array, got dtype %s" % a.dtype)
+        t = torch.as_tensor(a, dtype=torch.int64)
+        if t.dim() != 2 or t.shape[1] != self.length or t.shape[0] == 0:
+            raise ValueError("tokens must have shape (n >= 1, %d), got %s"
+                             % (self.length, tuple(t.shape)))
         if t.numel() and (t.min() < 0 or t.max() > self.n_states):
             raise ValueError("tokens must lie in [0, %d] (%d = MASK)" % (self.n_states,
                                                                         self.n_states))
@@ -272,6 +351,7 @@ class TransformerMLM(torch.nn.Module):
         """(n, length) ids -> (n, length, n_states) float32 logits, without gradients, in
         eval mode (restored after)."""
         t = self._tokens(tokens)
+        batch_size = as_count(batch_size, "batch_size")
         was = self.training
         self.eval()
         try:
@@ -288,8 +368,8 @@ class TransformerMLM(torch.nn.Module):
     def loss(self, masked_tokens, tokens, mask):
         """Mean masked cross-entropy (nats) of a batch, without gradients."""
         z = torch.as_tensor(self.logits(masked_tokens), dtype=torch.float64)
-        m = torch.as_tensor(np.asarray(mask, dtype=bool))
-        y = torch.as_tensor(np.asarray(tokens), dtype=torch.int64)
+        m = torch.as_tensor(as_bool_mask(mask, z.shape[:2]))
+        y = self._tokens(tokens)
         return float(torch.nn.functional.cross_entropy(z[m], y[m]))
 
 
@@ -303,29 +383,45 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     held-out evaluation. Returns an :class:`rgflow.History` (no ``flow``). ``progress``: a
     tqdm bar if true, or a callable called with the steps done every 25 steps (as
     :func:`rgflow.train` does). Ctrl-C, or a sweep's stop request, ends training at the next
-    25-step boundary with :class:`rgflow.TrainingInterrupted`.
+    25-step boundary with :class:`rgflow.TrainingInterrupted` (the model is left in eval
+    mode). The arguments are checked as :func:`rgflow.train` checks them (``steps`` >= 1:
+    the model has no step counter to continue from); ``eval_every=0`` evaluates only at the
+    end, and a non-finite training loss raises FloatingPointError naming the step.
     """
     import time
-    from ._util import as_real, as_seed
+    from .chains import HiddenMarkovTask, MarkovChain
     from .train import CHUNK_STEPS, TrainingInterrupted, _deferred_sigint, _held_out, _stop_check
 
     if not isinstance(model, TransformerMLM):
         raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
+    if not isinstance(chain, (MarkovChain, HiddenMarkovTask)):
+        raise TypeError("chain must be a MarkovChain or a HiddenMarkovTask, got %s"
+                        % type(chain).__name__)
     if chain.n_states != model.n_states:
         raise ValueError("chain has n_states = %d but the model has n_states = %d"
                          % (chain.n_states, model.n_states))
+    # every argument checked as train() checks it, before any work
     steps = as_count(steps, "steps")
     batch_size = as_count(batch_size, "batch_size")
+    lr = as_real(lr, "lr", low=0.0, high=float("inf"), high_open=True)
+    weight_decay = as_real(weight_decay, "weight_decay", low=0.0)
+    mask_rate = as_mask_rate(mask_rate)
+    mask_span = as_count(mask_span, "mask_span")
     seed = as_seed(seed)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError("schedule must be 'constant' or 'cosine', got %r" % (schedule,))
+    warmup = as_count(warmup, "warmup", minimum=0)
     total = steps if total_steps is None else as_count(total_steps, "total_steps")
-    eval_every = max(1, steps // 10) if eval_every is None else as_count(eval_every,
-                                                                         "eval_every")
+    # None or <= 0: no clipping, as in train()
+    clip = 0.0 if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm")
+    # 0: evaluate only at the end, as in train()
+    eval_every = as_count(max(1, steps // 10) if eval_every is None else eval_every,
+                          "eval_every", minimum=0)
+    eval_size = as_count(eval_size, "eval_size")
     t0 = time.perf_counter()
-    hist, floor = _held_out(chain, model, seed, as_count(eval_size, "eval_size"), mask_rate,
-                            mask_span)
+    hist, floor = _held_out(chain, model, seed, eval_size, mask_rate, mask_span)
     ev_tokens, ev_masked, ev_mask = hist.eval_batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    clip = None if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm", low=0.0)
     losses, lrs, ev_steps, ev_loss = [], [], [], []
     source = chain._source()
     bar = None
@@ -342,10 +438,15 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
                               ev_steps, ev_loss, (ev_tokens, ev_masked, ev_mask), report,
                               lambda: sigint[0] or (external is not None and external()),
                               CHUNK_STEPS, TrainingInterrupted)
+        except KeyboardInterrupt as exc:  # e.g. from a progress callback, as train() does
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted("train_transformer interrupted after step %d of %d"
+                                      % (len(losses), steps)) from exc
         finally:
+            model.eval()
             if bar is not None:
                 bar.close()
-    model.eval()
     hist.steps = np.arange(1, len(losses) + 1, dtype=np.int64)
     hist.losses = np.asarray(losses)
     hist.lrs = np.asarray(lrs)
@@ -372,14 +473,17 @@ def _transformer_loop(model, opt, source, steps, seed, batch_size, mask_rate, ma
         z = model(torch.as_tensor(masked, dtype=torch.int64))
         loss = torch.nn.functional.cross_entropy(z[m], torch.as_tensor(tokens,
                                                                       dtype=torch.int64)[m])
+        if not torch.isfinite(loss):  # as train(): not an update on a NaN gradient
+            raise FloatingPointError("training loss became %r at step %d (lr %.3g)"
+                                     % (float(loss.detach()), step, rate))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if clip:
+        if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         losses.append(float(loss.detach()))
         lrs.append(rate)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+        if (eval_every and (step + 1) % eval_every == 0) or step + 1 == steps:
             ev_steps.append(step + 1)
             ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
             model.train()

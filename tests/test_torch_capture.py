@@ -192,3 +192,161 @@ def test_a_first_layer_called_with_keywords_says_what_to_do():
         capture(net, torch.randn(2, 3))
     assert capture(net, torch.randn(2, 3), include_input=False).shape == (2, 2, 3)
     assert no_hooks(net)
+
+
+def test_outputs_are_copied_before_later_in_place_updates():
+    """A later in-place op (ReLU(inplace=True) after a captured layer, a residual stream
+    updated with +=) must not change what was captured: the hand-collected values, exact."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4))
+    x = torch.randn(9, 4)
+    stream = capture(net, x, batch_size=4)
+    with torch.no_grad():
+        a = net[0](x)
+        ref = [x, a, torch.relu(a), net[2](torch.relu(a))]
+    # 1e-6: a batch of 1 (the last of 4, 4, 1) rounds a matmul differently from one of 9
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=0, atol=1e-6)
+    assert (stream[1] < -0.1).any()    # the Linear's output before the ReLU
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Linear(3, 3)
+            self.blocks = nn.ModuleList(nn.Linear(3, 3) for _ in range(2))
+
+        def forward(self, x):
+            h = self.emb(x)
+            for b in self.blocks:
+                h += b(h)             # the input the pre-hook saw is changed in place
+            return h
+
+    net = InPlace()
+    x = torch.randn(5, 4, 3)
+    stream = capture(net, x, positions=[0, 2])
+    with torch.no_grad():
+        h = net.emb(x)
+        ref = [h]
+        for b in net.blocks:
+            ref.append(b(h))
+            h = h + ref[-1]
+    np.testing.assert_array_equal(stream, torch.stack(ref)[:, :, [0, 2]].numpy())
+
+
+class Tied(nn.Module):
+    """One block applied three times (weight sharing): a ModuleList holding it thrice."""
+
+    def __init__(self):
+        super().__init__()
+        block = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+        self.blocks = nn.ModuleList([block, block, block])
+
+    def forward(self, z):
+        for b in self.blocks:
+            z = z + b(z)
+        return z
+
+
+def test_a_shared_block_gives_each_call_its_own_layer():
+    """The k-th call of a module listed k times is its k-th layer (the hooks saw every call and
+    kept the last: all three outputs and the input were the last call's); a module selected
+    once that runs more than once is an error, not its last call."""
+    torch.manual_seed(3)
+    net = Tied()
+    x = torch.randn(6, 3)
+    stream = capture(net, x)
+    with torch.no_grad():
+        z, ref = x, [x]
+        for b in net.blocks:
+            ref.append(b(z))
+            z = z + ref[-1]
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=0, atol=1e-6)
+    assert np.abs(stream[1] - stream[3]).max() > 0.01
+    with pytest.raises(ValueError, match=r"'blocks.0' ran 3 times in one forward pass"):
+        capture(net, x, layers=["blocks.0"])
+    with pytest.raises(ValueError, match=r"'blocks.0.0' ran 3 times"):
+        capture(net, x, layers=[net.blocks[0][0], "blocks.0.1"])
+    # a layer selected twice that runs once: its output twice
+    plain = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    twice = capture(plain, x, layers=["1", "0", "1"])
+    np.testing.assert_array_equal(twice[0], twice[2])
+    assert no_hooks(net) and no_hooks(plain)
+
+
+def test_several_inputs_and_numpy_inputs():
+    """A tuple of tensors/arrays is the model's positional inputs, batched together (it was
+    stacked into one array: 2 'samples'); a NumPy float array takes the model's dtype, and a
+    reversed (negative-stride) array is taken as it is."""
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(3, 3) for _ in range(2))
+
+        def forward(self, x, y):
+            x = x + y
+            for b in self.blocks:
+                x = torch.tanh(b(x))
+            return x
+
+    torch.manual_seed(4)
+    net = TwoInputs()
+    x, y = torch.randn(7, 3), np.random.default_rng(0).normal(size=(7, 3))   # float64 array
+    stream = capture(net, (x, y), batch_size=3)
+    assert stream.shape == (3, 7, 3)
+    with torch.no_grad():
+        z = x + torch.as_tensor(y, dtype=torch.float32)
+        ref = [z]
+        for b in net.blocks:
+            ref.append(b(z))
+            z = torch.tanh(ref[-1])
+    np.testing.assert_allclose(stream, torch.stack(ref).numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="inputs"):
+        capture(net, (x, y[:5]))
+    seq = nn.Sequential(nn.Embedding(9, 4), nn.Linear(4, 4))
+    tokens = np.random.default_rng(1).integers(0, 9, (5, 6))
+    np.testing.assert_array_equal(capture(seq, tokens[::-1, ::-1], include_input=False),
+                                  capture(seq, tokens[::-1, ::-1].copy(), include_input=False))
+    with pytest.raises(TypeError, match="positional"):
+        capture(seq, (torch.as_tensor(tokens), torch.as_tensor(tokens)))
+    with pytest.raises(ValueError, match="batch dimension"):
+        capture(seq, np.int64(3))
+
+
+def test_dict_outputs_and_layer_selections_that_cannot_be_ordered():
+    class DictBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, z):
+            return {"hidden": z + torch.tanh(self.fc(z)), "norm": z.norm()}
+
+    class DictNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(DictBlock() for _ in range(2))
+
+        def forward(self, z):
+            for b in self.blocks:
+                z = b(z)["hidden"]
+            return z
+
+    torch.manual_seed(5)
+    net, x = DictNet(), torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"'blocks.0' returns a dict with keys \['hidden', "
+                                         r"'norm'\]; pass output="):
+        capture(net, x)
+    stream = capture(net, x, output="hidden")
+    with torch.no_grad():
+        ref = [x, net.blocks[0](x)["hidden"]]
+        ref.append(net.blocks[1](ref[-1])["hidden"])
+    np.testing.assert_array_equal(stream, torch.stack(ref).numpy())
+    with pytest.raises(ValueError, match=r"'blocks.0'.*output='h'"):
+        capture(net, x, output="h")
+    with pytest.raises(ValueError, match=r"'blocks.0' returns a tuple of 2.*output=5"):
+        capture(TupleNet(d=3), x, output=5)
+    # a set has no order (string hashes change per process): the layers' order would vary
+    with pytest.raises(TypeError, match="layers"):
+        capture(net, x, layers={"blocks.0", "blocks.1"}, output="hidden")
+    with pytest.raises(TypeError, match="layers"):
+        capture(net, x, layers=lambda m: None, output="hidden")
+    assert no_hooks(net)

@@ -101,3 +101,60 @@ def test_run_and_keys():
     assert len(r.profiles["masked"]) == 4 and len(r.init["rank"]["erank"]["masked"]) == 4
     assert r.inactive_units == [] and r.grad_norms == {}
     assert torch.get_num_threads() == 1     # restored (the fixture's count)
+
+
+def test_training_arguments_are_checked_as_train_checks_them():
+    """Each was passed on unchecked: lr = inf trained to NaN, a negative or fractional warmup
+    changed the schedule silently, mask_rate/mask_span were named 'rate'/'span' and a bad
+    lr or weight_decay by AdamW's own words; chain=None was an AttributeError."""
+    chain = rg.MarkovChain.lazy(6, 2.0)
+    net = TransformerMLM(6, 8, 8, 1)
+    for kw, err, name in [(dict(lr=float("inf")), ValueError, "lr"),
+                          (dict(lr=-1e-3), ValueError, "lr"),
+                          (dict(lr="0.1"), TypeError, "lr"),
+                          (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+                          (dict(mask_rate=1.5), ValueError, "mask_rate"),
+                          (dict(mask_span=0), ValueError, "mask_span"),
+                          (dict(warmup=-2), ValueError, "warmup"),
+                          (dict(warmup=2.5), TypeError, "warmup"),
+                          (dict(schedule="linear"), ValueError, "schedule")]:
+        with pytest.raises(err, match=name):
+            train_transformer(net, chain, 2, batch_size=4, eval_size=16, **kw)
+    with pytest.raises(TypeError, match="chain"):
+        train_transformer(net, None, 2)
+    with pytest.raises(ValueError, match="steps"):
+        train_transformer(net, chain, 0)
+    with pytest.raises(TypeError, match="tokens must be an integer"):
+        net.logits(np.full((2, 8), 2.7))         # was truncated to 2
+    with pytest.raises(ValueError, match="n >= 1"):
+        net.logits(np.zeros((0, 8), np.int64))
+    with pytest.raises(TypeError, match="seed"):
+        TransformerMLM(6, 8, 8, 1, seed=1.5)     # was truncated to 1
+    g1, g2 = np.random.default_rng(7), np.random.default_rng(7)
+    a, b = TransformerMLM(6, 8, 8, 1, seed=g1), TransformerMLM(6, 8, 8, 1, seed=g2)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_eval_every_zero_divergence_and_mode_after_an_interrupt():
+    """eval_every=0 evaluates only at the end, as train() does (was a ValueError); a loss that
+    becomes NaN raises FloatingPointError naming the step, as train() does (training went on
+    on NaN); a KeyboardInterrupt from a progress callable becomes TrainingInterrupted and the
+    model is left in eval mode."""
+    from rgflow.train import TrainingInterrupted
+    chain = rg.MarkovChain.lazy(6, 2.0)
+    hist = train_transformer(TransformerMLM(6, 8, 8, 1), chain, 5, batch_size=4,
+                             eval_size=16, eval_every=0)
+    mlp = rg.train(rg.ResidualMLP(6, 8, 8, 16, 1), chain, 5, batch_size=4, eval_size=16,
+                   eval_every=0, progress=False)
+    assert hist.eval_steps.tolist() == mlp.eval_steps.tolist() == [5]
+    with pytest.raises(FloatingPointError, match="at step"):
+        train_transformer(TransformerMLM(6, 8, 8, 1), chain, 10, batch_size=4, eval_size=16,
+                          lr=1e30)
+
+    def stop(k):
+        raise KeyboardInterrupt
+
+    net = TransformerMLM(6, 8, 8, 1)
+    with pytest.raises(TrainingInterrupted, match="after step 25 of 30"):
+        train_transformer(net, chain, 30, batch_size=4, eval_size=16, progress=stop)
+    assert not net.training
