@@ -418,6 +418,15 @@ def _t_quantile(df, confidence):
     return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
+def _binary_exponent(*arrays):
+    """The power of two of the largest magnitude in ``arrays`` (0 when all are 0): dividing by
+    2**e is exact, so statistics computed on the scaled values and scaled back are those of the
+    values themselves, bit for bit in the normal range, without squares that overflow (huge
+    values) or underflow to 0 (tiny ones)."""
+    top = max(float(np.max(np.abs(a))) for a in arrays)
+    return int(np.frexp(top)[1]) if top > 0 else 0
+
+
 def interval(values, confidence=None):
     """Mean of ``values`` with its t-based confidence interval.
 
@@ -431,12 +440,15 @@ def interval(values, confidence=None):
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
         raise ValueError("values must be a non-empty 1-D sequence of finite numbers")
-    mean = float(v.mean())
+    e = _binary_exponent(v)
+    u = np.ldexp(v, -e)  # the same numbers in units near 1: exact, no overflow or underflow
+    mean = float(np.ldexp(u.mean(), e))
     if v.size == 1:
         return {"n": 1, "mean": mean, "sd": float("nan"), "lo": mean, "hi": mean}
-    sd = float(v.std(ddof=1))
-    half = _t_quantile(v.size - 1, confidence) * sd / float(np.sqrt(v.size))
-    return {"n": int(v.size), "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+    sd = u.std(ddof=1)
+    half = _t_quantile(v.size - 1, confidence) * sd / np.sqrt(v.size)
+    return {"n": int(v.size), "mean": mean, "sd": float(np.ldexp(sd, e)),
+            "lo": float(np.ldexp(u.mean() - half, e)), "hi": float(np.ldexp(u.mean() + half, e))}
 
 
 def compare(a, b, confidence=None):
@@ -454,6 +466,8 @@ def compare(a, b, confidence=None):
     if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2 or \
             not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("compare needs two 1-D sequences of >= 2 finite values each")
+    e = _binary_exponent(x, y)  # computed in units near 1 (exact), scaled back
+    x, y = np.ldexp(x, -e), np.ldexp(y, -e)
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     diff = float(y.mean() - x.mean())
     se = float(np.sqrt(va + vb))
@@ -465,7 +479,8 @@ def compare(a, b, confidence=None):
     n = x.size + y.size
     correction = 1.0 - 3.0 / (4.0 * n - 9.0)
     g = float(diff / pooled * correction) if pooled > 0 else float("nan")
-    return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": df, "hedges_g": g,
+    return {"diff": float(np.ldexp(diff, e)), "lo": float(np.ldexp(diff - half, e)),
+            "hi": float(np.ldexp(diff + half, e)), "df": df, "hedges_g": g,
             "n_a": int(x.size), "n_b": int(y.size)}
 
 

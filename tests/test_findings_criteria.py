@@ -296,3 +296,51 @@ def test_a_zero_rank_1_is_no_ratio_and_no_crash():
     runs = [fake_result(1.0, s, 0.85) for s in range(10)] + [r]
     v = F.verdicts(runs + [fake_result(7.0, s, 0.99) for s in range(10)])
     assert v["short"]["R"]["n"] == 10 and v["short"]["collapse"]["of"] == 11
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on [2, 2, 2]
+@pytest.mark.parametrize("scale", [1e-300, 1e-170, 1e200, 1e300])
+def test_interval_and_compare_do_not_depend_on_the_units(scale):
+    """Tiny values underflowed to a zero SD (a zero-width interval, an undefined g) and huge
+    ones overflowed (NaN intervals, g = 0): the figures must be those of the same values in
+    units near 1 (scipy.stats there), scaled back, to 1e-12 relative."""
+    from scipy import stats
+    a, b = np.array([1.0, 1.1, 1.3]), np.array([1.2, 1.4])   # unequal n, n = 2
+    flat = np.array([2.0, 2.0, 2.0])                          # zero variance on one side
+    r = F.interval(a * scale)
+    lo, hi = stats.t.interval(0.95, 2, loc=a.mean(), scale=stats.sem(a))
+    assert (r["mean"], r["sd"], r["lo"], r["hi"]) == pytest.approx(
+        (a.mean() * scale, a.std(ddof=1) * scale, lo * scale, hi * scale), rel=1e-12)
+    for x, y in ((a, b), (flat, b), (b, flat)):
+        c = F.compare(x * scale, y * scale)
+        t = stats.ttest_ind(y, x, equal_var=False)
+        ci = t.confidence_interval(0.95)
+        sp = np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1))
+                     / (x.size + y.size - 2))
+        g = (y.mean() - x.mean()) / sp * (1 - 3 / (4 * (x.size + y.size) - 9))
+        assert (c["diff"], c["lo"], c["hi"]) == pytest.approx(
+            ((y.mean() - x.mean()) * scale, ci.low * scale, ci.high * scale), rel=1e-12)
+        assert (c["df"], c["hedges_g"]) == pytest.approx((t.df, g), rel=1e-12)
+
+
+def test_interval_and_compare_edge_cases():
+    from scipy import stats
+    # identical groups: no difference, g 0; both groups constant: a point interval, no g
+    c = F.compare([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
+    t = stats.ttest_ind([1.0, 2.0, 4.0], [1.0, 2.0, 4.0], equal_var=False)
+    assert c["diff"] == 0.0 and c["hedges_g"] == 0.0
+    assert (c["lo"], c["hi"], c["df"]) == pytest.approx(tuple(t.confidence_interval()) + (4.0,))
+    c = F.compare([1.0, 1.0], [2.0, 2.0, 2.0])
+    assert (c["diff"], c["lo"], c["hi"]) == (1.0, 1.0, 1.0) and np.isnan(c["hedges_g"])
+    r = F.interval([5.0, 5.0, 5.0])
+    assert (r["lo"], r["hi"], r["sd"]) == (5.0, 5.0, 0.0)
+    for bad in ([1.0, np.inf], [np.nan, np.nan]):
+        with pytest.raises(ValueError):
+            F.compare(bad, [1.0, 2.0])
+        with pytest.raises(ValueError):
+            F.compare([1.0, 2.0], bad)
+    # Spearman's rho with ties against scipy
+    for y in ([3.0, 3.0, 2.0, 2.0, 1.0], [1.0, 2.0, 2.0, 1.0], [4.0, 4.0, 4.0, 5.0]):
+        assert F._spearman(np.arange(len(y)), y) == pytest.approx(
+            stats.spearmanr(np.arange(len(y)), y).statistic, abs=1e-14)
+
