@@ -57,6 +57,7 @@ GATE_EXCESS = 0.02         # nats above the Bayes floor a run may stay (see gate
 CONFIDENCE = 0.95          # intervals: t-based for a mean, Welch for a difference
 
 HOLDS, FAILS, UNDERTRAINED = "holds", "fails", "undertrained"
+NO_VERDICT = "no verdict"  # claim (ii) with fewer than MIN_SEEDS gated seeds at a xi
 
 SHORT_XI, LONG_XI = 1.0, 7.0  # the correlation lengths the claims compare
 
@@ -595,8 +596,14 @@ def _selective(cells, ratio, delta):
     long_ok = sum(r >= 1 - delta / 3 for r in rl)
     holds = bool(diff is not None and cells["short"]["enough"] and cells["long"]["enough"]
                  and short_ok == len(rs) and long_ok == len(rl) and diff["lo"] > 0)
+    # a verdict needs MIN_SEEDS gated seeds at each xi: short of that, none is given
+    missing = [{"xi": xi, "gated": cells[name]["n_gated"]}
+               for name, xi in (("short", SHORT_XI), ("long", LONG_XI))
+               if not cells[name]["enough"]]
     return {"delta_R": diff, "short_collapses": {"holds": short_ok, "of": len(rs)},
-            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds}
+            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds,
+            "status": NO_VERDICT if missing else (HOLDS if holds else FAILS),
+            "missing": missing}
 
 
 def verdicts(results, measure="erank", level="masked", **options):
@@ -608,7 +615,9 @@ def verdicts(results, measure="erank", level="masked", **options):
     gated ratios, long minus short; None with fewer than 2 gated runs on a side),
     ``short_collapses`` and ``long_flat`` (k of n gated runs with ratio <= 1 - delta and
     >= 1 - delta / 3), and ``holds`` (every gated short run collapses, no gated long run
-    does, delta_R's interval above 0, enough seeds on both sides).
+    does, delta_R's interval above 0, enough seeds on both sides), ``status`` ("holds",
+    "fails", or "no verdict" when a ξ has fewer than MIN_SEEDS gated seeds) and ``missing``
+    (those ξ, each ``{"xi", "gated"}``).
     """
     delta = DELTA if options.get("delta") is None else options["delta"]
     cells = {}
@@ -746,8 +755,8 @@ def sensitivity(results, measure="erank", level="masked"):
 
     Returns a list of rows ``(threshold, value, {verdict: statement})`` where the verdicts are
     ``collapse``, ``after peak`` and ``plateau`` at ``ξ=1`` and ``ξ=7`` ("k/n" gated seeds)
-    and ``selective (R)``, ``selective (R_peak)`` ("holds"/"fails", with the difference's
-    interval); ``value`` None for ``spearman_max`` means "not judged".
+    and ``selective (R)``, ``selective (R_peak)`` ("holds"/"fails"/"no verdict", with the
+    difference's interval when both ξ have 2 gated runs); ``value`` None for ``spearman_max`` means "not judged".
     """
     rows = []
     for name, values in SENSITIVITY.items():
@@ -761,7 +770,7 @@ def sensitivity(results, measure="erank", level="masked"):
             for label, key in (("selective (R)", "selectivity"),
                                ("selective (R_peak)", "selectivity_peak")):
                 d = v[key]["delta_R"]
-                row[label] = ("holds" if v[key]["holds"] else "fails") + (
+                row[label] = v[key]["status"] + (
                     " (Δ %+.3f [%+.3f, %+.3f])" % (d["diff"], d["lo"], d["hi"]) if d else "")
             rows.append((name, value, row))
     return rows

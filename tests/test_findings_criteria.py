@@ -159,7 +159,7 @@ def test_sensitivity_rows_move_with_thresholds():
     # excess 0.003 s: a 0.005 gate keeps seeds 0, 1; 0.01 keeps 0..3
     assert rows[("excess_max", 0.005)]["collapse ξ=1"] == "2/2"
     assert rows[("excess_max", 0.01)]["collapse ξ=1"] == "4/4"
-    assert rows[("excess_max", F.GATE_EXCESS)]["selective (R)"].startswith("fails")  # 7 < 10
+    assert rows[("excess_max", F.GATE_EXCESS)]["selective (R)"].startswith("no verdict")  # 7 < 10
     assert rows[("excess_max", 0.1)]["selective (R)"].startswith("holds (Δ +0.0")
     # the adjacent-rule condition: every fake run beats the rule, so dropping it changes nothing
     assert rows[("require_adjacent", False)] == rows[("require_adjacent", True)]
@@ -344,3 +344,28 @@ def test_interval_and_compare_edge_cases():
         assert F._spearman(np.arange(len(y)), y) == pytest.approx(
             stats.spearmanr(np.arange(len(y)), y).statistic, abs=1e-14)
 
+
+def test_selectivity_needs_enough_gated_seeds_on_both_sides():
+    """With no gated run at xi = 1 (the paper-size store) claim (ii) has no verdict, and
+    says which xi lacks seeds; it neither fails nor holds."""
+    long_ = [fake_result(7.0, s, 0.99 + 0.001 * s) for s in range(10)]
+    short = [fake_result(1.0, s, 0.85, margin=-0.001) for s in range(10)]   # none gated
+    v = F.verdicts(short + long_)
+    for key in ("selectivity", "selectivity_peak"):
+        sel = v[key]
+        assert not sel["holds"] and sel["status"] == "no verdict"
+        assert sel["delta_R"] is None and sel["short_collapses"] == {"holds": 0, "of": 0}
+        assert sel["missing"] == [{"xi": 1.0, "gated": 0}]
+    # 9 gated seeds at xi = 1, every one collapsing: still no verdict, figures given
+    short = [fake_result(1.0, s, 0.85 + 0.002 * s) for s in range(9)]
+    sel = F.verdicts(short + long_)["selectivity"]
+    assert sel["status"] == "no verdict" and sel["missing"] == [{"xi": 1.0, "gated": 9}]
+    assert sel["delta_R"]["diff"] == pytest.approx(0.9945 - 0.858)
+    # enough on both sides: a verdict, holds or fails
+    sel = F.verdicts(short + [fake_result(1.0, 9, 0.96)] + long_)["selectivity"]
+    assert sel["status"] == "fails" and sel["missing"] == []
+    sel = F.verdicts(short + [fake_result(1.0, 9, 0.9)] + long_)["selectivity"]
+    assert sel["status"] == "holds" and sel["holds"]
+    # the sensitivity table says so too
+    rows = {(n, val): out for n, val, out in F.sensitivity(short + long_)}
+    assert rows[("delta", F.DELTA)]["selective (R)"].startswith("no verdict (Δ +0.13")
