@@ -50,6 +50,8 @@ def computed_on_lines(places):
 
 
 def _fmt(x, digits=3):
+    if isinstance(x, float) and np.isnan(x):
+        return "undefined"  # e.g. R with a zero rank[1]: no number to print
     return ("%." + str(digits) + "f") % x if isinstance(x, (int, float)) else str(x)
 
 
@@ -134,10 +136,16 @@ def _pm(value, se, digits=4):
     return ("%+.*f" % (digits, value)) + ("" if se is None else " ± %.*f" % (digits, se))
 
 
+def _g(d):
+    """Hedges' g of a :func:`rgflow.findings.compare` dict, or that it is undefined (both
+    sides without spread: pooled SD 0)."""
+    return "undefined (SD 0)" if np.isnan(d["hedges_g"]) else "%.2f" % d["hedges_g"]
+
+
 def _diff(d):
     if d is None:
         return "—", "—"
-    return "%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), "%.2f" % d["hedges_g"]
+    return "%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), _g(d)
 
 
 def _shortfall(v):
@@ -305,8 +313,9 @@ def headline_markdown(results):
         sel = v[key]
         d = sel["delta_R"]
         return "**%s**%s" % (sel["status"], "" if d is None else
-                             ": Δ = %+.3f [%+.3f, %+.3f], g = %.2f" % (
-                                 d["diff"], d["lo"], d["hi"], d["hedges_g"]))
+                             ": Δ = %+.3f [%+.3f, %+.3f], g %s" % (
+                                 d["diff"], d["lo"], d["hi"],
+                                 _g(d) if np.isnan(d["hedges_g"]) else "= " + _g(d)))
 
     lines = ["| claim | reading | ξ = %g | ξ = %g |" % (SHORT_XI, LONG_XI),
              "| --- | --- | --- | --- |",

@@ -141,3 +141,27 @@ def test_no_gated_run_at_one_xi_is_said_plainly_and_judged_nowhere(monkeypatch):
     assert "No run at ξ = 1 passes the gate (0 of 3)" in head
     assert not re.search(r"\| \**(holds|fails)", head)
 
+
+def test_an_undefined_figure_is_a_word_not_nan(monkeypatch, tmp_path):
+    """Identical ratios on each side leave Hedges' g undefined (pooled SD 0); a zero rank[1]
+    leaves R undefined: the text says so (it printed "nan")."""
+    from test_findings_criteria import fake_result
+
+    import rgflow.report as report
+    monkeypatch.setattr(report, "MEASURE_LEVELS", (("erank", "masked"),))
+    runs = [fake_result(1.0, s, 0.9) for s in range(10)] + \
+        [fake_result(7.0, s, 0.99) for s in range(10)]
+    zero = fake_result(1.0, 10, 0.9)
+    zero.measures["rank"]["erank"]["masked"] = [0.0, 0.0, 3.0, 2.0, 2.0, 2.0]
+    runs.append(zero)
+    head = "\n".join(report.headline_markdown(runs))
+    assert "**fails**: Δ = +0.090 [+0.090, +0.090], g undefined (SD 0) |" in head
+    for r in runs:
+        r.gate = {"size": 64, "masked_ce": r.masked_ce, "bayes_floor": r.bayes_floor,
+                  "adjacent_ce": r.adjacent_ce, "excess_se": 1e-4, "margin_se": 1e-4}
+        r.relevance, r.cka_matrix = {}, [[1.0]]
+    write_report(runs, tmp_path, figures=False)
+    md = (tmp_path / "report.md").read_text()  # gated_markdown's tables and every run's
+    assert "| erank | masked | +0.090 [+0.090, +0.090] | undefined (SD 0) | fails |" in md
+    assert "| 1 | 10 | yes | 0.00 | 2 | 3.00 | 2.00 | undefined | 0.667 |" in md
+    assert not re.search(r"\bnan\b", head + md, re.I)
