@@ -237,10 +237,18 @@ def selectivity(short_ranks, long_ranks, short_learned=None, long_learned=None,
     rl = [round(collapse_ratio(p), 12) for p in long_ranks]
     short_learned = [1.0] * len(rs) if short_learned is None else list(short_learned)
     long_learned = [1.0] * len(rl) if long_learned is None else list(long_learned)
-    ok = (max(rs) <= 1 - DELTA and min(rl) >= 1 - DELTA / 3 and max(rs) < min(rl))
+    # a NaN ratio (zero rank[1]) neither collapses nor stays flat; min/max over a list holding
+    # one depend on where it is, so the ranges are over the finite ratios
+    fs, fl = [r for r in rs if np.isfinite(r)], [r for r in rl if np.isfinite(r)]
+    ok = (len(fs) == len(rs) and len(fl) == len(rl)
+          and max(rs) <= 1 - DELTA and min(rl) >= 1 - DELTA / 3 and max(rs) < min(rl))
     learned_list, under = _gate(short_learned + long_learned)
+
+    def span(v):
+        return [min(v), max(v)] if v else [float("nan")] * 2
+
     figures = {"short_ratios": rs, "long_ratios": rl,
-               "short_range": [min(rs), max(rs)], "long_range": [min(rl), max(rl)]}
+               "short_range": span(fs), "long_range": span(fl)}
     if short_pooled is not None and long_pooled is not None:
         figures["pooled_short_ratios"] = [round(collapse_ratio(p), 12) for p in short_pooled]
         figures["pooled_long_ratios"] = [round(collapse_ratio(p), 12) for p in long_pooled]

@@ -369,3 +369,17 @@ def test_selectivity_needs_enough_gated_seeds_on_both_sides():
     # the sensitivity table says so too
     rows = {(n, val): out for n, val, out in F.sensitivity(short + long_)}
     assert rows[("delta", F.DELTA)]["selective (R)"].startswith("no verdict (Δ +0.13")
+
+
+def test_v1_selectivity_does_not_depend_on_the_order_of_the_runs():
+    """A run with a zero rank[1] has no ratio (NaN): it can neither collapse nor stay flat, so
+    claim (ii) fails wherever it is in the list (max/min over a list with a NaN depend on
+    where the NaN is: the verdict held when it came second)."""
+    long_ = [[5, 13, 13.0], [5, 13, 13.1]]
+    short = [[5, 14, 12.0], [5, 0.0, 3.0]]
+    for s, l in ((short, long_), (short[::-1], long_), ([short[0]], long_ + [[5, 0.0, 3.0]]),
+                 ([short[0]], [[5, 0.0, 3.0]] + long_)):
+        v = F.selectivity(s, l)
+        assert v.status == "fails"
+        assert v.figures["short_range"] == pytest.approx([12 / 14] * 2)
+    assert F.selectivity([short[0]], long_).status == "holds"
