@@ -57,6 +57,7 @@ GATE_EXCESS = 0.02         # nats above the Bayes floor a run may stay (see gate
 CONFIDENCE = 0.95          # intervals: t-based for a mean, Welch for a difference
 
 HOLDS, FAILS, UNDERTRAINED = "holds", "fails", "undertrained"
+NO_VERDICT = "no verdict"  # claim (ii) with fewer than MIN_SEEDS gated seeds at a xi
 
 SHORT_XI, LONG_XI = 1.0, 7.0  # the correlation lengths the claims compare
 
@@ -236,10 +237,18 @@ def selectivity(short_ranks, long_ranks, short_learned=None, long_learned=None,
     rl = [round(collapse_ratio(p), 12) for p in long_ranks]
     short_learned = [1.0] * len(rs) if short_learned is None else list(short_learned)
     long_learned = [1.0] * len(rl) if long_learned is None else list(long_learned)
-    ok = (max(rs) <= 1 - DELTA and min(rl) >= 1 - DELTA / 3 and max(rs) < min(rl))
+    # a NaN ratio (zero rank[1]) neither collapses nor stays flat; min/max over a list holding
+    # one depend on where it is, so the ranges are over the finite ratios
+    fs, fl = [r for r in rs if np.isfinite(r)], [r for r in rl if np.isfinite(r)]
+    ok = (len(fs) == len(rs) and len(fl) == len(rl)
+          and max(rs) <= 1 - DELTA and min(rl) >= 1 - DELTA / 3 and max(rs) < min(rl))
     learned_list, under = _gate(short_learned + long_learned)
+
+    def span(v):
+        return [min(v), max(v)] if v else [float("nan")] * 2
+
     figures = {"short_ratios": rs, "long_ratios": rl,
-               "short_range": [min(rs), max(rs)], "long_range": [min(rl), max(rl)]}
+               "short_range": span(fs), "long_range": span(fl)}
     if short_pooled is not None and long_pooled is not None:
         figures["pooled_short_ratios"] = [round(collapse_ratio(p), 12) for p in short_pooled]
         figures["pooled_long_ratios"] = [round(collapse_ratio(p), 12) for p in long_pooled]
@@ -418,6 +427,15 @@ def _t_quantile(df, confidence):
     return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
+def _binary_exponent(*arrays):
+    """The power of two of the largest magnitude in ``arrays`` (0 when all are 0): dividing by
+    2**e is exact, so statistics computed on the scaled values and scaled back are those of the
+    values themselves, bit for bit in the normal range, without squares that overflow (huge
+    values) or underflow to 0 (tiny ones)."""
+    top = max(float(np.max(np.abs(a))) for a in arrays)
+    return int(np.frexp(top)[1]) if top > 0 else 0
+
+
 def interval(values, confidence=None):
     """Mean of ``values`` with its t-based confidence interval.
 
@@ -431,12 +449,15 @@ def interval(values, confidence=None):
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
         raise ValueError("values must be a non-empty 1-D sequence of finite numbers")
-    mean = float(v.mean())
+    e = _binary_exponent(v)
+    u = np.ldexp(v, -e)  # the same numbers in units near 1: exact, no overflow or underflow
+    mean = float(np.ldexp(u.mean(), e))
     if v.size == 1:
         return {"n": 1, "mean": mean, "sd": float("nan"), "lo": mean, "hi": mean}
-    sd = float(v.std(ddof=1))
-    half = _t_quantile(v.size - 1, confidence) * sd / float(np.sqrt(v.size))
-    return {"n": int(v.size), "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+    sd = u.std(ddof=1)
+    half = _t_quantile(v.size - 1, confidence) * sd / np.sqrt(v.size)
+    return {"n": int(v.size), "mean": mean, "sd": float(np.ldexp(sd, e)),
+            "lo": float(np.ldexp(u.mean() - half, e)), "hi": float(np.ldexp(u.mean() + half, e))}
 
 
 def compare(a, b, confidence=None):
@@ -454,6 +475,8 @@ def compare(a, b, confidence=None):
     if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2 or \
             not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError("compare needs two 1-D sequences of >= 2 finite values each")
+    e = _binary_exponent(x, y)  # computed in units near 1 (exact), scaled back
+    x, y = np.ldexp(x, -e), np.ldexp(y, -e)
     va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
     diff = float(y.mean() - x.mean())
     se = float(np.sqrt(va + vb))
@@ -465,7 +488,8 @@ def compare(a, b, confidence=None):
     n = x.size + y.size
     correction = 1.0 - 3.0 / (4.0 * n - 9.0)
     g = float(diff / pooled * correction) if pooled > 0 else float("nan")
-    return {"diff": diff, "lo": diff - half, "hi": diff + half, "df": df, "hedges_g": g,
+    return {"diff": float(np.ldexp(diff, e)), "lo": float(np.ldexp(diff - half, e)),
+            "hi": float(np.ldexp(diff + half, e)), "df": df, "hedges_g": g,
             "n_a": int(x.size), "n_b": int(y.size)}
 
 
@@ -580,8 +604,14 @@ def _selective(cells, ratio, delta):
     long_ok = sum(r >= 1 - delta / 3 for r in rl)
     holds = bool(diff is not None and cells["short"]["enough"] and cells["long"]["enough"]
                  and short_ok == len(rs) and long_ok == len(rl) and diff["lo"] > 0)
+    # a verdict needs MIN_SEEDS gated seeds at each xi: short of that, none is given
+    missing = [{"xi": xi, "gated": cells[name]["n_gated"]}
+               for name, xi in (("short", SHORT_XI), ("long", LONG_XI))
+               if not cells[name]["enough"]]
     return {"delta_R": diff, "short_collapses": {"holds": short_ok, "of": len(rs)},
-            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds}
+            "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds,
+            "status": NO_VERDICT if missing else (HOLDS if holds else FAILS),
+            "missing": missing}
 
 
 def verdicts(results, measure="erank", level="masked", **options):
@@ -593,7 +623,9 @@ def verdicts(results, measure="erank", level="masked", **options):
     gated ratios, long minus short; None with fewer than 2 gated runs on a side),
     ``short_collapses`` and ``long_flat`` (k of n gated runs with ratio <= 1 - delta and
     >= 1 - delta / 3), and ``holds`` (every gated short run collapses, no gated long run
-    does, delta_R's interval above 0, enough seeds on both sides).
+    does, delta_R's interval above 0, enough seeds on both sides), ``status`` ("holds",
+    "fails", or "no verdict" when a ξ has fewer than MIN_SEEDS gated seeds) and ``missing``
+    (those ξ, each ``{"xi", "gated"}``).
     """
     delta = DELTA if options.get("delta") is None else options["delta"]
     cells = {}
@@ -731,8 +763,8 @@ def sensitivity(results, measure="erank", level="masked"):
 
     Returns a list of rows ``(threshold, value, {verdict: statement})`` where the verdicts are
     ``collapse``, ``after peak`` and ``plateau`` at ``ξ=1`` and ``ξ=7`` ("k/n" gated seeds)
-    and ``selective (R)``, ``selective (R_peak)`` ("holds"/"fails", with the difference's
-    interval); ``value`` None for ``spearman_max`` means "not judged".
+    and ``selective (R)``, ``selective (R_peak)`` ("holds"/"fails"/"no verdict", with the
+    difference's interval when both ξ have 2 gated runs); ``value`` None for ``spearman_max`` means "not judged".
     """
     rows = []
     for name, values in SENSITIVITY.items():
@@ -746,7 +778,7 @@ def sensitivity(results, measure="erank", level="masked"):
             for label, key in (("selective (R)", "selectivity"),
                                ("selective (R_peak)", "selectivity_peak")):
                 d = v[key]["delta_R"]
-                row[label] = ("holds" if v[key]["holds"] else "fails") + (
+                row[label] = v[key]["status"] + (
                     " (Δ %+.3f [%+.3f, %+.3f])" % (d["diff"], d["lo"], d["hi"]) if d else "")
             rows.append((name, value, row))
     return rows

@@ -50,6 +50,8 @@ def computed_on_lines(places):
 
 
 def _fmt(x, digits=3):
+    if isinstance(x, float) and np.isnan(x):
+        return "undefined"  # e.g. R with a zero rank[1]: no number to print
     return ("%." + str(digits) + "f") % x if isinstance(x, (int, float)) else str(x)
 
 
@@ -134,10 +136,34 @@ def _pm(value, se, digits=4):
     return ("%+.*f" % (digits, value)) + ("" if se is None else " ± %.*f" % (digits, se))
 
 
+def _g(d):
+    """Hedges' g of a :func:`rgflow.findings.compare` dict, or that it is undefined (both
+    sides without spread: pooled SD 0)."""
+    return "undefined (SD 0)" if np.isnan(d["hedges_g"]) else "%.2f" % d["hedges_g"]
+
+
 def _diff(d):
     if d is None:
         return "—", "—"
-    return "%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), "%.2f" % d["hedges_g"]
+    return "%+.3f [%+.3f, %+.3f]" % (d["diff"], d["lo"], d["hi"]), _g(d)
+
+
+def _shortfall(v):
+    """Sentences for each ξ of :func:`rgflow.findings.verdicts` ``v`` with fewer gated seeds
+    than a verdict needs (none when both have enough)."""
+    lines = []
+    for name, xi in (("short", SHORT_XI), ("long", LONG_XI)):
+        c = v[name]
+        if c["n_gated"] == 0:
+            lines.append("No run at ξ = %g passes the gate (0 of %d): no figure and no verdict "
+                         "at ξ = %g, and none on claim (ii), which compares both ξ."
+                         % (xi, c["n_runs"], xi))
+        elif not c["enough"]:
+            lines.append("Only %d gated seed%s at ξ = %g, fewer than the %d a verdict needs: "
+                         "its counts are shown for what they are." % (
+                             c["n_gated"], "" if c["n_gated"] == 1 else "s", xi,
+                             findings.MIN_SEEDS))
+    return lines
 
 
 def _excess_curve_lines(curve, gated):
@@ -202,9 +228,10 @@ def gated_markdown(results):
               "(i) from the peak | peak layer | R_peak | R_peak at init | (iii) plateau, "
               "stream | (iii) plateau, masked tokens |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    selective = []
+    selective, shortfall = [], None
     for measure, level in MEASURE_LEVELS:
         v = findings.verdicts(results, measure, level)
+        shortfall = shortfall if shortfall is not None else _shortfall(v)
         for name, xi in (("short", findings.SHORT_XI), ("long", findings.LONG_XI)):
             c = v[name]
             gated = [f for f in c["runs"] if f["gate"]["passed"]]
@@ -216,6 +243,8 @@ def gated_markdown(results):
                             _ci(c["R_peak_init"]), findings._statement(c["plateau"]),
                             findings._statement(c["plateau_masked"])))
         selective.append((measure, level, v["selectivity"], v["selectivity_peak"]))
+    if shortfall:
+        lines += [""] + shortfall
     lines += ["", "Claim (ii), selectivity: Δ = ratio(ξ=%g) − ratio(ξ=%g) over gated seeds, "
               "Welch 95 %% interval and Hedges' g; it holds when every ξ=%g seed collapses "
               "(ratio <= %g), no ξ=%g seed does (ratio >= %.3g), Δ's interval lies above 0 and "
@@ -226,8 +255,8 @@ def gated_markdown(results):
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for measure, level, first, peak in selective:
         lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            measure, level, *_diff(first["delta_R"]), "holds" if first["holds"] else "fails",
-            *_diff(peak["delta_R"]), "holds" if peak["holds"] else "fails"))
+            measure, level, *_diff(first["delta_R"]), first["status"],
+            *_diff(peak["delta_R"]), peak["status"]))
     lines += _excess_curve_lines(findings.excess_curve(results), gated=True)
     if not all(findings.gate_of(r)["passed"] for r in results):
         lines += _excess_curve_lines(findings.excess_curve(results, gated=False), gated=False)
@@ -283,9 +312,10 @@ def headline_markdown(results):
     def selective(key):
         sel = v[key]
         d = sel["delta_R"]
-        return "**%s**%s" % ("holds" if sel["holds"] else "fails", "" if d is None else
-                             ": Δ = %+.3f [%+.3f, %+.3f], g = %.2f" % (
-                                 d["diff"], d["lo"], d["hi"], d["hedges_g"]))
+        return "**%s**%s" % (sel["status"], "" if d is None else
+                             ": Δ = %+.3f [%+.3f, %+.3f], g %s" % (
+                                 d["diff"], d["lo"], d["hi"],
+                                 _g(d) if np.isnan(d["hedges_g"]) else "= " + _g(d)))
 
     lines = ["| claim | reading | ξ = %g | ξ = %g |" % (SHORT_XI, LONG_XI),
              "| --- | --- | --- | --- |",
@@ -305,11 +335,9 @@ def headline_markdown(results):
                                                                       "top-2 share")),
              "| (iii) plateau | masked-token drift | %s | %s |" % tuple(
                  cells("plateau_masked", "top2_share_masked", "top-2 share"))]
-    if not (short["enough"] and long_["enough"]):
-        lines += ["", "Fewer than %d gated seeds at ξ = %s: no verdict there (counts shown "
-                  "for what they are)." % (findings.MIN_SEEDS, " and ".join(
-                      "%g" % xi for xi, c in ((SHORT_XI, short), (LONG_XI, long_))
-                      if not c["enough"]))]
+    shortfall = _shortfall(v)
+    if shortfall:
+        lines += [""] + shortfall
     return lines
 
 

@@ -159,7 +159,7 @@ def test_sensitivity_rows_move_with_thresholds():
     # excess 0.003 s: a 0.005 gate keeps seeds 0, 1; 0.01 keeps 0..3
     assert rows[("excess_max", 0.005)]["collapse ξ=1"] == "2/2"
     assert rows[("excess_max", 0.01)]["collapse ξ=1"] == "4/4"
-    assert rows[("excess_max", F.GATE_EXCESS)]["selective (R)"].startswith("fails")  # 7 < 10
+    assert rows[("excess_max", F.GATE_EXCESS)]["selective (R)"].startswith("no verdict")  # 7 < 10
     assert rows[("excess_max", 0.1)]["selective (R)"].startswith("holds (Δ +0.0")
     # the adjacent-rule condition: every fake run beats the rule, so dropping it changes nothing
     assert rows[("require_adjacent", False)] == rows[("require_adjacent", True)]
@@ -296,3 +296,90 @@ def test_a_zero_rank_1_is_no_ratio_and_no_crash():
     runs = [fake_result(1.0, s, 0.85) for s in range(10)] + [r]
     v = F.verdicts(runs + [fake_result(7.0, s, 0.99) for s in range(10)])
     assert v["short"]["R"]["n"] == 10 and v["short"]["collapse"]["of"] == 11
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # scipy, on [2, 2, 2]
+@pytest.mark.parametrize("scale", [1e-300, 1e-170, 1e200, 1e300])
+def test_interval_and_compare_do_not_depend_on_the_units(scale):
+    """Tiny values underflowed to a zero SD (a zero-width interval, an undefined g) and huge
+    ones overflowed (NaN intervals, g = 0): the figures must be those of the same values in
+    units near 1 (scipy.stats there), scaled back, to 1e-12 relative."""
+    from scipy import stats
+    a, b = np.array([1.0, 1.1, 1.3]), np.array([1.2, 1.4])   # unequal n, n = 2
+    flat = np.array([2.0, 2.0, 2.0])                          # zero variance on one side
+    r = F.interval(a * scale)
+    lo, hi = stats.t.interval(0.95, 2, loc=a.mean(), scale=stats.sem(a))
+    assert (r["mean"], r["sd"], r["lo"], r["hi"]) == pytest.approx(
+        (a.mean() * scale, a.std(ddof=1) * scale, lo * scale, hi * scale), rel=1e-12)
+    for x, y in ((a, b), (flat, b), (b, flat)):
+        c = F.compare(x * scale, y * scale)
+        t = stats.ttest_ind(y, x, equal_var=False)
+        ci = t.confidence_interval(0.95)
+        sp = np.sqrt(((x.size - 1) * x.var(ddof=1) + (y.size - 1) * y.var(ddof=1))
+                     / (x.size + y.size - 2))
+        g = (y.mean() - x.mean()) / sp * (1 - 3 / (4 * (x.size + y.size) - 9))
+        assert (c["diff"], c["lo"], c["hi"]) == pytest.approx(
+            ((y.mean() - x.mean()) * scale, ci.low * scale, ci.high * scale), rel=1e-12)
+        assert (c["df"], c["hedges_g"]) == pytest.approx((t.df, g), rel=1e-12)
+
+
+def test_interval_and_compare_edge_cases():
+    from scipy import stats
+    # identical groups: no difference, g 0; both groups constant: a point interval, no g
+    c = F.compare([1.0, 2.0, 4.0], [1.0, 2.0, 4.0])
+    t = stats.ttest_ind([1.0, 2.0, 4.0], [1.0, 2.0, 4.0], equal_var=False)
+    assert c["diff"] == 0.0 and c["hedges_g"] == 0.0
+    assert (c["lo"], c["hi"], c["df"]) == pytest.approx(tuple(t.confidence_interval()) + (4.0,))
+    c = F.compare([1.0, 1.0], [2.0, 2.0, 2.0])
+    assert (c["diff"], c["lo"], c["hi"]) == (1.0, 1.0, 1.0) and np.isnan(c["hedges_g"])
+    r = F.interval([5.0, 5.0, 5.0])
+    assert (r["lo"], r["hi"], r["sd"]) == (5.0, 5.0, 0.0)
+    for bad in ([1.0, np.inf], [np.nan, np.nan]):
+        with pytest.raises(ValueError):
+            F.compare(bad, [1.0, 2.0])
+        with pytest.raises(ValueError):
+            F.compare([1.0, 2.0], bad)
+    # Spearman's rho with ties against scipy
+    for y in ([3.0, 3.0, 2.0, 2.0, 1.0], [1.0, 2.0, 2.0, 1.0], [4.0, 4.0, 4.0, 5.0]):
+        assert F._spearman(np.arange(len(y)), y) == pytest.approx(
+            stats.spearmanr(np.arange(len(y)), y).statistic, abs=1e-14)
+
+
+def test_selectivity_needs_enough_gated_seeds_on_both_sides():
+    """With no gated run at xi = 1 (the paper-size store) claim (ii) has no verdict, and
+    says which xi lacks seeds; it neither fails nor holds."""
+    long_ = [fake_result(7.0, s, 0.99 + 0.001 * s) for s in range(10)]
+    short = [fake_result(1.0, s, 0.85, margin=-0.001) for s in range(10)]   # none gated
+    v = F.verdicts(short + long_)
+    for key in ("selectivity", "selectivity_peak"):
+        sel = v[key]
+        assert not sel["holds"] and sel["status"] == "no verdict"
+        assert sel["delta_R"] is None and sel["short_collapses"] == {"holds": 0, "of": 0}
+        assert sel["missing"] == [{"xi": 1.0, "gated": 0}]
+    # 9 gated seeds at xi = 1, every one collapsing: still no verdict, figures given
+    short = [fake_result(1.0, s, 0.85 + 0.002 * s) for s in range(9)]
+    sel = F.verdicts(short + long_)["selectivity"]
+    assert sel["status"] == "no verdict" and sel["missing"] == [{"xi": 1.0, "gated": 9}]
+    assert sel["delta_R"]["diff"] == pytest.approx(0.9945 - 0.858)
+    # enough on both sides: a verdict, holds or fails
+    sel = F.verdicts(short + [fake_result(1.0, 9, 0.96)] + long_)["selectivity"]
+    assert sel["status"] == "fails" and sel["missing"] == []
+    sel = F.verdicts(short + [fake_result(1.0, 9, 0.9)] + long_)["selectivity"]
+    assert sel["status"] == "holds" and sel["holds"]
+    # the sensitivity table says so too
+    rows = {(n, val): out for n, val, out in F.sensitivity(short + long_)}
+    assert rows[("delta", F.DELTA)]["selective (R)"].startswith("no verdict (Δ +0.13")
+
+
+def test_v1_selectivity_does_not_depend_on_the_order_of_the_runs():
+    """A run with a zero rank[1] has no ratio (NaN): it can neither collapse nor stay flat, so
+    claim (ii) fails wherever it is in the list (max/min over a list with a NaN depend on
+    where the NaN is: the verdict held when it came second)."""
+    long_ = [[5, 13, 13.0], [5, 13, 13.1]]
+    short = [[5, 14, 12.0], [5, 0.0, 3.0]]
+    for s, l in ((short, long_), (short[::-1], long_), ([short[0]], long_ + [[5, 0.0, 3.0]]),
+                 ([short[0]], [[5, 0.0, 3.0]] + long_)):
+        v = F.selectivity(s, l)
+        assert v.status == "fails"
+        assert v.figures["short_range"] == pytest.approx([12 / 14] * 2)
+    assert F.selectivity([short[0]], long_).status == "holds"

@@ -110,3 +110,58 @@ def test_gated_markdown_states_counts_intervals_and_sensitivity(monkeypatch):
     assert ("| erank | masked | +0.136 [+0.131, +0.140] | 27.11 | holds | "
             "+0.136 [+0.131, +0.140] | 27.11 | holds |") in text
     assert "| spearman_max | not judged | 10/10 | 0/10 |" in text
+
+
+def test_no_gated_run_at_one_xi_is_said_plainly_and_judged_nowhere(monkeypatch):
+    """The paper-size store's picture: every xi = 1 run fails the gate. The text says so and
+    gives claim (ii) no verdict (it printed "fails", as if judged)."""
+    from test_findings_criteria import fake_result
+
+    import rgflow.report as report
+    monkeypatch.setattr(report, "MEASURE_LEVELS", (("erank", "masked"),))
+    short = [fake_result(1.0, s, 0.85, margin=-0.002) for s in range(3)]
+    long_ = [fake_result(7.0, s, 0.9 + 0.01 * s) for s in range(3)]
+    text = "\n".join(report.gated_markdown(short + long_))
+    assert ("No run at ξ = 1 passes the gate (0 of 3): no figure and no verdict at ξ = 1, "
+            "and none on claim (ii), which compares both ξ.") in text
+    assert ("Only 3 gated seeds at ξ = 7, fewer than the 10 a verdict needs: its counts are "
+            "shown for what they are.") in text
+    assert "| erank | masked | — | — | no verdict | — | — | no verdict |" in text
+    assert "| delta | 0.05 | 0/0 | 3/3 | 0/0 | 3/3 | 0/0 | 3/3 | no verdict | no verdict |" in text
+    # the one sensitivity row that gates the ξ = 1 runs gives the difference (ratios 0.85 x 3
+    # and 0.90, 0.91, 0.92: Δ 0.06, Welch df 2, half-width t(0.975, 2) x 0.01 / 3 = 0.0248),
+    # still no verdict
+    row = next(line for line in text.splitlines() if line.startswith("| require_adjacent | no"))
+    assert row.endswith("| no verdict (Δ +0.060 [+0.035, +0.085]) | "
+                        "no verdict (Δ +0.060 [+0.035, +0.085]) |")
+    assert not re.search(r"\| \**(holds|fails)", text)  # no cell gives claim (ii) a verdict
+    head = "\n".join(report.headline_markdown(short + long_))
+    assert "| (ii) selectivity | on R (ξ = 7 − ξ = 1) | **no verdict** | |" in head
+    assert "| (ii) selectivity | on R_peak | **no verdict** | |" in head
+    assert "No run at ξ = 1 passes the gate (0 of 3)" in head
+    assert not re.search(r"\| \**(holds|fails)", head)
+
+
+def test_an_undefined_figure_is_a_word_not_nan(monkeypatch, tmp_path):
+    """Identical ratios on each side leave Hedges' g undefined (pooled SD 0); a zero rank[1]
+    leaves R undefined: the text says so (it printed "nan")."""
+    from test_findings_criteria import fake_result
+
+    import rgflow.report as report
+    monkeypatch.setattr(report, "MEASURE_LEVELS", (("erank", "masked"),))
+    runs = [fake_result(1.0, s, 0.9) for s in range(10)] + \
+        [fake_result(7.0, s, 0.99) for s in range(10)]
+    zero = fake_result(1.0, 10, 0.9)
+    zero.measures["rank"]["erank"]["masked"] = [0.0, 0.0, 3.0, 2.0, 2.0, 2.0]
+    runs.append(zero)
+    head = "\n".join(report.headline_markdown(runs))
+    assert "**fails**: Δ = +0.090 [+0.090, +0.090], g undefined (SD 0) |" in head
+    for r in runs:
+        r.gate = {"size": 64, "masked_ce": r.masked_ce, "bayes_floor": r.bayes_floor,
+                  "adjacent_ce": r.adjacent_ce, "excess_se": 1e-4, "margin_se": 1e-4}
+        r.relevance, r.cka_matrix = {}, [[1.0]]
+    write_report(runs, tmp_path, figures=False)
+    md = (tmp_path / "report.md").read_text()  # gated_markdown's tables and every run's
+    assert "| erank | masked | +0.090 [+0.090, +0.090] | undefined (SD 0) | fails |" in md
+    assert "| 1 | 10 | yes | 0.00 | 2 | 3.00 | 2.00 | undefined | 0.667 |" in md
+    assert not re.search(r"\bnan\b", head + md, re.I)
