@@ -54,8 +54,7 @@ def reproduce(args):
                   c["collapse"]["holds"], c["collapse"]["of"], c["collapse_peak"]["holds"],
                   c["collapse_peak"]["of"], c["plateau"]["holds"], c["plateau"]["of"]))
     print("selectivity (masked positions, centred erank): on R %s, on R_peak %s" % (
-        "holds" if v["selectivity"]["holds"] else "fails",
-        "holds" if v["selectivity_peak"]["holds"] else "fails"))
+        v["selectivity"]["status"], v["selectivity_peak"]["status"]))
 
 
 def sweep_table(rows):

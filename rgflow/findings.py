@@ -764,7 +764,8 @@ def sensitivity(results, measure="erank", level="masked"):
     Returns a list of rows ``(threshold, value, {verdict: statement})`` where the verdicts are
     ``collapse``, ``after peak`` and ``plateau`` at ``ξ=1`` and ``ξ=7`` ("k/n" gated seeds)
     and ``selective (R)``, ``selective (R_peak)`` ("holds"/"fails"/"no verdict", with the
-    difference's interval when both ξ have 2 gated runs); ``value`` None for ``spearman_max`` means "not judged".
+    difference's interval when both ξ have 2 gated runs); ``value`` None for ``spearman_max``
+    means "not judged".
     """
     rows = []
     for name, values in SENSITIVITY.items():
