@@ -8,7 +8,8 @@ import stat
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
@@ -215,3 +216,38 @@ def test_phase_diagram_from_a_table(tmp_path):
     assert len(ax.lines) >= 1
     with pytest.raises(ValueError):
         plot_phase_diagram([])
+
+
+def test_num_threads_blocks_in_threads_restore_the_count_in_any_order():
+    """The count is process-wide: two blocks open at once in two threads, ended first-in
+    first-out (two sweep runs on a thread pool), used to leave the second's "before" (1) as
+    the caller's count."""
+    entered, leave_first = threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with rg.num_threads(1):
+            entered.set()
+            leave_first.wait(5)
+        seen["after first"] = rg.get_num_threads()
+
+    before = rg.set_num_threads(3)
+    try:
+        t = threading.Thread(target=first)
+        t.start()
+        entered.wait(5)
+        with rg.num_threads(1):
+            leave_first.set()
+            t.join(5)
+            seen["inside second"] = rg.get_num_threads()
+        assert seen == {"after first": 1, "inside second": 1}
+        assert rg.get_num_threads() == 3
+        with rg.num_threads(2), rg.num_threads(1):  # nested in one thread, as before
+            assert rg.get_num_threads() == 1
+        assert rg.get_num_threads() == 3
+        with pytest.raises(ValueError):
+            with rg.num_threads(0):
+                pass
+        assert rg.get_num_threads() == 3
+    finally:
+        rg.set_num_threads(before)
