@@ -91,8 +91,24 @@ def _write_record(store, payload):
         f.write(json.dumps(record))
 
 
+def _well_formed(payload):
+    """Whether a payload has what the sweep and :func:`load_results` read from it: a key and
+    either a result that loads (status "ok") or a config and an error (status "error")."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("key"), str):
+        return False
+    if payload.get("status") == "ok":
+        try:
+            Result.from_dict(payload["result"])
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return False
+        return True
+    return payload.get("status") == "error" and isinstance(payload.get("config"), dict) \
+        and isinstance(payload.get("error"), str)
+
+
 def load_record(path, key=None):
-    """A stored record, or None if it is missing, truncated, corrupted or for another key."""
+    """A stored record, or None if it is missing, truncated, corrupted, for another key or
+    not shaped as a sweep writes them (e.g. a result this version cannot load)."""
     try:
         record = json.loads(Path(path).read_text())
         payload = record["payload"]
@@ -100,8 +116,8 @@ def load_record(path, key=None):
             return None
         if key is not None and payload["key"] != key:
             return None
-        return payload
-    except (OSError, ValueError, KeyError, TypeError):
+        return payload if _well_formed(payload) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

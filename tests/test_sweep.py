@@ -251,3 +251,32 @@ def test_num_threads_blocks_in_threads_restore_the_count_in_any_order():
         assert rg.get_num_threads() == 3
     finally:
         rg.set_num_threads(before)
+
+
+def test_checksummed_records_of_another_shape_are_missing_not_a_crash(tmp_path):
+    """A record whose checksum matches but whose payload is not shaped as a sweep writes them
+    (no status, an "ok" run whose result does not load, an error without its config, a
+    payload that is not a dict) or whose JSON nests too deeply to parse: load_record says
+    missing (so a sweep recomputes it), and load_results skips or names it, never KeyError."""
+    key = TINY.key()
+    path = tmp_path / (key + ".json")
+    bad = [{"key": key}, {"key": key, "status": "ok"},
+           {"key": key, "status": "ok", "result": {"masked_ce": 1.0}},
+           {"key": key, "status": "ok", "result": {"config": {"nonsense": 1}}},
+           {"key": key, "status": "error"}, {"key": key, "status": "done", "result": {}},
+           [key], {"key": 7, "status": "error", "config": {}, "error": "x"}]
+    for payload in bad:
+        record = {"format": 1, "sha256": sweep_mod._checksum(payload), "payload": payload}
+        path.write_text(json.dumps(record))
+        assert sweep_mod.load_record(path, key) is None, payload
+        assert sweep_mod.load_results(tmp_path) == []
+        with pytest.raises(RuntimeError, match="missing"):
+            sweep_mod.load_results(tmp_path, [TINY])
+    path.write_text("[" * 100000 + "]" * 100000)
+    assert sweep_mod.load_record(path, key) is None
+    assert sweep_mod.load_results(tmp_path) == []
+    # an error record as a sweep writes it still loads
+    error = {"key": key, "status": "error", "config": TINY.to_dict(), "error": "E: x",
+             "traceback": ""}
+    sweep_mod._write_record(tmp_path, error)
+    assert sweep_mod.load_record(path, key) == error
