@@ -420,7 +420,9 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     process pool (:func:`process_pool` makes one whose workers are ready for it; a plain
     ``ProcessPoolExecutor`` works too) or on Dask workers. Runs not started are dropped, runs
     that finish meanwhile are stored, and :class:`SweepInterrupted` (a KeyboardInterrupt)
-    says how many runs are stored; calling ``sweep`` again with the same store resumes.
+    says how many runs are stored; calling ``sweep`` again with the same store resumes. Any
+    other exception of the sweep itself (a record that cannot be written, a broken pool) stops
+    the runs the same way before it propagates.
 
     Returns
     -------
@@ -484,6 +486,16 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         if futures:
             _wind_down(futures, stop, client, finish)
         raise SweepInterrupted(len(payloads), len(queued), store) from None
+    except BaseException:
+        # e.g. a record that cannot be written (disk full) or a broken pool: the other runs
+        # would go on for nothing (a plain pool's shutdown waits for every queued one), so
+        # stop them as Ctrl-C does and keep what finishes meanwhile if it can be stored
+        if futures:
+            def keep(payload):
+                with contextlib.suppress(Exception):
+                    finish(payload)
+            _wind_down(futures, stop, client, keep)
+        raise
     finally:
         stop.release()
         if client is not None:

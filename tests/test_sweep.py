@@ -280,3 +280,32 @@ def test_checksummed_records_of_another_shape_are_missing_not_a_crash(tmp_path):
              "traceback": ""}
     sweep_mod._write_record(tmp_path, error)
     assert sweep_mod.load_record(path, key) == error
+
+
+def test_a_record_that_cannot_be_written_stops_the_other_runs(tmp_path, monkeypatch):
+    """An exception in the sweep itself (here: the store is full when the first run ends)
+    stops the runs still going at their next chunk, as Ctrl-C does: a plain pool's shutdown
+    used to wait for every run of the sweep, whose results nobody would store."""
+    chain = rg.MarkovChain.lazy(3, 1.0)
+
+    def fake_run(config, progress):
+        if config.seed == 0:
+            return type("Done", (), {"to_json": lambda self: "{}"})()
+        model = rg.ResidualMLP(3, 6, 2, 8, 2, seed=0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:  # a long run, told to stop at a chunk boundary
+            rg.train(model, chain, steps=25, batch_size=8, eval_every=0, eval_size=8,
+                     progress=False)
+        raise AssertionError("never told to stop")
+
+    def full(store, payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep_mod, "run", fake_run)
+    monkeypatch.setattr(sweep_mod, "_write_record", full)
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="No space"):
+        with ThreadPoolExecutor(3) as pool:
+            rg.sweep(rg.grid(TINY, seed=[1, 0, 2]), executor=pool, store=tmp_path,
+                     progress=False)
+    assert time.monotonic() - t0 < 5
