@@ -17,6 +17,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
@@ -199,9 +200,33 @@ def _on_worker_sigint(signum, frame):
         _STOPPED.add(_current_token[0])
 
 
+# How often a pool worker checks that the process that started it is still there.
+PARENT_POLL = 0.5
+_watching_parent = []
+
+
+def _exit_with_parent():
+    """In a pool worker: exit once the process that started it is gone. A sweep killed (e.g.
+    SIGTERM or SIGKILL to it alone) would otherwise leave its workers behind for good: the
+    running ones finish their runs for nobody, then every one waits on the pool's queue."""
+    if _watching_parent:
+        return
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)
+
+    _watching_parent.append(threading.Thread(target=watch, name="rgflow-parent", daemon=True))
+    _watching_parent[0].start()
+
+
 def _worker_init():
-    """Process-pool initializer: Ctrl-C in a worker stops its sweep's runs, never raises."""
+    """Process-pool initializer: Ctrl-C in a worker stops its sweep's runs, never raises; the
+    worker exits if its parent dies."""
     signal.signal(signal.SIGINT, _on_worker_sigint)
+    _exit_with_parent()
 
 
 _saved_sigint = []
