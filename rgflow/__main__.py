@@ -123,7 +123,7 @@ def sweep(args):
     import matplotlib
     matplotlib.use("Agg")
     from .plot import plot_phase_diagram
-    if any(r["status"] == "ok" for r in rows):
+    if any(r["status"] == "ok" and "ratio_position" in r for r in rows):  # depth >= 3
         ax = plot_phase_diagram(rows)
         ax.figure.savefig(store / "phase_diagram.png", dpi=100)
         print("table.json and phase_diagram.png written to %s" % store)
@@ -177,6 +177,8 @@ def _xi(low_open):
 
 def _directory(text):
     """A directory that exists or can be made: not a file, not under a file, writable."""
+    if not text:
+        raise argparse.ArgumentTypeError("a directory name is needed, got ''")
     path = os.path.abspath(text)
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError("%s exists and is not a directory" % text)
@@ -294,7 +296,7 @@ def make_parser():
     p.add_argument("--mask-rate", type=_real(0.0, True, 1.0, False), default=0.15,
                    metavar="RATE", help="share of tokens masked, in (0, 1] "
                    "(default: %(default)s)")
-    p.add_argument("--seed", type=_integer(0), default=0,
+    p.add_argument("--seed", type=_integer(0, 2**64 - 2), default=0,
                    help="sampling seed; masking uses seed + 1 (default: %(default)s)")
     p.set_defaults(func=demo)
     return parser
@@ -367,6 +369,9 @@ def main(argv=None):
             print(interrupted_line(args, exc, what), file=sys.stderr, flush=True)
             return TERMINATED if terminated else INTERRUPTED
         except MemoryError as exc:  # rgflow.MemoryLimitError: too large for this machine
+            print("rgflow %s: %s" % (args.command, exc), file=sys.stderr)
+            return 1
+        except OSError as exc:  # a store that cannot be made or written, a scheduler away
             print("rgflow %s: %s" % (args.command, exc), file=sys.stderr)
             return 1
     return 0
