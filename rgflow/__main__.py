@@ -360,7 +360,9 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     if getattr(args, "noise", 0.0) and args.task == "chain":
-        parser.error("argument --noise: needs --task hmm or hmm-random")
+        command = next(a for a in parser._actions  # its usage line, as for other values
+                       if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        command.error("argument --noise: needs --task hmm or hmm-random")
     with _sigterm_as_ctrl_c() as terminated:
         try:
             args.func(args)

@@ -80,6 +80,7 @@ BAD = [
     # a seed past the generator's range was a ValueError traceback after the config print
     (["demo", "--seed", str(2**64 - 1)], "argument --seed: must be an integer >= 0 and <= "
                                           "18446744073709551614, got 18446744073709551615"),
+    (["sweep", "--noise", "0.3"], "argument --noise: needs --task hmm or hmm-random"),
     # an empty name was taken as the current directory
     (["reproduce", "--store", ""], "argument --store: a directory name is needed, got ''"),
     (["reproduce", "--out", ""], "argument --out: a directory name is needed, got ''"),
