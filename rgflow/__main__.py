@@ -2,16 +2,20 @@
 
 Bad option values are usage errors (one line, exit code 2). Ctrl-C stops every run at its next
 training chunk, keeps every finished run, prints one line saying what was kept and how to
-resume, and exits with code 130.
+resume, and exits with code 130; SIGTERM does the same and exits with code 143.
 """
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT (128 + 2)
+TERMINATED = 143  # ... and by SIGTERM (128 + 15)
 
 
 def demo(args):
@@ -118,7 +122,7 @@ def sweep(args):
     import matplotlib
     matplotlib.use("Agg")
     from .plot import plot_phase_diagram
-    if any(r["status"] == "ok" for r in rows):
+    if any(r["status"] == "ok" and "ratio_position" in r for r in rows):  # depth >= 3
         ax = plot_phase_diagram(rows)
         ax.figure.savefig(store / "phase_diagram.png", dpi=100)
         print("table.json and phase_diagram.png written to %s" % store)
@@ -172,6 +176,8 @@ def _xi(low_open):
 
 def _directory(text):
     """A directory that exists or can be made: not a file, not under a file, writable."""
+    if not text:
+        raise argparse.ArgumentTypeError("a directory name is needed, got ''")
     path = os.path.abspath(text)
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError("%s exists and is not a directory" % text)
@@ -289,7 +295,7 @@ def make_parser():
     p.add_argument("--mask-rate", type=_real(0.0, True, 1.0, False), default=0.15,
                    metavar="RATE", help="share of tokens masked, in (0, 1] "
                    "(default: %(default)s)")
-    p.add_argument("--seed", type=_integer(0), default=0,
+    p.add_argument("--seed", type=_integer(0, 2**64 - 2), default=0,
                    help="sampling seed; masking uses seed + 1 (default: %(default)s)")
     p.set_defaults(func=demo)
     return parser
@@ -301,19 +307,51 @@ def _store_of(args):
     return getattr(args, "store", None)
 
 
-def interrupted_line(args, exc):
-    """The one line printed on Ctrl-C: what was kept and how to resume."""
+def interrupted_line(args, exc, what="interrupted"):
+    """The one line printed on Ctrl-C (``what``: "interrupted", or "terminated" on SIGTERM):
+    what was kept and how to resume."""
     from .sweep import SweepInterrupted
 
     store = _store_of(args)
     if store is None:
-        return "rgflow %s: interrupted" % args.command
+        return "rgflow %s: %s" % (args.command, what)
     if isinstance(exc, SweepInterrupted):
-        return ("rgflow %s: interrupted; %d of %d runs finished and are kept in %s; run the "
+        return ("rgflow %s: %s; %d of %d runs finished and are kept in %s; run the "
                 "same command again to compute only the other %d"
-                % (args.command, exc.done, exc.total, store, exc.total - exc.done))
-    return ("rgflow %s: interrupted; every finished run is kept in %s; run the same command "
-            "again to resume" % (args.command, store))
+                % (args.command, what, exc.done, exc.total, store, exc.total - exc.done))
+    return ("rgflow %s: %s; every finished run is kept in %s; run the same command "
+            "again to resume" % (args.command, what, store))
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Within the block, SIGTERM (``kill PID``, a job scheduler) stops the command as Ctrl-C
+    does: runs stop at their next chunk, finished ones are kept. Yields a list that is
+    non-empty once a SIGTERM arrived. Only in the main thread, and only where SIGTERM has its
+    default action (which would end the process at once, finished runs of the workers
+    lost)."""
+    got = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield got
+        return
+    ctrl_c = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+
+    def on_sigterm(signum, frame):
+        got.append(signum)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):  # Python's (KeyboardInterrupt), train's hold, a pool worker's
+            handler(signal.SIGINT, frame)
+        elif handler is signal.SIG_IGN and ctrl_c:
+            return  # a sweep winding down after the first Ctrl-C or SIGTERM ignores more
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv=None):
@@ -321,15 +359,22 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     if getattr(args, "noise", 0.0) and args.task == "chain":
-        parser.error("argument --noise: needs --task hmm or hmm-random")
-    try:
-        args.func(args)
-    except KeyboardInterrupt as exc:  # Ctrl-C: SweepInterrupted, TrainingInterrupted, ...
-        print(interrupted_line(args, exc), file=sys.stderr, flush=True)
-        return INTERRUPTED
-    except MemoryError as exc:  # rgflow.MemoryLimitError: a size too large for this machine
-        print("rgflow %s: %s" % (args.command, exc), file=sys.stderr)
-        return 1
+        command = next(a for a in parser._actions  # its usage line, as for other values
+                       if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        command.error("argument --noise: needs --task hmm or hmm-random")
+    with _sigterm_as_ctrl_c() as terminated:
+        try:
+            args.func(args)
+        except KeyboardInterrupt as exc:  # Ctrl-C: SweepInterrupted, TrainingInterrupted, ...
+            what = "terminated" if terminated else "interrupted"
+            print(interrupted_line(args, exc, what), file=sys.stderr, flush=True)
+            return TERMINATED if terminated else INTERRUPTED
+        except MemoryError as exc:  # rgflow.MemoryLimitError: too large for this machine
+            print("rgflow %s: %s" % (args.command, exc), file=sys.stderr)
+            return 1
+        except OSError as exc:  # a store that cannot be made or written, a scheduler away
+            print("rgflow %s: %s" % (args.command, exc), file=sys.stderr)
+            return 1
     return 0
 
 

@@ -10,6 +10,7 @@ differently), so every stored result records :func:`where_computed`.
 """
 import os
 import platform
+import threading
 
 from . import _core
 from ._version import __version__
@@ -56,18 +57,41 @@ def get_num_threads():
     return _core.blas_info()[3]
 
 
+# num_threads blocks open now, in any thread, in the order they were entered, and the count
+# before the first of them: the count is process-wide, so blocks in several threads at once
+# (a sweep on a thread pool) must not restore it in whatever order they happen to end.
+_blocks_lock = threading.Lock()
+_open_blocks = []
+_count_before_blocks = [None]
+
+
 class num_threads:
-    """Context manager: ``with num_threads(1): ...`` computes with 1 thread, then restores."""
+    """Context manager: ``with num_threads(1): ...`` computes with 1 thread, then restores.
+
+    The count is process-wide. Blocks open in several threads at once (e.g. runs of a sweep
+    on a thread pool) share it: the most recently entered open block's count applies, and the
+    count from before the first of them comes back when the last one ends, whatever order
+    they end in."""
 
     def __init__(self, n):
         self.n = n
 
     def __enter__(self):
-        self.before = set_num_threads(self.n)
+        with _blocks_lock:
+            before = set_num_threads(self.n)
+            if not _open_blocks:
+                _count_before_blocks[0] = before
+            self.before = before
+            _open_blocks.append(self)
         return self
 
     def __exit__(self, *exc):
-        set_num_threads(self.before)
+        with _blocks_lock:
+            for i in range(len(_open_blocks) - 1, -1, -1):
+                if _open_blocks[i] is self:
+                    del _open_blocks[i]
+                    break
+            set_num_threads(_open_blocks[-1].n if _open_blocks else _count_before_blocks[0])
 
 
 def _cpu_model():

@@ -17,6 +17,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
@@ -91,8 +92,24 @@ def _write_record(store, payload):
         f.write(json.dumps(record))
 
 
+def _well_formed(payload):
+    """Whether a payload has what the sweep and :func:`load_results` read from it: a key and
+    either a result that loads (status "ok") or a config and an error (status "error")."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("key"), str):
+        return False
+    if payload.get("status") == "ok":
+        try:
+            Result.from_dict(payload["result"])
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return False
+        return True
+    return payload.get("status") == "error" and isinstance(payload.get("config"), dict) \
+        and isinstance(payload.get("error"), str)
+
+
 def load_record(path, key=None):
-    """A stored record, or None if it is missing, truncated, corrupted or for another key."""
+    """A stored record, or None if it is missing, truncated, corrupted, for another key or
+    not shaped as a sweep writes them (e.g. a result this version cannot load)."""
     try:
         record = json.loads(Path(path).read_text())
         payload = record["payload"]
@@ -100,8 +117,8 @@ def load_record(path, key=None):
             return None
         if key is not None and payload["key"] != key:
             return None
-        return payload
-    except (OSError, ValueError, KeyError, TypeError):
+        return payload if _well_formed(payload) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 
@@ -183,9 +200,33 @@ def _on_worker_sigint(signum, frame):
         _STOPPED.add(_current_token[0])
 
 
+# How often a pool worker checks that the process that started it is still there.
+PARENT_POLL = 0.5
+_watching_parent = []
+
+
+def _exit_with_parent():
+    """In a pool worker: exit once the process that started it is gone. A sweep killed (e.g.
+    SIGTERM or SIGKILL to it alone) would otherwise leave its workers behind for good: the
+    running ones finish their runs for nobody, then every one waits on the pool's queue."""
+    if _watching_parent:
+        return
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)
+
+    _watching_parent.append(threading.Thread(target=watch, name="rgflow-parent", daemon=True))
+    _watching_parent[0].start()
+
+
 def _worker_init():
-    """Process-pool initializer: Ctrl-C in a worker stops its sweep's runs, never raises."""
+    """Process-pool initializer: Ctrl-C in a worker stops its sweep's runs, never raises; the
+    worker exits if its parent dies."""
     signal.signal(signal.SIGINT, _on_worker_sigint)
+    _exit_with_parent()
 
 
 _saved_sigint = []
@@ -404,7 +445,9 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     process pool (:func:`process_pool` makes one whose workers are ready for it; a plain
     ``ProcessPoolExecutor`` works too) or on Dask workers. Runs not started are dropped, runs
     that finish meanwhile are stored, and :class:`SweepInterrupted` (a KeyboardInterrupt)
-    says how many runs are stored; calling ``sweep`` again with the same store resumes.
+    says how many runs are stored; calling ``sweep`` again with the same store resumes. Any
+    other exception of the sweep itself (a record that cannot be written, a broken pool) stops
+    the runs the same way before it propagates.
 
     Returns
     -------
@@ -468,6 +511,16 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         if futures:
             _wind_down(futures, stop, client, finish)
         raise SweepInterrupted(len(payloads), len(queued), store) from None
+    except BaseException:
+        # e.g. a record that cannot be written (disk full) or a broken pool: the other runs
+        # would go on for nothing (a plain pool's shutdown waits for every queued one), so
+        # stop them as Ctrl-C does and keep what finishes meanwhile if it can be stored
+        if futures:
+            def keep(payload):
+                with contextlib.suppress(Exception):
+                    finish(payload)
+            _wind_down(futures, stop, client, keep)
+        raise
     finally:
         stop.release()
         if client is not None:

@@ -77,6 +77,13 @@ BAD = [
                                 "got 1"),
     (["demo", "--mask-rate", "1.5"], "argument --mask-rate: must lie in (0, 1], got 1.5"),
     (["demo", "--n", "ten"], "argument --n: 'ten' is not an integer"),
+    # a seed past the generator's range was a ValueError traceback after the config print
+    (["demo", "--seed", str(2**64 - 1)], "argument --seed: must be an integer >= 0 and <= "
+                                          "18446744073709551614, got 18446744073709551615"),
+    (["sweep", "--noise", "0.3"], "argument --noise: needs --task hmm or hmm-random"),
+    # an empty name was taken as the current directory
+    (["reproduce", "--store", ""], "argument --store: a directory name is needed, got ''"),
+    (["reproduce", "--out", ""], "argument --out: a directory name is needed, got ''"),
 ]
 
 
@@ -151,3 +158,27 @@ def test_too_large_for_this_machine_is_one_line(capsys):
     assert err.splitlines() == [
         err.strip()] and err.startswith("rgflow demo: sample: n * length = 1000000000000 x "
                                         "1000000 int32 tokens needs 4e+09 GB but only ")
+
+
+def test_a_store_that_cannot_be_written_is_one_line(monkeypatch, tmp_path, capsys):
+    """An OSError (a store that cannot be made or written, a Dask scheduler that does not
+    answer) was a traceback."""
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", "runs/abc.json")
+
+    monkeypatch.setattr(rg, "sweep", full)
+    code, out, err = run(["sweep", "--xi", "1", "--seeds", "1", "--store", str(tmp_path),
+                          "--no-progress"], capsys)
+    assert code == 1 and out == ""
+    assert err == "rgflow sweep: [Errno 28] No space left on device: 'runs/abc.json'\n"
+
+
+def test_sweep_of_one_block_has_no_ratio_and_no_phase_diagram(tmp_path, capsys):
+    """With --depth 1 the rank profile has two points and no collapse ratio: the command
+    printed its table, then failed drawing the phase diagram with a traceback."""
+    code, out, err = run(["sweep", "--quick", "--steps", "5", "--depth", "1", "--hidden", "8",
+                          "--width", "4", "--length", "8", "--xi", "1", "--seeds", "1",
+                          "--store", str(tmp_path), "--no-progress"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[1].split()[6:8] == ["nan", "nan"]
+    assert (tmp_path / "table.json").exists() and not (tmp_path / "phase_diagram.png").exists()

@@ -51,7 +51,7 @@ def group_members(pgid):
     return members
 
 
-def interrupt(args, ready, cwd, whole_group=True):
+def interrupt(args, ready, cwd, whole_group=True, sig=signal.SIGINT):
     """Run ``args`` in a new session, wait until ``ready(process group id)``, send SIGINT (to the process group
     as a terminal's Ctrl-C does, or to the parent alone); return (exit code, seconds until
     the parent exited, stdout, stderr, processes of the group still alive)."""
@@ -66,9 +66,9 @@ def interrupt(args, ready, cwd, whole_group=True):
             time.sleep(0.02)
         t0 = time.monotonic()
         if whole_group:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, sig)
         else:
-            os.kill(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, sig)
         out, err = proc.communicate(timeout=60)
         elapsed = time.monotonic() - t0
         time.sleep(0.2)  # let exiting children finish exiting
@@ -221,3 +221,54 @@ def test_sweep_on_threads_stops_on_ctrl_c(tmp_path):
                                % tmp_path)
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def workers_up(seconds):
+    """``ready`` for :func:`interrupt`: the parent and two workers, then ``seconds`` more."""
+    started = []
+
+    def ready(pgid):
+        if not started and len(group_members(pgid)) >= 3:
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > seconds
+    return ready
+
+
+def test_sigterm_stops_the_sweep_command_as_ctrl_c_does(tmp_path):
+    """`kill PID` (a job scheduler's stop) used to end `rgflow sweep --workers 2` at once, with
+    no message, and leave both workers behind for good."""
+    code, elapsed, out, err, alive = interrupt(
+        CLI + ["sweep"] + TINY_ARGS + ["--xi", "1", "7", "--seeds", "4", "--workers", "2",
+                                       "--store", "runs", "--no-progress"],
+        workers_up(1.0), tmp_path, whole_group=False, sig=signal.SIGTERM)
+    assert code == 143, (out, err)
+    assert elapsed < STOP_WITHIN and "Traceback" not in out + err and alive == []
+    assert re.fullmatch(r"rgflow sweep: terminated; (\d) of 8 runs finished and are kept in "
+                        r"runs; run the same command again to compute only the other \d",
+                        err.strip()), err
+    assert all(load_record(p, p.stem)["status"] == "ok" for p in records(tmp_path / "runs"))
+
+
+def test_pool_workers_exit_when_their_sweep_is_killed(tmp_path):
+    """SIGKILL to the parent alone (no clean-up possible there): the workers notice that it is
+    gone and exit instead of finishing runs for nobody and then waiting forever."""
+    proc = subprocess.Popen(
+        CLI + ["sweep"] + TINY_ARGS + ["--xi", "1", "7", "--seeds", "4", "--workers", "2",
+                                       "--store", "runs", "--no-progress"],
+        cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        ready = workers_up(0.5)
+        deadline = time.monotonic() + 60
+        while not ready(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + STOP_WITHIN
+        while group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert group_members(proc.pid) == []
+    finally:
+        if group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -8,7 +8,8 @@ import stat
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import pytest
 
@@ -215,3 +216,96 @@ def test_phase_diagram_from_a_table(tmp_path):
     assert len(ax.lines) >= 1
     with pytest.raises(ValueError):
         plot_phase_diagram([])
+
+
+def test_num_threads_blocks_in_threads_restore_the_count_in_any_order():
+    """The count is process-wide: two blocks open at once in two threads, ended first-in
+    first-out (two sweep runs on a thread pool), used to leave the second's "before" (1) as
+    the caller's count."""
+    entered, leave_first = threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with rg.num_threads(1):
+            entered.set()
+            leave_first.wait(5)
+        seen["after first"] = rg.get_num_threads()
+
+    before = rg.set_num_threads(3)
+    try:
+        t = threading.Thread(target=first)
+        t.start()
+        entered.wait(5)
+        with rg.num_threads(1):
+            leave_first.set()
+            t.join(5)
+            seen["inside second"] = rg.get_num_threads()
+        assert seen == {"after first": 1, "inside second": 1}
+        assert rg.get_num_threads() == 3
+        with rg.num_threads(2), rg.num_threads(1):  # nested in one thread, as before
+            assert rg.get_num_threads() == 1
+        assert rg.get_num_threads() == 3
+        with pytest.raises(ValueError):
+            with rg.num_threads(0):
+                pass
+        assert rg.get_num_threads() == 3
+    finally:
+        rg.set_num_threads(before)
+
+
+def test_checksummed_records_of_another_shape_are_missing_not_a_crash(tmp_path):
+    """A record whose checksum matches but whose payload is not shaped as a sweep writes them
+    (no status, an "ok" run whose result does not load, an error without its config, a
+    payload that is not a dict) or whose JSON nests too deeply to parse: load_record says
+    missing (so a sweep recomputes it), and load_results skips or names it, never KeyError."""
+    key = TINY.key()
+    path = tmp_path / (key + ".json")
+    bad = [{"key": key}, {"key": key, "status": "ok"},
+           {"key": key, "status": "ok", "result": {"masked_ce": 1.0}},
+           {"key": key, "status": "ok", "result": {"config": {"nonsense": 1}}},
+           {"key": key, "status": "error"}, {"key": key, "status": "done", "result": {}},
+           [key], {"key": 7, "status": "error", "config": {}, "error": "x"}]
+    for payload in bad:
+        record = {"format": 1, "sha256": sweep_mod._checksum(payload), "payload": payload}
+        path.write_text(json.dumps(record))
+        assert sweep_mod.load_record(path, key) is None, payload
+        assert sweep_mod.load_results(tmp_path) == []
+        with pytest.raises(RuntimeError, match="missing"):
+            sweep_mod.load_results(tmp_path, [TINY])
+    path.write_text("[" * 100000 + "]" * 100000)
+    assert sweep_mod.load_record(path, key) is None
+    assert sweep_mod.load_results(tmp_path) == []
+    # an error record as a sweep writes it still loads
+    error = {"key": key, "status": "error", "config": TINY.to_dict(), "error": "E: x",
+             "traceback": ""}
+    sweep_mod._write_record(tmp_path, error)
+    assert sweep_mod.load_record(path, key) == error
+
+
+def test_a_record_that_cannot_be_written_stops_the_other_runs(tmp_path, monkeypatch):
+    """An exception in the sweep itself (here: the store is full when the first run ends)
+    stops the runs still going at their next chunk, as Ctrl-C does: a plain pool's shutdown
+    used to wait for every run of the sweep, whose results nobody would store."""
+    chain = rg.MarkovChain.lazy(3, 1.0)
+
+    def fake_run(config, progress):
+        if config.seed == 0:
+            return type("Done", (), {"to_json": lambda self: "{}"})()
+        model = rg.ResidualMLP(3, 6, 2, 8, 2, seed=0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 30:  # a long run, told to stop at a chunk boundary
+            rg.train(model, chain, steps=25, batch_size=8, eval_every=0, eval_size=8,
+                     progress=False)
+        raise AssertionError("never told to stop")
+
+    def full(store, payload):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep_mod, "run", fake_run)
+    monkeypatch.setattr(sweep_mod, "_write_record", full)
+    t0 = time.monotonic()
+    with pytest.raises(OSError, match="No space"):
+        with ThreadPoolExecutor(3) as pool:
+            rg.sweep(rg.grid(TINY, seed=[1, 0, 2]), executor=pool, store=tmp_path,
+                     progress=False)
+    assert time.monotonic() - t0 < 5
