@@ -205,6 +205,7 @@ def make_parser():
         "measure how the residual stream's effective rank and kernel drift change with depth.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # name -> its parser, for usage errors found after parsing
 
     p = sub.add_parser(
         "reproduce", help="train xi = 1 and 7 over seeds, judge the paper's three claims over "
@@ -359,9 +360,8 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     if getattr(args, "noise", 0.0) and args.task == "chain":
-        command = next(a for a in parser._actions  # its usage line, as for other values
-                       if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-        command.error("argument --noise: needs --task hmm or hmm-random")
+        # the command's own usage line, as for its other bad values
+        parser.commands[args.command].error("argument --noise: needs --task hmm or hmm-random")
     with _sigterm_as_ctrl_c() as terminated:
         try:
             args.func(args)
