@@ -369,9 +369,12 @@ def _run_one(config_dict, blas_threads, stop=None, steps_file=None):
             return None
         raise
     except Exception as exc:  # a failing run is a record, not the end of the sweep
-        return {"key": config.key(), "status": "error", "config": config.to_dict(),
-                "error": "%s: %s" % (type(exc).__name__, exc),
-                "traceback": traceback.format_exc()}
+        payload = {"key": config.key(), "status": "error", "config": config.to_dict(),
+                   "error": "%s: %s" % (type(exc).__name__, exc),
+                   "traceback": traceback.format_exc()}
+        if isinstance(exc, MemoryError):  # incl. MemoryLimitError: the machine's state, not
+            payload["transient"] = True   # the config's; reported, not stored, so retried
+        return payload
 
 
 def _wind_down(futures, stop, client, finish):
@@ -435,7 +438,9 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         or corrupted ones are recomputed.
     progress : show a tqdm bar over the training steps of the runs to do (the workers report
         their steps as they go; the postfix counts finished runs).
-    retry_failed : recompute stored runs that ended in an error.
+    retry_failed : recompute stored runs that ended in an error. A run that ran out of memory
+        (MemoryError, e.g. rgflow.MemoryLimitError) is in the table as an error but never
+        stored: it depends on what else the machine was doing, so a later sweep runs it again.
     blas_threads : rgflow threads per run (:func:`rgflow.set_num_threads`; results do not
         depend on it); default 1 when an executor runs several runs at once (so they do not
         oversubscribe cores), the caller's count in-process.
@@ -481,7 +486,7 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     def finish(payload):
         if payload["key"] in payloads:
             return
-        if store is not None:
+        if store is not None and not payload.get("transient"):
             _write_record(store, payload)
         payloads[payload["key"]] = payload  # after the write: an interrupted write did not keep it
         if bar:

@@ -107,6 +107,29 @@ def test_resume_failures_and_damaged_records(tmp_path, counted):
     assert not list(store.glob(".*.tmp"))  # no temp litter from atomic writes
 
 
+def test_a_run_out_of_memory_is_reported_not_stored(tmp_path, monkeypatch):
+    """A MemoryError depends on the machine at the time, not on the config: the table has the
+    error, the store has no record, and the next sweep runs the config again."""
+    store = tmp_path / "runs"
+    cfgs = rg.grid(TINY, seed=[0, 1])
+    real = sweep_mod.run
+
+    def short_of_memory(config, **kw):
+        if config.seed == 1:
+            raise rg.MemoryLimitError("posterior needs 99 GiB, 1 GiB available")
+        return real(config, **kw)
+
+    monkeypatch.setattr(sweep_mod, "run", short_of_memory)
+    first = records(rg.sweep(cfgs, store=store, progress=False))
+    assert [r["status"] for r in first] == ["ok", "error"]
+    assert "MemoryLimitError" in first[1]["error"]
+    assert sorted(p.name for p in store.glob("*.json")) == [cfgs[0].key() + ".json"]
+    monkeypatch.setattr(sweep_mod, "run", real)
+    again = records(rg.sweep(cfgs, store=store, progress=False))
+    assert [r["status"] for r in again] == ["ok", "ok"]
+    assert len(list(store.glob("*.json"))) == 2
+
+
 SCRIPT = """
 import sys
 import rgflow as rg
