@@ -42,8 +42,8 @@ static inline void times_emission(double *row, const double *E, const double *sc
 /* G (n, L, H) = P(h_t | visible tokens of sequence i), by forward-backward; b, g (n, H);
  * scale (V) from column_scales. */
 static int smooth(const double *T, const double *pi, const double *E, const double *scale,
-                  int64_t H, int64_t V, const int32_t *tokens, const uint8_t *mask, int64_t n, int64_t L,
-                  double *G, double *b, double *g, int64_t *bad_seq, int64_t *bad_pos)
+                  int64_t H, int64_t V, const int32_t *tokens, const uint8_t *mask, int64_t n,
+                  int64_t L, double *G, double *b, double *g, int64_t *bad_seq, int64_t *bad_pos)
 {
     const int64_t ld = L * H; /* row stride of G viewed as (n, L*H) */
     /* Forward: G[i, t] = P(h_t | visible x_0..x_t). */
