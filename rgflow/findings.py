@@ -17,7 +17,9 @@ report says exactly what was tested. None is tuned to make a claim pass.
      above 0 (v1: the two ranges disjoint).
 (iii) Fixed-point plateau (per run, drift d_l = 1 - CKA(z_l, z_{l+1}), l = 0..K-1): the two
      largest transitions carry >= PLATEAU_TOP2_SHARE of the total drift and every other
-     transition's drift is <= PLATEAU_REST_MAX of the largest.
+     transition's drift is <= PLATEAU_REST_MAX of the largest. With fewer than 3 transitions
+     (depth < 3) the two largest are all of the drift and the criterion cannot fail: such a
+     run is "not judged" and counts neither way.
 
 The verdicts over seeds (:func:`verdicts`, what ``rgflow reproduce`` states) count only runs
 that pass the training gate (:func:`gate_of`): masked CE within GATE_EXCESS nats of the exact
@@ -58,6 +60,7 @@ CONFIDENCE = 0.95          # intervals: t-based for a mean, Welch for a differen
 
 HOLDS, FAILS, UNDERTRAINED = "holds", "fails", "undertrained"
 NO_VERDICT = "no verdict"  # claim (ii) with fewer than MIN_SEEDS gated seeds at a xi
+NOT_JUDGED = "not judged"  # claim (iii) on fewer than 3 transitions: its top two are all of it
 
 SHORT_XI, LONG_XI = 1.0, 7.0  # the correlation lengths the claims compare
 
@@ -271,14 +274,18 @@ def plateau(drift, learned=1.0, *, top2_share=None, rest_max=None):
     drift : (depth,) drift per transition, 1 - CKA(z_l, z_{l+1}), l = 0..depth-1.
     top2_share, rest_max : thresholds (default PLATEAU_TOP2_SHARE, PLATEAU_REST_MAX).
 
+    With fewer than 3 transitions the status is "not judged" (the criterion cannot fail).
+
     >>> plateau([0.3, 0.01, 0.2, 0.005, 0.0]).status
     'holds'
     >>> plateau([0.1, 0.1, 0.1, 0.1]).status
     'fails'
+    >>> plateau([0.1, 0.1]).status
+    'not judged'
     """
     top2_share = PLATEAU_TOP2_SHARE if top2_share is None else top2_share
     rest_max = PLATEAU_REST_MAX if rest_max is None else rest_max
-    d = _profile(drift, "drift", 2)
+    d = _profile(drift, "drift", 1)
     total = float(d.sum())
     order = np.argsort(d)[::-1]
     top2 = float(d[order[:2]].sum())
@@ -288,11 +295,13 @@ def plateau(drift, learned=1.0, *, top2_share=None, rest_max=None):
     rest_max_found = float(rest.max()) if rest.size else 0.0
     ok = total > 0 and share >= top2_share and rest_max_found <= rest_max * largest
     learned_list, under = _gate([learned])
+    judged = HOLDS if ok else FAILS
     return Verdict(
         claim="fixed-point plateau",
-        status=UNDERTRAINED if under else (HOLDS if ok else FAILS),
+        status=UNDERTRAINED if under else (judged if d.size >= 3 else NOT_JUDGED),
         criterion=("top-2 transitions carry >= %g of the total drift and every other "
-                   "transition <= %g x the largest" % (top2_share, rest_max)),
+                   "transition <= %g x the largest (judged on >= 3 transitions)"
+                   % (top2_share, rest_max)),
         figures={"top2_share": share, "top2_transitions": [int(i) for i in order[:2]],
                  "largest": largest, "rest_max": rest_max_found,
                  "rest_max_over_largest": rest_max_found / largest if largest > 0 else 0.0,
@@ -307,10 +316,14 @@ COLLAPSE_SETS = (("collapse_masked", "masked"), ("collapse_visible", "visible"),
 
 
 def _all_hold(statuses):
-    """Aggregate per-seed statuses: undertrained if any run is, else holds iff all hold."""
+    """Aggregate per-seed statuses: undertrained if any run is, else holds iff every judged
+    run holds ("not judged" when none is)."""
     if any(s == UNDERTRAINED for s in statuses):
         return UNDERTRAINED
-    return HOLDS if all(s == HOLDS for s in statuses) else FAILS
+    judged = [s for s in statuses if s != NOT_JUDGED]
+    if not judged:
+        return NOT_JUDGED
+    return HOLDS if all(s == HOLDS for s in judged) else FAILS
 
 
 def summarize(results):
@@ -565,7 +578,9 @@ def _profile_figures(rank, drift, drift_masked=None, *, delta=None, tol=None,
 
 
 def _count(statuses):
-    return {"holds": sum(s == HOLDS for s in statuses), "of": len(statuses)}
+    """k of n, over the runs a criterion could judge (plateau: depth >= 3)."""
+    return {"holds": sum(s == HOLDS for s in statuses),
+            "of": sum(s != NOT_JUDGED for s in statuses)}
 
 
 # per-run figures cell_verdicts summarises: statuses counted, ratios given an interval

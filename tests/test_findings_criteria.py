@@ -66,6 +66,13 @@ def test_plateau_cases():
     v = F.plateau([0.4, 0.3, 0.08, 0.01, 0.01])
     assert v.figures["top2_share"] > 0.6 and v.status == "fails"
     assert F.plateau([0.0, 0.0, 0.0]).status == "fails"  # no drift at all is not a plateau
+    # one or two transitions: the top two are the whole drift, so nothing is judged
+    for few in ([0.3], [0.1, 0.1], [0.5, 0.0]):
+        assert F.plateau(few).status == "not judged"
+    assert F._all_hold(["not judged", "not judged"]) == "not judged"
+    assert F._all_hold(["holds", "not judged"]) == "holds"
+    assert F._all_hold(["fails", "not judged"]) == "fails"
+    assert F._count(["holds", "fails", "not judged"]) == {"holds": 1, "of": 2}
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], [[1, 2, 3]], [1, np.nan, 2], []])
