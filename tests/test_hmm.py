@@ -876,6 +876,32 @@ def test_relevant_context_grows_with_noise_and_xi():
     assert got[7.0].decay_length > 1.5 * got[1.0].decay_length   # measured 1.59 vs 0.63
 
 
+@pytest.mark.parametrize("task", [
+    rg.HiddenMarkovTask.random(3, 2, 4.0, noise=0.1, chain="random", seed=3),
+    rg.HiddenMarkovTask.noisy(2, 15.0, 0.3),
+    rg.HiddenMarkovTask.noisy(3, 2.0, 0.0)])
+def test_relevant_context_matches_brute_force_enumeration(task):
+    """Every influence against the posterior from the enumerated joint law of the same sampled
+    sequences (R = 3, 7 tokens), to 1e-12; at noise 0 the task is a chain: context 1."""
+    R, n = 3, 150
+    c = rg.relevant_context(task, threshold=0.01, max_distance=R, n=n, seed=4)
+    xs, px = brute_token_law(task.transition, task.hidden_stationary, task.emission, 2 * R + 1)
+    x = task.sample(n, 2 * R + 1, seed=4)
+
+    def centre(hide):
+        mask = np.zeros_like(x, dtype=bool)
+        mask[:, hide] = True
+        return brute_posterior(xs, px, x, mask)[0][:, R]
+    base = centre([R])
+    ref = np.array([np.mean([total_variation(centre([R, R + side * r]), base).mean()
+                             for side in (-1, 1)]) for r in range(1, R + 1)])
+    np.testing.assert_allclose(c.influence, ref, rtol=0, atol=1e-12)
+    above = np.flatnonzero(ref >= 0.01)
+    assert c.length == (above[-1] + 1 if above.size else 0)
+    if task.noise == 0.0:
+        assert c.length == 1 and np.all(ref[1:] < 1e-12)
+
+
 def test_relevant_context_bad_input():
     task = rg.HiddenMarkovTask.noisy(4, 2.0, 0.1)
     with pytest.raises(TypeError, match="task"):
