@@ -384,7 +384,7 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     tqdm bar if true, or a callable called with the steps done every 25 steps (as
     :func:`rgflow.train` does). Ctrl-C, or a sweep's stop request, ends training at the next
     25-step boundary with :class:`rgflow.TrainingInterrupted` (the model is left in eval
-    mode). The arguments are checked as :func:`rgflow.train` checks them (``steps`` >= 1:
+    mode; the exception's ``history`` holds the steps done). The arguments are checked as :func:`rgflow.train` checks them (``steps`` >= 1:
     the model has no step counter to continue from); ``eval_every=0`` evaluates only at the
     end, and a non-finite training loss raises FloatingPointError naming the step.
     """
@@ -439,21 +439,25 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
                               lambda: sigint[0] or (external is not None and external()),
                               CHUNK_STEPS, TrainingInterrupted)
         except KeyboardInterrupt as exc:  # e.g. from a progress callback, as train() does
-            if isinstance(exc, TrainingInterrupted):
-                raise
-            raise TrainingInterrupted("train_transformer interrupted after step %d of %d"
-                                      % (len(losses), steps)) from exc
+            # hist is completed by the finally clause, before the exception propagates
+            if not isinstance(exc, TrainingInterrupted):
+                stopped = TrainingInterrupted("train_transformer interrupted after step %d of "
+                                              "%d" % (len(losses), steps))
+                stopped.history = hist
+                raise stopped from exc
+            exc.history = hist
+            raise
         finally:
             model.eval()
             if bar is not None:
                 bar.close()
-    hist.steps = np.arange(1, len(losses) + 1, dtype=np.int64)
-    hist.losses = np.asarray(losses)
-    hist.lrs = np.asarray(lrs)
-    hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
-    hist.eval_loss = np.asarray(ev_loss)
-    hist.eval_bayes = np.full(len(ev_loss), floor)
-    hist.wall_time = time.perf_counter() - t0
+            hist.steps = np.arange(1, len(losses) + 1, dtype=np.int64)
+            hist.losses = np.asarray(losses, dtype=np.float64)
+            hist.lrs = np.asarray(lrs, dtype=np.float64)
+            hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
+            hist.eval_loss = np.asarray(ev_loss, dtype=np.float64)
+            hist.eval_bayes = np.full(len(ev_loss), floor)
+            hist.wall_time = time.perf_counter() - t0
     return hist
 
 

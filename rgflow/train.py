@@ -167,7 +167,10 @@ def _stop_when(check):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`train`, raised between chunks: ``model.step`` counts exactly the
-    updates applied to the parameters, so the model can be trained further or saved."""
+    updates applied to the parameters, so the model can be trained further or saved.
+    ``history`` is the :class:`History` of the steps done (losses, evaluations, flow points),
+    which a resumed call does not repeat."""
+    history = None
 
 
 def _interrupted(model, start, steps):
@@ -248,7 +251,8 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
     History. Raises FloatingPointError naming the step if the loss or a parameter becomes
     NaN/Inf (``model.step`` then counts the updates that were applied). Ctrl-C is held until
     the current chunk (<= 25 steps) finishes, then raises :class:`TrainingInterrupted` (a
-    KeyboardInterrupt) with ``model.step`` equal to the updates applied; a run inside
+    KeyboardInterrupt) with ``model.step`` equal to the updates applied and the History of
+    those steps as its ``history``; a run inside
     :func:`rgflow.sweep` stops the same way when the sweep is interrupted.
 
     >>> chain = MarkovChain.lazy(8, 7.0)
@@ -320,9 +324,13 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
                         warmup, total, eval_every, losses, lrs, ev_loss, evaluate, bar, floor,
                         stop, flow_at, record_flow)
     except KeyboardInterrupt as exc:
+        # hist is completed by the finally clause below, before the exception propagates
         if isinstance(exc, TrainingInterrupted):
+            exc.history = hist
             raise
-        raise _interrupted(model, start, steps) from exc  # e.g. from a progress callback
+        stopped = _interrupted(model, start, steps)  # e.g. from a progress callback
+        stopped.history = hist
+        raise stopped from exc
     finally:
         if bar is not None:
             bar.close()

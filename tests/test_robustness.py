@@ -261,6 +261,31 @@ def test_interrupt_main_between_chunks():
     assert_consistent(model, 1)
 
 
+def test_interrupted_training_keeps_its_history():
+    """The History of the steps done rides on the exception, equal to an uninterrupted run's
+    history of those steps (losses, evaluations and flow points)."""
+    kwargs = dict(batch_size=8, seed=1, eval_size=8, eval_every=10, flow_at=[10, 40, 70])
+
+    def stop_at_50(_):
+        if model.step >= 50:
+            raise KeyboardInterrupt
+
+    model = rg.ResidualMLP(4, 7, 3, 8, 2, seed=1)
+    with pytest.raises(TrainingInterrupted) as info:
+        rg.train(model, CHAIN, 100, progress=stop_at_50, **kwargs)
+    hist = info.value.history
+    assert model.step == 50
+    ref = rg.ResidualMLP(4, 7, 3, 8, 2, seed=1)
+    full = rg.train(ref, CHAIN, 50, total_steps=100, progress=False, **kwargs)
+    np.testing.assert_array_equal(hist.steps, np.arange(1, 51))
+    np.testing.assert_array_equal(hist.losses, full.losses)
+    # the interruption came before step 50's evaluation
+    np.testing.assert_array_equal(hist.eval_steps, [10, 20, 30, 40])
+    np.testing.assert_array_equal(hist.eval_loss, full.eval_loss[:4])
+    assert [p["step"] for p in hist.flow] == [10, 40]
+    assert [p["loss"] for p in hist.flow] == [p["loss"] for p in full.flow]
+
+
 def tiny_configs(n):
     base = Config(steps=2, hidden=8, depth=2, width=2, length=6, eval_size=32, batch_size=8,
                   n_states=3)

@@ -67,9 +67,17 @@ def test_progress_callable_and_stop_request():
     assert seen == [25, 25, 10]
     calls = []
     with _stop_when(lambda: calls.append(1) or len(calls) >= 2):
-        with pytest.raises(TrainingInterrupted, match="after step 50 of 80"):
+        with pytest.raises(TrainingInterrupted, match="after step 50 of 80") as info:
             train_transformer(TransformerMLM(6, 8, 8, 1), chain, 80, batch_size=8,
-                              eval_size=64)
+                              eval_size=64, eval_every=20)
+    # the steps done ride on the exception, as an uninterrupted run of them records them
+    done = train_transformer(TransformerMLM(6, 8, 8, 1), chain, 50, batch_size=8,
+                             eval_size=64, eval_every=20, total_steps=80)
+    hist = info.value.history
+    assert hist.steps.tolist() == list(range(1, 51))
+    np.testing.assert_array_equal(hist.losses, done.losses)
+    assert hist.eval_steps.tolist() == [20, 40]
+    np.testing.assert_array_equal(hist.eval_loss, done.eval_loss[:2])
 
 
 def test_bad_input():
