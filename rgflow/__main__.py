@@ -6,6 +6,7 @@ resume, and exits with code 130; SIGTERM does the same and exits with code 143.
 """
 import argparse
 import contextlib
+import importlib.util
 import math
 import os
 import signal
@@ -362,6 +363,10 @@ def main(argv=None):
     if getattr(args, "noise", 0.0) and args.task == "chain":
         # the command's own usage line, as for its other bad values
         parser.commands[args.command].error("argument --noise: needs --task hmm or hmm-random")
+    if getattr(args, "scheduler", None) and importlib.util.find_spec("distributed") is None:
+        # Dask is an extra: without it the sweep ended in a ModuleNotFoundError traceback
+        parser.commands[args.command].error(
+            "argument --scheduler: needs Dask (pip install \".[dask]\" in rgflow's source folder)")
     with _sigterm_as_ctrl_c() as terminated:
         try:
             args.func(args)

@@ -249,6 +249,17 @@ def plot_phase_diagram(table, level="position", ax=None):
     return ax
 
 
+def _seed_style(k):
+    """Colour and line style of the k-th seed in the loss panels: tab20's ten strong colours,
+    then its ten light ones dashed, so up to 20 seeds never look alike (the default cycle
+    repeats after 10: seeds 0 and 10 were drawn the same)."""
+    import matplotlib
+
+    k %= 20
+    return dict(color=matplotlib.colormaps["tab20"](2 * (k % 10) + k // 10),
+                ls="-" if k < 10 else "--")
+
+
 def _span(values):
     """ "38–43" for values spanning 38..43, "75" when they are all the same (0 decimals)."""
     lo, hi = "%.0f" % min(values), "%.0f" % max(values)
@@ -420,8 +431,14 @@ def report_figures(results):
                  "one colour scale)" % seeds, fontsize=10)
     figs["cka"] = fig
 
-    fig, axes = plt.subplots(1, len(xis) + 1, figsize=(4.6 * (len(xis) + 1), 4.6),
+    # the seeds' legend goes under the panels (inside one, 10-15 seeds covered the curves and
+    # the gate); the layout keeps the bottom strip free for it
+    n_seeds = max(len([r for r in res if r.config.xi == xi]) for xi in xis)
+    ncol = min(n_seeds + 2, 9)
+    below = 0.25 + 0.2 * -(-(n_seeds + 2) // ncol)  # inches: a margin and the legend's rows
+    fig, axes = plt.subplots(1, len(xis) + 1, figsize=(4.6 * (len(xis) + 1), 4.6 + below),
                              squeeze=False, layout="constrained")
+    fig.get_layout_engine().set(rect=(0, below / (4.6 + below), 1, 1 - below / (4.6 + below)))
     excess_ax = axes[0, -1]
     for ax, xi, xi_colour in zip(axes[0], xis, ("C0", "C1", "C2", "C3", "C4", "C5")):
         runs = [r for r in res if r.config.xi == xi]
@@ -429,8 +446,9 @@ def report_figures(results):
         shown = gate[:]
         for k, r in enumerate(runs):
             steps, ce = np.asarray(r.history["eval_steps"]), np.asarray(r.history["eval_loss"])
-            ax.plot(steps, ce, color="C%d" % (k + 2), marker=".", lw=1)
-            ax.axhline(r.bayes_floor, color="C%d" % (k + 2), ls=":", lw=1.5)
+            style = _seed_style(k)
+            ax.plot(steps, ce, marker=".", lw=1, **style)
+            ax.axhline(r.bayes_floor, color=style["color"], ls=":", lw=1.5)
             shown += list(ce[len(ce) // 2:]) + [r.bayes_floor]
             excess_ax.plot(steps, ce - r.bayes_floor, color=xi_colour, lw=1, marker=".",
                            label="ξ = %g (%s)" % (xi, seeds) if k == 0 else None)
@@ -448,13 +466,17 @@ def report_figures(results):
                 min(ends, key=float), max(ends, key=float))), fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out masked cross-entropy (nats)")
-    for k in range(max(len([r for r in res if r.config.xi == xi]) for xi in xis)):
-        axes[0, 0].plot([], [], color="C%d" % (k + 2), marker=".",
-                        label="seed %d" % sorted({r.config.seed for r in res})[k])
-    axes[0, 0].plot([], [], "k:", label="Bayes floor (one per seed's held-out batch)")
-    axes[0, 0].plot([], [], "r-", lw=6, alpha=0.3, label="gate: %g nats above the floor"
-                    % GATE_EXCESS)
-    axes[0, 0].legend(fontsize=8, loc="upper right")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker=".", **_seed_style(k),
+                      label="seed %d" % sorted({r.config.seed for r in res})[k])
+               for k in range(n_seeds)]
+    handles += [Line2D([], [], color="k", ls=":", label="Bayes floor (one per seed's held-out "
+                       "batch)"),
+                Line2D([], [], color="r", lw=6, alpha=0.3, label="gate: %g nats above the "
+                       "floor" % GATE_EXCESS)]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.01), ncol=ncol,
+               fontsize=8, frameon=False).set_in_layout(False)
     excess_ax.axhline(GATE_EXCESS, color="r", ls="--", label="%g nats: gate" % GATE_EXCESS)
     excess_ax.set_yscale("log")
     excess_ax.set_title("All runs: excess over the Bayes floor", fontsize=10)

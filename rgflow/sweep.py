@@ -463,6 +463,9 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     for runs that store the adjacent rule, the gate's ``excess``, ``adjacent_margin`` and
     ``gated`` (:func:`rgflow.findings.gate_of`).
     """
+    if isinstance(configs, Config):  # not iterable: list() would say only that
+        raise TypeError("configs must be an iterable of Config (e.g. [config] or "
+                        "rg.grid(config, ...)), got a single Config")
     configs = list(configs)
     for c in configs:
         if not isinstance(c, Config):

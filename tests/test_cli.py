@@ -1,6 +1,7 @@
 """The `rgflow` command line: help texts with defaults, --version, bad values as one-line usage
 errors (exit code 2, no traceback), the sweep table's columns and its undertrained flag."""
 import argparse
+import importlib.util
 import json
 
 import pytest
@@ -96,6 +97,19 @@ def test_bad_values_are_usage_errors(argv, message, tmp_path, capsys):
     assert code == 2 and out == ""
     assert err.startswith("usage: rgflow %s " % argv[0]) and "Traceback" not in err
     assert err.splitlines()[-1] == "rgflow %s: error: %s" % (argv[0], message)
+    assert not store.exists()  # nothing ran
+
+
+def test_scheduler_without_dask_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "distributed" else real(name, *a))
+    store = tmp_path / "store"
+    code, out, err = run(["sweep", "--store", str(store), "--scheduler", "tcp://host:8786"],
+                         capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.splitlines()[-1] == ('rgflow sweep: error: argument --scheduler: needs Dask '
+                                    '(pip install ".[dask]" in rgflow\'s source folder)')
     assert not store.exists()  # nothing ran
 
 

@@ -135,6 +135,24 @@ def test_loss_figure_gives_each_xi_its_range_and_draws_floor_and_gate(figs, resu
                                np.asarray(r.history["eval_loss"]) - r.bayes_floor)
 
 
+def test_loss_figure_seeds_look_distinct_and_their_legend_covers_no_panel(figs):
+    # up to 20 seeds never share colour and line style (the default cycle repeats after 10:
+    # seeds 0 and 10, 1 and 11, ... of a 15-seed sweep looked the same)
+    styles = [plot._seed_style(k) for k in range(20)]
+    assert len({(tuple(s["color"]), s["ls"]) for s in styles}) == 20
+    fig = figs["loss"]
+    assert [ax.get_legend() is None for ax in fig.axes[:2]] == [True, True]
+    legend, = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "seed 0", "seed 1", "seed 2", "Bayes floor (one per seed's held-out batch)",
+        "gate: %g nats above the floor" % GATE_EXCESS]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    top = legend.get_window_extent(renderer).y1
+    assert all(top < ax.get_tightbbox(renderer).y0 for ax in fig.axes)  # under the panels
+    assert legend.get_window_extent(renderer).y0 >= 0  # and inside the figure
+
+
 def test_relevance_panels_have_titles(figs):
     a, b = figs["relevance"].axes
     assert "explained" in a.get_title() and "rank" in b.get_title()

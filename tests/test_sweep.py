@@ -60,6 +60,11 @@ def test_grid_order_and_validation():
         rg.grid(TINY, xi=1.0)
     with pytest.raises(TypeError):
         rg.sweep([{"xi": 1.0}])
+    # a single Config (a plausible first call) is named, not "object is not iterable"
+    with pytest.raises(TypeError) as info:
+        rg.sweep(TINY)
+    assert str(info.value) == ("configs must be an iterable of Config (e.g. [config] or "
+                               "rg.grid(config, ...)), got a single Config")
 
 
 def test_in_process_pool_and_dask_give_identical_tables(tmp_path):
