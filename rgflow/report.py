@@ -42,8 +42,9 @@ def computed_on_lines(places):
     computed on (bits may differ between OpenBLAS CPU kernels, never between thread counts)."""
     seen = []
     for w in places:
-        text = ("rgflow %s, OpenBLAS %s kernel, %s threads, %s" % (
-            w["rgflow"], w["core"], w["threads"], w["cpu"]) if w else "not recorded (older run)")
+        text = ("rgflow %s, OpenBLAS %s kernel, %s thread%s, %s" % (
+            w["rgflow"], w["core"], w["threads"], "" if w["threads"] == 1 else "s", w["cpu"])
+            if w else "not recorded (older run)")
         if text not in seen:
             seen.append(text)
     return seen

@@ -124,7 +124,7 @@ def test_a_result_records_where_it_was_computed(tmp_path):
     assert Result.from_json(json.dumps(old)).computed_on == {}
     from rgflow.report import computed_on_lines
     assert computed_on_lines([where, where, {}]) == [
-        "rgflow %s, OpenBLAS %s kernel, 1 threads, %s" % (rg.__version__, where["core"],
+        "rgflow %s, OpenBLAS %s kernel, 1 thread, %s" % (rg.__version__, where["core"],
                                                           where["cpu"]),
         "not recorded (older run)"]
 
