@@ -44,6 +44,14 @@ def shape2(x):
     return tuple(int(s) for s in shape) if len(shape) == 2 else None
 
 
+def as_flag(value, name):
+    """A Python bool from a bool or NumPy bool, or TypeError naming the argument (a string
+    such as "no" or a 0/1 int would otherwise pass as true or false without a word)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError("%s must be a bool, got %s" % (name, type(value).__name__))
+    return bool(value)
+
+
 def as_count(value, name, minimum=1, maximum=2**62):
     """A Python int in [minimum, maximum], or TypeError/ValueError naming the argument (the
     default maximum keeps products of sizes from overflowing int64 in the C core)."""

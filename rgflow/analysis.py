@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from ._util import as_bool_mask, as_count, check_memory, split_map
+from ._util import as_bool_mask, as_count, as_flag, check_memory, split_map
 
 __all__ = ["block_updates", "effective_rank", "singular_values", "rank_profile", "MaskedRankProfile",
            "linear_cka", "drift_profile", "cka_matrix", "relevance_decomposition"]
@@ -343,7 +343,8 @@ def linear_cka(X, Y, debiased=False):
     >>> round(linear_cka(X, 3.0 * X), 12)
     1.0
     """
-    out, _ = _core.cka((_from_torch(X), _from_torch(Y)), False, bool(debiased), ("X", "Y"))
+    out, _ = _core.cka((_from_torch(X), _from_torch(Y)), False, as_flag(debiased, "debiased"),
+                       ("X", "Y"))
     return float(out[0, 1])
 
 
@@ -395,7 +396,7 @@ def drift_profile(stream, level="stream", debiased=False, n_threads=None):
     """
     n_threads = _threads(n_threads)
     layers, names = _layers(stream, level)
-    out, _ = _core.cka(tuple(layers), True, bool(debiased), names, n_threads)
+    out, _ = _core.cka(tuple(layers), True, as_flag(debiased, "debiased"), names, n_threads)
     return 1.0 - np.diagonal(out, offset=1).copy()
 
 
@@ -448,7 +449,7 @@ def cka_matrix(stream, level="stream", debiased=False, n_threads=None):
     """
     n_threads = _threads(n_threads)
     layers, names = _layers(stream, level)
-    out, _ = _core.cka(tuple(layers), False, bool(debiased), names, n_threads)
+    out, _ = _core.cka(tuple(layers), False, as_flag(debiased, "debiased"), names, n_threads)
     return out
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from ._util import (as_bool_mask, as_count, as_mask_rate, as_real, as_seed, check_memory,
+from ._util import (as_bool_mask, as_count, as_flag, as_mask_rate, as_real, as_seed, check_memory,
                     shape2, split_map)
 
 __all__ = ["MarkovChain", "HiddenMarkovTask", "mask_tokens", "relevant_context",
@@ -561,9 +561,7 @@ class HiddenMarkovTask:
         n_threads = as_count(n_threads, "n_threads")
         n = as_count(n, "n")
         length = as_count(length, "length")
-        if not isinstance(hidden_states, (bool, np.bool_)):
-            raise TypeError("hidden_states must be a bool, got %s" % type(hidden_states).__name__)
-        with_states = bool(hidden_states)
+        with_states = as_flag(hidden_states, "hidden_states")
         if n < 2 * n_threads:
             n_threads = 1
         T, pi, E = self._source()

@@ -166,8 +166,8 @@ class Config:
         as_real(self.weight_decay, "weight_decay", low=0.0)
         as_real(self.max_grad_norm, "max_grad_norm", low=0.0)
         as_mask_rate(self.mask_rate)
-        if not isinstance(self.block_ln, bool):
-            raise TypeError("block_ln must be a bool")
+        if not isinstance(self.block_ln, bool):  # a stored field: exactly a Python bool
+            raise TypeError("block_ln must be a bool, got %s" % type(self.block_ln).__name__)
 
     def to_dict(self):
         """The fields as a dict of JSON-ready Python values (str, int, float, bool); for a

@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import _core
-from ._util import as_count, as_seed, atomic_write, check_memory, shape2
+from ._util import as_count, as_flag, as_seed, atomic_write, check_memory, shape2
 
 __all__ = ["ResidualMLP", "ModelShape"]
 
@@ -61,9 +61,7 @@ class ResidualMLP:
         d = as_count(width, "width")
         m = as_count(hidden, "hidden")
         K = as_count(depth, "depth", minimum=0)
-        if not isinstance(block_ln, (bool, np.bool_)):
-            raise TypeError("block_ln must be a bool, got %s" % type(block_ln).__name__)
-        self.shape = ModelShape(V, L, d, m, K, bool(block_ln))
+        self.shape = ModelShape(V, L, d, m, K, as_flag(block_ln, "block_ln"))
         # (state_dict name, shape, offset, size) of every tensor, from the C layout table
         n_params, self._layout = _core.mlp_layout(self.shape)
         self.n_params = int(n_params)

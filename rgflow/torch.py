@@ -384,9 +384,10 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     tqdm bar if true, or a callable called with the steps done every 25 steps (as
     :func:`rgflow.train` does). Ctrl-C, or a sweep's stop request, ends training at the next
     25-step boundary with :class:`rgflow.TrainingInterrupted` (the model is left in eval
-    mode; the exception's ``history`` holds the steps done). The arguments are checked as :func:`rgflow.train` checks them (``steps`` >= 1:
-    the model has no step counter to continue from); ``eval_every=0`` evaluates only at the
-    end, and a non-finite training loss raises FloatingPointError naming the step.
+    mode; the exception's ``history`` holds the steps done). The arguments are checked as
+    :func:`rgflow.train` checks them (``steps`` >= 1: the model has no step counter to
+    continue from); ``eval_every=0`` evaluates only at the end, and a non-finite training loss
+    raises FloatingPointError naming the step.
     """
     import time
     from .chains import HiddenMarkovTask, MarkovChain

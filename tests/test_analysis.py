@@ -386,6 +386,19 @@ def test_invalid_inputs():
         rg.linear_cka(X[:3], X[:3], debiased=True)
     with pytest.raises(ValueError, match="must be a 2-D"):
         rg.linear_cka(X[None], X)
+    # a flag is a bool: "no" or 1 would pass silently as true
+    stream = np.stack([X, X[::-1], X * 2])
+    for bad in ("no", 1, None):
+        with pytest.raises(TypeError, match="debiased must be a bool"):
+            rg.linear_cka(X, X, debiased=bad)
+        with pytest.raises(TypeError, match="debiased must be a bool"):
+            rg.cka_matrix(stream, debiased=bad)
+        with pytest.raises(TypeError, match="debiased must be a bool"):
+            rg.drift_profile(stream, debiased=bad)
+        with pytest.raises(TypeError, match="block_ln must be a bool"):
+            rg.ResidualMLP(4, 5, 3, 8, 2, block_ln=bad)
+    assert rg.linear_cka(X, X[::-1], debiased=np.bool_(True)) == \
+        rg.linear_cka(X, X[::-1], debiased=True)
     # exact conversions are accepted and give the float64 answer
     I = np.arange(30).reshape(10, 3) ** 2
     assert rg.effective_rank(I) == rg.effective_rank(I.astype(np.float64))
