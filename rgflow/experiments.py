@@ -7,21 +7,23 @@ verdicts.
 >>> sorted(res.profiles)
 ['masked', 'pooled', 'position', 'stream', 'visible']
 """
+import contextlib
 import hashlib
 import json
 import numbers
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
 from . import _core, findings
-from ._util import as_count, as_mask_rate, as_real
+from ._util import as_count, as_mask_rate, as_real, atomic_write
 from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, relevance_decomposition
 from .chains import XI_MAX, HiddenMarkovTask, MarkovChain, mask_tokens
 from .model import ResidualMLP
 from .runtime import get_num_threads, where_computed
-from .train import log_steps, train
+from .train import History, log_steps, train
 
 __all__ = ["Config", "Result", "run", "gate_evaluation", "measure_stream", "GATE_SIZE"]
 
@@ -282,6 +284,129 @@ def train_as(config, model, chain, steps=None, progress=True):
                  flow_at=flow_steps(c.steps))
 
 
+CHECKPOINT_FORMAT = 1
+_HISTORY_ARRAYS = (("steps", np.int64), ("losses", np.float64), ("lrs", np.float64),
+                   ("eval_steps", np.int64), ("eval_loss", np.float64),
+                   ("eval_bayes", np.float64))
+
+
+def _checkpoint_files(checkpoint, step):
+    """The model file of the checkpoint ``checkpoint`` (its .json) at ``step``: a new name per
+    step, so the .json names a complete model file whenever the process stops."""
+    checkpoint = os.fspath(checkpoint)
+    stem = checkpoint[:-5] if checkpoint.endswith(".json") else checkpoint
+    return stem + "-%d.npz" % step
+
+
+def _resume(config, checkpoint):
+    """(model, History so far) from ``checkpoint`` when it holds a prefix of ``config``'s run
+    computed by this rgflow with this OpenBLAS kernel, else None (it is then ignored: the run
+    starts over, so a record's bits never mix two kernels)."""
+    try:
+        with open(checkpoint) as f:
+            meta = json.load(f)
+        if (meta.get("format") != CHECKPOINT_FORMAT or meta["key"] != config.key()
+                or meta["core"] != where_computed()["core"]):
+            return None
+        model = ResidualMLP.load(os.path.join(os.path.dirname(os.fspath(checkpoint)),
+                                              meta["model"]))
+        if (model.step != meta["step"] or not 0 < model.step < config.steps
+                or model.shape != make_model(config).shape):
+            return None
+        hist = History(wall_time=float(meta["wall_time"]), flow=meta["flow"])
+        for name, dtype in _HISTORY_ARRAYS:
+            setattr(hist, name, np.asarray(meta[name], dtype=dtype))
+        return model, hist
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_checkpoint(config, model, hist, checkpoint, previous):
+    """Write the model (a new file), then the .json naming it, then remove ``previous``."""
+    model_file = _checkpoint_files(checkpoint, model.step)
+    model.save(model_file)
+    meta = {"format": CHECKPOINT_FORMAT, "key": config.key(), "core": where_computed()["core"],
+            "step": model.step, "model": os.path.basename(model_file),
+            "wall_time": hist.wall_time, "flow": hist.flow}
+    for name, _ in _HISTORY_ARRAYS:
+        meta[name] = getattr(hist, name).tolist()
+    with atomic_write(checkpoint) as f:
+        f.write(json.dumps(meta))  # floats as repr: they read back to the same bits
+    if previous is not None and previous != model_file:
+        remove_checkpoint(checkpoint, keep=model_file)
+    return model_file
+
+
+def remove_checkpoint(checkpoint, keep=None):
+    """Delete a run's checkpoint: its model files but ``keep``, and (without ``keep``) its
+    .json. Missing files are fine."""
+    checkpoint = os.fspath(checkpoint)
+    folder = os.path.dirname(checkpoint) or "."
+    stem = os.path.basename(checkpoint[:-5] if checkpoint.endswith(".json") else checkpoint)
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    doomed = [os.path.join(folder, name) for name in names
+              if name.startswith(stem + "-") and name.endswith(".npz")
+              and name[len(stem) + 1:-4].isdigit()]
+    if keep is None:
+        doomed.append(checkpoint)
+    for path in doomed:
+        if path != keep:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+
+def _train_checkpointed(config, checkpoint, progress=True):
+    """The training of :func:`run` for a residual-MLP ``config``, saved to ``checkpoint`` (a
+    path ending in .json; model files ``<stem>-<step>.npz`` go beside it) after every
+    evaluation interval (``config.steps // 10`` steps) and resumed from it when it exists:
+    the same bits as uninterrupted training, since ``train(k)`` twice equals ``train(2k)``
+    and the pieces end on evaluation steps. A checkpoint of another config, rgflow version or
+    OpenBLAS kernel is ignored. Each save is atomic; the checkpoint is removed when training
+    is complete. Returns (model, History, seconds of training in earlier processes).
+    """
+    c = config
+    every = max(1, c.steps // 10)
+    chain = make_chain(c)
+    resumed = _resume(c, checkpoint)
+    model, hist = resumed if resumed is not None else (make_model(c), History())
+    earlier = hist.wall_time
+    previous = _checkpoint_files(checkpoint, model.step) if resumed is not None else None
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=c.steps, initial=model.step, desc="train", unit="step")
+        report = bar.update
+    else:
+        report = progress if callable(progress) else None
+        if report is not None and model.step:
+            report(model.step)  # a sweep's bar counts the resumed steps as done
+    try:
+        while model.step < c.steps:
+            end = min(c.steps, (model.step // every + 1) * every)
+            part = train(model, chain, end - model.step, batch_size=c.batch_size, lr=c.lr,
+                         weight_decay=c.weight_decay, mask_rate=c.mask_rate,
+                         mask_span=c.mask_span, seed=c.seed, schedule=c.schedule,
+                         warmup=c.warmup, total_steps=c.steps,
+                         max_grad_norm=c.max_grad_norm or None, eval_every=every,
+                         eval_size=c.eval_size, progress=report or False,
+                         flow_at=flow_steps(c.steps))
+            for name, _ in _HISTORY_ARRAYS:
+                setattr(hist, name, np.concatenate([getattr(hist, name), getattr(part, name)]))
+            hist.flow += part.flow
+            hist.wall_time += part.wall_time
+            hist.eval_batch = part.eval_batch
+            if model.step < c.steps:
+                previous = _save_checkpoint(c, model, hist, checkpoint, previous)
+    finally:
+        if bar is not None:
+            bar.close()
+    remove_checkpoint(checkpoint)
+    return model, hist, earlier
+
+
 def make_model(config):
     """The untrained network a Config describes: a ResidualMLP, or for
     ``arch="transformer"`` a :class:`rgflow.torch.TransformerMLM` (per-token width ``width``,
@@ -409,7 +534,7 @@ def measure_stream(stream, mask):
             "update": block_updates(s).tolist()}
 
 
-def run(config, progress=True):
+def run(config, progress=True, checkpoint=None):
     """Train one model as ``config`` says and measure it.
 
     Returns a :class:`Result` with the training history, the final masked CE against the
@@ -421,12 +546,23 @@ def run(config, progress=True):
     ``arch="transformer"`` runs train and measure the PyTorch baseline with as many PyTorch
     threads as rgflow has (:func:`rgflow.get_num_threads`; sweep workers: 1), since PyTorch's
     threads spin when the machine is busy; unlike rgflow's, its results may depend on that
-    count.
+    count. ``checkpoint`` (a path ending in .json, residual MLPs only): save training there
+    after every evaluation interval (``steps // 10`` steps; model files ``<stem>-<step>.npz``
+    beside it, each save atomic) and resume from it: the same bits as uninterrupted training
+    (``train(k)`` twice equals ``train(2k)``, and the pieces end on evaluation steps). A
+    checkpoint of another config, rgflow version or OpenBLAS kernel is ignored; it is removed
+    when training is complete. ``wall_time`` then includes the earlier processes' training.
     """
     if not isinstance(config, Config):
         raise TypeError("config must be a Config, got %s" % type(config).__name__)
+    if checkpoint is not None:
+        if config.arch == "transformer":
+            raise ValueError("checkpoint: only residual-MLP runs can be checkpointed")
+        if not os.fspath(checkpoint).endswith(".json"):
+            raise ValueError("checkpoint must be a path ending in .json, got %r"
+                             % (checkpoint,))
     if config.arch != "transformer":
-        return _run(config, progress)
+        return _run(config, progress, checkpoint)
     import torch
     saved = torch.get_num_threads()
     torch.set_num_threads(get_num_threads())
@@ -436,12 +572,15 @@ def run(config, progress=True):
         torch.set_num_threads(saved)
 
 
-def _run(config, progress):
+def _run(config, progress, checkpoint=None):
     t0 = time.perf_counter()
     c = config
     chain = make_chain(c)
     model = make_model(c)
-    if c.arch == "transformer":
+    earlier = 0.0  # seconds of training in earlier processes (a resumed checkpoint)
+    if checkpoint is not None:
+        model, hist, earlier = _train_checkpointed(c, checkpoint, progress)
+    elif c.arch == "transformer":
         from .torch import train_transformer
         hist = train_transformer(
             model, chain, c.steps, batch_size=c.batch_size, lr=c.lr,
@@ -484,6 +623,6 @@ def _run(config, progress):
     return Result(config=c, history=history, masked_ce=masked_ce, bayes_floor=floor,
                   unigram_entropy=unigram, learned=learned, profiles=profiles, drift=drift,
                   cka_matrix=cka, relevance=relevance, verdicts=verdicts,
-                  wall_time=time.perf_counter() - t0, computed_on=where_computed(),
+                  wall_time=time.perf_counter() - t0 + earlier, computed_on=where_computed(),
                   adjacent_ce=float(chain.adjacent_loss(tokens, mask)), measures=measures,
                   init=init, grad_norms=grad_norms, gate=gate, inactive_units=inactive)

@@ -53,8 +53,8 @@ class SweepInterrupted(KeyboardInterrupt):
                    % (done, total))
         else:
             msg = ("sweep interrupted: %d of %d runs are stored in %s; run the same sweep "
-                   "with this store again to compute only the other %d"
-                   % (done, total, store, total - done))
+                   "with this store again to compute only the other %d (residual-MLP runs "
+                   "resume from their last checkpoint)" % (done, total, store, total - done))
         super().__init__(msg)
 
 
@@ -344,10 +344,23 @@ class _StepBar:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _run_one(config_dict, blas_threads, stop=None, steps_file=None):
+def _checkpoint_path(store, key):
+    return Path(store) / (key + ".partial.json")
+
+
+def _checkpoint_for(store, key, config, local):
+    """Where a run of the sweep checkpoints its training: beside its record, for residual-MLP
+    runs on this machine (Dask workers may not see the store)."""
+    if store is None or not local or config.arch != "mlp":
+        return None
+    return str(_checkpoint_path(store, key))
+
+
+def _run_one(config_dict, blas_threads, stop=None, steps_file=None, checkpoint=None):
     """Worker side: run one config, never raise (errors become records). With ``stop`` (a
     sweep on an executor), returns None for a run the sweep stopped before it finished; with
-    ``steps_file``, reports the steps done there (see :class:`_StepFile`)."""
+    ``steps_file``, reports the steps done there (see :class:`_StepFile`); with
+    ``checkpoint``, saves and resumes training there (:func:`rgflow.run`)."""
     from .runtime import get_num_threads, num_threads
 
     config = Config.from_dict(config_dict)
@@ -362,7 +375,8 @@ def _run_one(config_dict, blas_threads, stop=None, steps_file=None):
         # the caller's thread count is restored afterwards
         with num_threads(blas_threads or get_num_threads()), \
                 _stop_when(stop.requested if stop is not None else None):
-            result = run(config, progress=_StepFile(steps_file) if steps_file else False)
+            result = run(config, progress=_StepFile(steps_file) if steps_file else False,
+                         checkpoint=checkpoint)
         return {"key": config.key(), "status": "ok", "result": json.loads(result.to_json())}
     except TrainingInterrupted:
         if stop is not None and stop.requested():
@@ -435,7 +449,10 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         ``ProcessPoolExecutor``), or a ``dask.distributed.Client``.
     store : directory; each finished run is written there atomically as ``<key>.json`` (key =
         hash of config + rgflow version). Existing valid records are reused; missing, truncated
-        or corrupted ones are recomputed.
+        or corrupted ones are recomputed. A residual-MLP run on this machine (not on Dask)
+        checkpoints its training there as ``<key>.partial.json`` and ``<key>.partial-<step>.npz``
+        every ``steps // 10`` steps, so a stopped sweep resumes it where it was (same bits);
+        run() removes them when its training is complete.
     progress : show a tqdm bar over the training steps of the runs to do (the workers report
         their steps as they go; the postfix counts finished runs).
     retry_failed : recompute stored runs that ended in an error. A run that ran out of memory
@@ -500,7 +517,8 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     try:
         if executor is None:
             for key, config in todo:
-                finish(_run_one(config.to_dict(), blas_threads, None, bar and bar.path(key)))
+                finish(_run_one(config.to_dict(), blas_threads, None, bar and bar.path(key),
+                                _checkpoint_for(store, key, config, local=True)))
         else:
             if hasattr(executor, "get_executor"):  # a dask.distributed.Client
                 client, executor = executor, executor.get_executor()
@@ -508,7 +526,8 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
                     client.run(_dask_hold_sigint, socket.gethostname(), os.getpgrp())
             threads = 1 if blas_threads is None else blas_threads
             futures = [executor.submit(_run_one, config.to_dict(), threads, stop,
-                                       bar and bar.path(key))
+                                       bar and bar.path(key),
+                                       _checkpoint_for(store, key, config, client is None))
                        for key, config in todo]
             for fut in as_completed(futures):
                 payload = fut.result()

@@ -221,3 +221,82 @@ def test_run_stores_the_gate_and_the_flow():
     np.testing.assert_allclose(last["drift"], res.drift, rtol=1e-12)
     np.testing.assert_allclose(last["grad_blocks"], res.grad_norms["blocks"], rtol=1e-12)
     assert last["loss"] == res.masked_ce
+
+
+# -- checkpointed runs -------------------------------------------------------------------------
+
+CKPT = Config(xi=7.0, seed=3, steps=100, hidden=16, depth=3, width=4, length=8, eval_size=64,
+              batch_size=16, schedule="cosine", warmup=10)
+
+
+def _same_run(a, b):
+    """Two Results equal in every bit but the wall time (and the thread count they record)."""
+    da, db = json.loads(a.to_json()), json.loads(b.to_json())
+    for d in (da, db):
+        d.pop("wall_time")
+        d["computed_on"].pop("threads")
+    assert da == db
+
+
+def test_checkpointed_run_equals_the_plain_run_and_cleans_up(tmp_path):
+    ckpt = tmp_path / "run.partial.json"
+    plain = run(CKPT, progress=False)
+    steps = []
+    saved = run(CKPT, progress=steps.append, checkpoint=ckpt)
+    _same_run(plain, saved)
+    assert sum(steps) == CKPT.steps
+    assert list(tmp_path.iterdir()) == []  # removed once training is complete
+
+
+def test_interrupted_checkpointed_run_resumes_to_the_same_bits(tmp_path):
+    from rgflow.train import TrainingInterrupted, _stop_when
+    ckpt = tmp_path / "run.partial.json"
+    plain = run(CKPT, progress=False)
+    checks = []
+    with _stop_when(lambda: checks.append(1) or len(checks) >= 9):
+        with pytest.raises(TrainingInterrupted):
+            run(CKPT, progress=False, checkpoint=ckpt)
+    meta = json.loads(ckpt.read_text())
+    # saved after every evaluation interval (10 steps): the last one before the stop
+    assert meta["step"] % 10 == 0 and 0 < meta["step"] < CKPT.steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run.partial-%d.npz" % meta["step"], "run.partial.json"]
+    assert meta["losses"] == plain.history["losses"][:meta["step"]]
+    steps = []
+    resumed = run(CKPT, progress=steps.append, checkpoint=ckpt)
+    _same_run(plain, resumed)
+    assert steps[0] == meta["step"] and sum(steps) == CKPT.steps  # the resumed steps count
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("spoil", ["other config", "other kernel", "truncated", "no model",
+                                   "step mismatch"])
+def test_a_checkpoint_that_does_not_fit_is_ignored(tmp_path, spoil):
+    from rgflow.train import TrainingInterrupted, _stop_when
+    ckpt = tmp_path / "run.partial.json"
+    checks = []
+    with _stop_when(lambda: checks.append(1) or len(checks) >= 9):
+        with pytest.raises(TrainingInterrupted):
+            run(CKPT, progress=False, checkpoint=ckpt)
+    meta = json.loads(ckpt.read_text())
+    model_file = tmp_path / meta["model"]
+    if spoil == "other config":
+        meta["key"] = CKPT.replace(seed=4).key()
+    elif spoil == "other kernel":
+        meta["core"] = "NotThisKernel"
+    elif spoil == "step mismatch":
+        meta["step"] += 1
+    elif spoil == "no model":
+        model_file.unlink()
+    ckpt.write_text(json.dumps(meta)[:40] if spoil == "truncated" else json.dumps(meta))
+    steps = []
+    _same_run(run(CKPT, progress=False), run(CKPT, progress=steps.append, checkpoint=ckpt))
+    assert steps[0] != meta["step"] and sum(steps) == CKPT.steps  # started over
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_argument_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint must be a path ending in .json"):
+        run(CKPT, progress=False, checkpoint=tmp_path / "run.npz")
+    with pytest.raises(ValueError, match="checkpoint: only residual-MLP runs"):
+        run(CKPT.replace(arch="transformer"), progress=False, checkpoint=tmp_path / "r.json")

@@ -80,7 +80,8 @@ def interrupt(args, ready, cwd, whole_group=True, sig=signal.SIGINT):
 
 
 def records(store):
-    return sorted(p for p in Path(store).iterdir() if p.suffix == ".json")
+    return sorted(p for p in Path(store).iterdir()
+                  if p.suffix == ".json" and not p.name.endswith(".partial.json"))
 
 
 def assert_clean_stop(code, elapsed, out, err, alive):
@@ -145,8 +146,12 @@ def test_sweep_with_two_workers_stops_on_ctrl_c(tmp_path, whole_group):
     done = int(m.group(1))
     assert 2 <= done < 8 and int(m.group(2)) == 8 - done
     stored = records(store)
-    assert len(stored) == done and sorted(os.listdir(store)) == [p.name for p in stored]
-    assert all(load_record(p, p.stem)["status"] == "ok" for p in stored)
+    assert len(stored) == done and all(load_record(p, p.stem)["status"] == "ok"
+                                       for p in stored)
+    # besides the records, only the checkpoints of runs that were stopped
+    others = set(os.listdir(store)) - {p.name for p in stored}
+    assert all(re.fullmatch(r"[0-9a-f]{16}\.partial(\.json|-\d+\.npz)", name)
+               and name[:16] + ".json" not in os.listdir(store) for name in others), others
     print("sweep, 2 workers, SIGINT to the %s: stopped %.2f s after SIGINT"
           % ("process group" if whole_group else "parent", elapsed))
 
@@ -193,7 +198,8 @@ def test_rg_sweep_stops_on_ctrl_c(tmp_path, where):
         lambda pgid: store.is_dir() and len(records(store)) >= 2, tmp_path)
     assert_clean_stop(code, elapsed, out, err, alive)
     m = re.fullmatch(r"sweep interrupted: (\d) of 8 runs are stored in runs; run the same sweep "
-                     r"with this store again to compute only the other (\d)", err.strip())
+                     r"with this store again to compute only the other (\d) \(residual-MLP "
+                     r"runs resume from their last checkpoint\)", err.strip())
     assert m, err
     done = int(m.group(1))
     assert 2 <= done < 8 and len(records(store)) == done
@@ -217,7 +223,8 @@ def test_sweep_on_threads_stops_on_ctrl_c(tmp_path):
     assert time.monotonic() - t0 < STOP_WITHIN  # the pool's shutdown did not wait for 10**6 steps
     assert (info.value.done, info.value.total, info.value.store) == (0, 3, tmp_path)
     assert str(info.value) == ("sweep interrupted: 0 of 3 runs are stored in %s; run the same "
-                               "sweep with this store again to compute only the other 3"
+                               "sweep with this store again to compute only the other 3 "
+                               "(residual-MLP runs resume from their last checkpoint)"
                                % tmp_path)
     assert os.listdir(tmp_path) == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -295,11 +295,11 @@ def tiny_configs(n):
 def test_sweep_interrupt_keeps_complete_records_and_resumes(monkeypatch, tmp_path):
     real_run, calls = rsweep.run, []
 
-    def flaky(config, progress=True):
+    def flaky(config, progress=True, checkpoint=None):
         calls.append(config.seed)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run(config, progress=progress)
+        return real_run(config, progress=progress, checkpoint=checkpoint)
 
     monkeypatch.setattr(rsweep, "run", flaky)
     configs = tiny_configs(3)
@@ -310,8 +310,8 @@ def test_sweep_interrupt_keeps_complete_records_and_resumes(monkeypatch, tmp_pat
     assert files == [configs[0].key() + ".json"]  # one complete record, no temporary file
     assert rsweep.load_record(tmp_path / files[0], configs[0].key())["status"] == "ok"
     calls.clear()
-    monkeypatch.setattr(rsweep, "run", lambda c, progress=True: (calls.append(c.seed),
-                                                                 real_run(c, progress))[1])
+    monkeypatch.setattr(rsweep, "run", lambda c, progress=True, checkpoint=None: (
+        calls.append(c.seed), real_run(c, progress, checkpoint))[1])
     table = rg.sweep(configs, store=tmp_path, progress=False)
     status = list(table["status"]) if hasattr(table, "columns") else [r["status"] for r in table]
     assert calls == [1, 2] and status == ["ok"] * 3

@@ -145,25 +145,69 @@ rg.sweep(cfgs, store=sys.argv[1], progress=False)
 """
 
 
+def stored(store):
+    """The run records in ``store`` (not the checkpoints of runs in progress)."""
+    return [p for p in store.glob("*.json") if not p.name.endswith(".partial.json")]
+
+
 def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, counted):
     store = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(store), "300"], cwd=tmp_path)
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and len(list(store.glob("*.json"))) < 2:
+        while time.time() < deadline and len(stored(store)) < 2:
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    done = len(list(store.glob("*.json")))
+    done = len(stored(store))
     assert 2 <= done < 6, "the sweep finished before it could be killed"
     cfgs = rg.grid(Config(steps=300, hidden=32, depth=3, width=8, length=8, eval_size=64,
                           batch_size=32), xi=[1.0, 7.0], seed=[0, 1, 2])
     table = records(rg.sweep(cfgs, store=store, progress=False))
     assert len(counted) == 6 - done
     assert all(r["status"] == "ok" for r in table)
+    assert sorted(p.name for p in store.iterdir()) == sorted(c.key() + ".json" for c in cfgs)
+
+
+def test_stopped_sweep_resumes_its_run_from_the_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of a run keeps its training up to the last evaluation interval;
+    the resumed sweep continues from there and stores the record an unbroken sweep stores."""
+    cfg = TINY.replace(steps=100, eval_size=64)
+    whole = sweep_mod.load_record(next(iter(_one_sweep(tmp_path / "whole", cfg))), cfg.key())
+    calls, real = [], rg.ResidualMLP.apply_steps
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 7:  # as Ctrl-C between two chunks
+            raise KeyboardInterrupt
+        return real(self, *args)
+
+    monkeypatch.setattr(rg.ResidualMLP, "apply_steps", interrupted)
+    store = tmp_path / "runs"
+    with pytest.raises(rg.SweepInterrupted):
+        rg.sweep([cfg], store=store, progress=False)
+    partial = json.loads((store / (cfg.key() + ".partial.json")).read_text())
+    assert 0 < partial["step"] < cfg.steps
+    monkeypatch.undo()
+    trained = []
+    monkeypatch.setattr(rg.ResidualMLP, "apply_steps",
+                        lambda self, chain, lrs, *a: trained.append(len(lrs)) or real(
+                            self, chain, lrs, *a))
+    rg.sweep([cfg], store=store, progress=False)
+    assert sum(trained) == cfg.steps - partial["step"]  # only the steps after the checkpoint
+    assert [p.name for p in store.iterdir()] == [cfg.key() + ".json"]
+    again = sweep_mod.load_record(store / (cfg.key() + ".json"), cfg.key())
+    for payload in (whole, again):
+        payload["result"].pop("wall_time")
+    assert again == whole
+
+
+def _one_sweep(store, cfg):
+    rg.sweep([cfg], store=store, progress=False)
+    return stored(store)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
@@ -316,7 +360,7 @@ def test_a_record_that_cannot_be_written_stops_the_other_runs(tmp_path, monkeypa
     used to wait for every run of the sweep, whose results nobody would store."""
     chain = rg.MarkovChain.lazy(3, 1.0)
 
-    def fake_run(config, progress):
+    def fake_run(config, progress, checkpoint=None):
         if config.seed == 0:
             return type("Done", (), {"to_json": lambda self: "{}"})()
         model = rg.ResidualMLP(3, 6, 2, 8, 2, seed=0)
