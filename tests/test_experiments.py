@@ -10,6 +10,7 @@ import pytest
 
 import rgflow as rg
 from rgflow.analysis import relevance_decomposition
+from rgflow import experiments
 from rgflow.experiments import Config, Result, run
 
 TINY = Config(steps=20, hidden=32, depth=3, width=8, length=8, eval_size=128, batch_size=32)
@@ -248,10 +249,13 @@ def test_checkpointed_run_equals_the_plain_run_and_cleans_up(tmp_path):
     assert list(tmp_path.iterdir()) == []  # removed once training is complete
 
 
-def test_interrupted_checkpointed_run_resumes_to_the_same_bits(tmp_path):
+def test_interrupted_checkpointed_run_resumes_to_the_same_bits(tmp_path, monkeypatch):
     from rgflow.train import TrainingInterrupted, _stop_when
+    # 20 flow points, some on the pieces' ends (10, 30, 70, 100), as long runs have
+    monkeypatch.setattr(experiments, "FLOW_STEPS", 5)
     ckpt = tmp_path / "run.partial.json"
     plain = run(CKPT, progress=False)
+    assert len(plain.history["flow"]) == 20
     checks = []
     with _stop_when(lambda: checks.append(1) or len(checks) >= 9):
         with pytest.raises(TrainingInterrupted):
