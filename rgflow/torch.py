@@ -391,7 +391,8 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     """
     import time
     from .chains import HiddenMarkovTask, MarkovChain
-    from .train import CHUNK_STEPS, TrainingInterrupted, _deferred_sigint, _held_out, _stop_check
+    from .train import (CHUNK_STEPS, TrainingInterrupted, _deferred_sigint, _fill_history,
+                        _held_out, _stop_check)
 
     if not isinstance(model, TransformerMLM):
         raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
@@ -452,13 +453,7 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
             model.eval()
             if bar is not None:
                 bar.close()
-            hist.steps = np.arange(1, len(losses) + 1, dtype=np.int64)
-            hist.losses = np.asarray(losses, dtype=np.float64)
-            hist.lrs = np.asarray(lrs, dtype=np.float64)
-            hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
-            hist.eval_loss = np.asarray(ev_loss, dtype=np.float64)
-            hist.eval_bayes = np.full(len(ev_loss), floor)
-            hist.wall_time = time.perf_counter() - t0
+            _fill_history(hist, 0, losses, lrs, ev_steps, ev_loss, floor, t0)
     return hist
 
 

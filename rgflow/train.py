@@ -334,14 +334,19 @@ def train(model, chain, steps, *, batch_size=128, lr=1e-3, weight_decay=0.0, mas
     finally:
         if bar is not None:
             bar.close()
-        hist.steps = np.arange(start + 1, start + 1 + len(losses), dtype=np.int64)
-        hist.losses = np.asarray(losses, dtype=np.float64)
-        hist.lrs = np.asarray(lrs, dtype=np.float64)
-        hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
-        hist.eval_loss = np.asarray(ev_loss, dtype=np.float64)
-        hist.eval_bayes = np.full(len(ev_loss), floor)
-        hist.wall_time = time.perf_counter() - t0
+        _fill_history(hist, start, losses, lrs, ev_steps, ev_loss, floor, t0)
     return hist
+
+
+def _fill_history(hist, start, losses, lrs, ev_steps, ev_loss, floor, t0):
+    """The arrays of ``hist`` from a training loop's lists (steps counted after ``start``)."""
+    hist.steps = np.arange(start + 1, start + 1 + len(losses), dtype=np.int64)
+    hist.losses = np.asarray(losses, dtype=np.float64)
+    hist.lrs = np.asarray(lrs, dtype=np.float64)
+    hist.eval_steps = np.asarray(ev_steps, dtype=np.int64)
+    hist.eval_loss = np.asarray(ev_loss, dtype=np.float64)
+    hist.eval_bayes = np.full(len(ev_loss), floor)
+    hist.wall_time = time.perf_counter() - t0
 
 
 def _betas(betas):
