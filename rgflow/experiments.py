@@ -293,12 +293,10 @@ _HISTORY_ARRAYS = (("steps", np.int64), ("losses", np.float64), ("lrs", np.float
 def _checkpoint_files(checkpoint, step):
     """The model file of the checkpoint ``checkpoint`` (its .json) at ``step``: a new name per
     step, so the .json names a complete model file whenever the process stops."""
-    checkpoint = os.fspath(checkpoint)
-    stem = checkpoint[:-5] if checkpoint.endswith(".json") else checkpoint
-    return stem + "-%d.npz" % step
+    return os.fspath(checkpoint)[:-len(".json")] + "-%d.npz" % step
 
 
-def _resume(config, checkpoint):
+def _resume(config, model, checkpoint):
     """(model, History so far) from ``checkpoint`` when it holds a prefix of ``config``'s run
     computed by this rgflow with this OpenBLAS kernel, else None (it is then ignored: the run
     starts over, so a record's bits never mix two kernels)."""
@@ -308,10 +306,10 @@ def _resume(config, checkpoint):
         if (meta.get("format") != CHECKPOINT_FORMAT or meta["key"] != config.key()
                 or meta["core"] != where_computed()["core"]):
             return None
-        model = ResidualMLP.load(os.path.join(os.path.dirname(os.fspath(checkpoint)),
-                                              meta["model"]))
+        fresh, model = model, ResidualMLP.load(os.path.join(os.path.dirname(os.fspath(checkpoint)),
+                                                            meta["model"]))
         if (model.step != meta["step"] or not 0 < model.step < config.steps
-                or model.shape != make_model(config).shape):
+                or model.shape != fresh.shape):
             return None
         hist = History(wall_time=float(meta["wall_time"]), flow=meta["flow"])
         for name, dtype in _HISTORY_ARRAYS:
@@ -342,7 +340,7 @@ def remove_checkpoint(checkpoint, keep=None):
     .json. Missing files are fine."""
     checkpoint = os.fspath(checkpoint)
     folder = os.path.dirname(checkpoint) or "."
-    stem = os.path.basename(checkpoint[:-5] if checkpoint.endswith(".json") else checkpoint)
+    stem = os.path.basename(checkpoint[:-len(".json")])
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
@@ -358,9 +356,10 @@ def remove_checkpoint(checkpoint, keep=None):
                 os.remove(path)
 
 
-def _train_checkpointed(config, checkpoint, progress=True):
-    """The training of :func:`run` for a residual-MLP ``config``, saved to ``checkpoint`` (a
-    path ending in .json; model files ``<stem>-<step>.npz`` go beside it) after every
+def _train_checkpointed(config, model, chain, checkpoint, progress=True):
+    """The training of :func:`run` for a residual-MLP ``config`` (``model`` untrained), saved
+    to ``checkpoint`` (a path ending in .json; model files ``<stem>-<step>.npz`` go beside it)
+    after every
     evaluation interval (``config.steps // 10`` steps) and resumed from it when it exists:
     the same bits as uninterrupted training, since ``train(k)`` twice equals ``train(2k)``
     and the pieces end on evaluation steps. A checkpoint of another config, rgflow version or
@@ -368,10 +367,9 @@ def _train_checkpointed(config, checkpoint, progress=True):
     is complete. Returns (model, History, seconds of training in earlier processes).
     """
     c = config
-    every = max(1, c.steps // 10)
-    chain = make_chain(c)
-    resumed = _resume(c, checkpoint)
-    model, hist = resumed if resumed is not None else (make_model(c), History())
+    every = max(1, c.steps // 10)  # train_as's evaluation interval
+    resumed = _resume(c, model, checkpoint)
+    model, hist = resumed if resumed is not None else (model, History())
     earlier = hist.wall_time
     previous = _checkpoint_files(checkpoint, model.step) if resumed is not None else None
     bar = None
@@ -386,13 +384,7 @@ def _train_checkpointed(config, checkpoint, progress=True):
     try:
         while model.step < c.steps:
             end = min(c.steps, (model.step // every + 1) * every)
-            part = train(model, chain, end - model.step, batch_size=c.batch_size, lr=c.lr,
-                         weight_decay=c.weight_decay, mask_rate=c.mask_rate,
-                         mask_span=c.mask_span, seed=c.seed, schedule=c.schedule,
-                         warmup=c.warmup, total_steps=c.steps,
-                         max_grad_norm=c.max_grad_norm or None, eval_every=every,
-                         eval_size=c.eval_size, progress=report or False,
-                         flow_at=flow_steps(c.steps))
+            part = train_as(c, model, chain, end - model.step, progress=report or False)
             for name, _ in _HISTORY_ARRAYS:
                 setattr(hist, name, np.concatenate([getattr(hist, name), getattr(part, name)]))
             hist.flow += part.flow
@@ -579,7 +571,7 @@ def _run(config, progress, checkpoint=None):
     model = make_model(c)
     earlier = 0.0  # seconds of training in earlier processes (a resumed checkpoint)
     if checkpoint is not None:
-        model, hist, earlier = _train_checkpointed(c, checkpoint, progress)
+        model, hist, earlier = _train_checkpointed(c, model, chain, checkpoint, progress)
     elif c.arch == "transformer":
         from .torch import train_transformer
         hist = train_transformer(
