@@ -3,7 +3,8 @@ Config(arch="transformer")) on the residual MLP's task and recipe at the small s
 (report.CONFIGS["quick"]: per-token width 16, 8 blocks, feed-forward width 256; 30,000 cosine
 steps), xi in {1, 7}, 5 seeds, each trained on exactly the batches of the MLP run with the
 same seed in results/gated-small/. Records go to notebooks/results/transformer-small/
-(resumable; finished runs are not recomputed).
+(resumable: finished runs are not recomputed, and a stopped run resumes from its last
+checkpoint, every tenth of its steps, with the same PyTorch build and thread count).
 
     python notebooks/arch_sweep.py [--workers 2] [--seeds 5] [--first-seed 0] [--xi 1 7]
 """

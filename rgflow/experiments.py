@@ -23,7 +23,7 @@ from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, re
 from .chains import XI_MAX, HiddenMarkovTask, MarkovChain, mask_tokens
 from .model import ResidualMLP
 from .runtime import get_num_threads, where_computed
-from .train import History, log_steps, train
+from .train import History, TrainingInterrupted, log_steps, train
 
 __all__ = ["Config", "Result", "run", "gate_evaluation", "measure_stream", "GATE_SIZE"]
 
@@ -271,12 +271,23 @@ def flow_steps(steps):
 
 
 def train_as(config, model, chain, steps=None, progress=True):
-    """``train`` as :func:`run` calls it for ``config`` (the schedule over ``config.steps``,
-    the flow at :func:`flow_steps`), for its first ``steps`` steps (default all): a prefix of a
-    run, bit for bit, e.g. to check a stored record's early checkpoints. Returns the History.
+    """Train ``model`` as :func:`run` trains it for ``config`` (the schedule over
+    ``config.steps``; the flow at :func:`flow_steps` for a residual MLP;
+    :func:`rgflow.torch.train_transformer` for ``arch="transformer"``), for ``steps`` more
+    steps (default all): a prefix of a run, bit for bit, e.g. to check a stored record's early
+    checkpoints, or its continuation from ``model.step``. Returns the History.
     """
     c = config
-    return train(model, chain, c.steps if steps is None else steps, batch_size=c.batch_size,
+    steps = c.steps if steps is None else steps
+    if c.arch == "transformer":
+        from .torch import train_transformer
+        return train_transformer(
+            model, chain, steps, batch_size=c.batch_size, lr=c.lr,
+            weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
+            seed=c.seed, schedule=c.schedule, warmup=c.warmup, total_steps=c.steps,
+            max_grad_norm=c.max_grad_norm or None, eval_every=max(1, c.steps // 10),
+            eval_size=c.eval_size, progress=progress)
+    return train(model, chain, steps, batch_size=c.batch_size,
                  lr=c.lr, weight_decay=c.weight_decay, mask_rate=c.mask_rate,
                  mask_span=c.mask_span, seed=c.seed, schedule=c.schedule, warmup=c.warmup,
                  total_steps=c.steps, max_grad_norm=c.max_grad_norm or None,
@@ -290,26 +301,41 @@ _HISTORY_ARRAYS = (("steps", np.int64), ("losses", np.float64), ("lrs", np.float
                    ("eval_bayes", np.float64))
 
 
-def _checkpoint_files(checkpoint, step):
-    """The model file of the checkpoint ``checkpoint`` (its .json) at ``step``: a new name per
-    step, so the .json names a complete model file whenever the process stops."""
-    return os.fspath(checkpoint)[:-len(".json")] + "-%d.npz" % step
+_MODEL_FILES = (".npz", ".pt")  # ResidualMLP.save's, TransformerMLM.save's
+
+
+def _checkpoint_files(checkpoint, model):
+    """The file of ``model`` at its step beside the checkpoint ``checkpoint`` (its .json): a
+    new name per step, so the .json names a complete model file whenever the process stops."""
+    suffix = _MODEL_FILES[not isinstance(model, ResidualMLP)]
+    return os.fspath(checkpoint)[:-len(".json")] + "-%d%s" % (model.step, suffix)
+
+
+def _computed_by(model):
+    """What a checkpoint's bits depend on beyond its config: the OpenBLAS kernel, and for the
+    PyTorch baseline PyTorch's version and thread count."""
+    place = {"core": where_computed()["core"]}
+    if not isinstance(model, ResidualMLP):
+        import torch
+        place.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return place
 
 
 def _resume(config, model, checkpoint):
     """(model, History so far) from ``checkpoint`` when it holds a prefix of ``config``'s run
-    computed by this rgflow with this OpenBLAS kernel, else None (it is then ignored: the run
-    starts over, so a record's bits never mix two kernels)."""
+    computed by this rgflow with this OpenBLAS kernel (and PyTorch build and thread count),
+    else None (it is then ignored: the run starts over, so a record's bits never mix two
+    kernels)."""
     try:
         with open(checkpoint) as f:
             meta = json.load(f)
         if (meta.get("format") != CHECKPOINT_FORMAT or meta["key"] != config.key()
-                or meta["core"] != where_computed()["core"]):
+                or any(meta[k] != v for k, v in _computed_by(model).items())):
             return None
-        fresh, model = model, ResidualMLP.load(os.path.join(os.path.dirname(os.fspath(checkpoint)),
-                                                            meta["model"]))
+        folder = os.path.dirname(os.fspath(checkpoint))
+        fresh, model = model, type(model).load(os.path.join(folder, meta["model"]))
         if (model.step != meta["step"] or not 0 < model.step < config.steps
-                or model.shape != fresh.shape):
+                or model.config != fresh.config):
             return None
         hist = History(wall_time=float(meta["wall_time"]), flow=meta["flow"])
         for name, dtype in _HISTORY_ARRAYS:
@@ -321,11 +347,11 @@ def _resume(config, model, checkpoint):
 
 def _save_checkpoint(config, model, hist, checkpoint, previous):
     """Write the model (a new file), then the .json naming it, then remove ``previous``."""
-    model_file = _checkpoint_files(checkpoint, model.step)
+    model_file = _checkpoint_files(checkpoint, model)
     model.save(model_file)
-    meta = {"format": CHECKPOINT_FORMAT, "key": config.key(), "core": where_computed()["core"],
-            "step": model.step, "model": os.path.basename(model_file),
-            "wall_time": hist.wall_time, "flow": hist.flow}
+    meta = dict(_computed_by(model), format=CHECKPOINT_FORMAT, key=config.key(),
+                step=model.step, model=os.path.basename(model_file),
+                wall_time=hist.wall_time, flow=hist.flow)
     for name, _ in _HISTORY_ARRAYS:
         meta[name] = getattr(hist, name).tolist()
     with atomic_write(checkpoint) as f:
@@ -346,8 +372,8 @@ def remove_checkpoint(checkpoint, keep=None):
     except FileNotFoundError:
         return
     doomed = [os.path.join(folder, name) for name in names
-              if name.startswith(stem + "-") and name.endswith(".npz")
-              and name[len(stem) + 1:-4].isdigit()]
+              if name.startswith(stem + "-") and name.endswith(_MODEL_FILES)
+              and os.path.splitext(name)[0][len(stem) + 1:].isdigit()]
     if keep is None:
         doomed.append(checkpoint)
     for path in doomed:
@@ -356,14 +382,23 @@ def remove_checkpoint(checkpoint, keep=None):
                 os.remove(path)
 
 
+def _extend(hist, part):
+    """Append the History ``part`` of the next steps to ``hist``."""
+    for name, _ in _HISTORY_ARRAYS:
+        setattr(hist, name, np.concatenate([getattr(hist, name), getattr(part, name)]))
+    hist.flow += part.flow
+    hist.wall_time += part.wall_time
+    hist.eval_batch = part.eval_batch
+
+
 def _train_checkpointed(config, model, chain, checkpoint, progress=True):
-    """The training of :func:`run` for a residual-MLP ``config`` (``model`` untrained), saved
-    to ``checkpoint`` (a path ending in .json; model files ``<stem>-<step>.npz`` go beside it)
-    after every
-    evaluation interval (``config.steps // 10`` steps) and resumed from it when it exists:
-    the same bits as uninterrupted training, since ``train(k)`` twice equals ``train(2k)``
-    and the pieces end on evaluation steps. A checkpoint of another config, rgflow version or
-    OpenBLAS kernel is ignored. Each save is atomic; the checkpoint is removed when training
+    """The training of :func:`run` for ``config`` (``model`` untrained), saved to
+    ``checkpoint`` (a path ending in .json; model files ``<stem>-<step>.npz``, or ``.pt`` for
+    the PyTorch baseline, go beside it) after every evaluation interval (``config.steps //
+    10`` steps) and resumed from it when it exists: the same bits as uninterrupted training,
+    since training ``k`` steps twice equals ``2k`` once and the pieces end on evaluation
+    steps. A checkpoint of another config, rgflow version, OpenBLAS kernel (or PyTorch build
+    or thread count) is ignored. Each save is atomic; the checkpoint is removed when training
     is complete. Returns (model, History, seconds of training in earlier processes).
     """
     c = config
@@ -371,7 +406,7 @@ def _train_checkpointed(config, model, chain, checkpoint, progress=True):
     resumed = _resume(c, model, checkpoint)
     model, hist = resumed if resumed is not None else (model, History())
     earlier = hist.wall_time
-    previous = _checkpoint_files(checkpoint, model.step) if resumed is not None else None
+    previous = _checkpoint_files(checkpoint, model) if resumed is not None else None
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -384,12 +419,17 @@ def _train_checkpointed(config, model, chain, checkpoint, progress=True):
     try:
         while model.step < c.steps:
             end = min(c.steps, (model.step // every + 1) * every)
-            part = train_as(c, model, chain, end - model.step, progress=report or False)
-            for name, _ in _HISTORY_ARRAYS:
-                setattr(hist, name, np.concatenate([getattr(hist, name), getattr(part, name)]))
-            hist.flow += part.flow
-            hist.wall_time += part.wall_time
-            hist.eval_batch = part.eval_batch
+            try:
+                part = train_as(c, model, chain, end - model.step, progress=report or False)
+            except TrainingInterrupted as stopped:
+                # the model counts exactly the updates applied, and the piece's History (no
+                # evaluation at the stop unless the unbroken run has one there) holds them:
+                # keep them, so a stop loses nothing
+                if stopped.history is not None and 0 < model.step < c.steps:
+                    _extend(hist, stopped.history)
+                    _save_checkpoint(c, model, hist, checkpoint, previous)
+                raise
+            _extend(hist, part)
             if model.step < c.steps:
                 previous = _save_checkpoint(c, model, hist, checkpoint, previous)
     finally:
@@ -538,28 +578,25 @@ def run(config, progress=True, checkpoint=None):
     ``arch="transformer"`` runs train and measure the PyTorch baseline with as many PyTorch
     threads as rgflow has (:func:`rgflow.get_num_threads`; sweep workers: 1), since PyTorch's
     threads spin when the machine is busy; unlike rgflow's, its results may depend on that
-    count. ``checkpoint`` (a path ending in .json, residual MLPs only): save training there
-    after every evaluation interval (``steps // 10`` steps; model files ``<stem>-<step>.npz``
-    beside it, each save atomic) and resume from it: the same bits as uninterrupted training
-    (``train(k)`` twice equals ``train(2k)``, and the pieces end on evaluation steps). A
-    checkpoint of another config, rgflow version or OpenBLAS kernel is ignored; it is removed
-    when training is complete. ``wall_time`` then includes the earlier processes' training.
+    count. ``checkpoint`` (a path ending in .json): save training there after every
+    evaluation interval (``steps // 10`` steps; model files ``<stem>-<step>.npz``, or ``.pt``
+    for the transformer, beside it, each save atomic) and resume from it: the same bits as
+    uninterrupted training (``k`` steps twice equal ``2k`` once, and the pieces end on
+    evaluation steps). A checkpoint of another config, rgflow version, OpenBLAS kernel (or
+    PyTorch build or thread count) is ignored; it is removed when training is complete.
+    ``wall_time`` then includes the earlier processes' training.
     """
     if not isinstance(config, Config):
         raise TypeError("config must be a Config, got %s" % type(config).__name__)
-    if checkpoint is not None:
-        if config.arch == "transformer":
-            raise ValueError("checkpoint: only residual-MLP runs can be checkpointed")
-        if not os.fspath(checkpoint).endswith(".json"):
-            raise ValueError("checkpoint must be a path ending in .json, got %r"
-                             % (checkpoint,))
+    if checkpoint is not None and not os.fspath(checkpoint).endswith(".json"):
+        raise ValueError("checkpoint must be a path ending in .json, got %r" % (checkpoint,))
     if config.arch != "transformer":
         return _run(config, progress, checkpoint)
     import torch
     saved = torch.get_num_threads()
     torch.set_num_threads(get_num_threads())
     try:
-        return _run(config, progress)
+        return _run(config, progress, checkpoint)
     finally:
         torch.set_num_threads(saved)
 
@@ -572,14 +609,6 @@ def _run(config, progress, checkpoint=None):
     earlier = 0.0  # seconds of training in earlier processes (a resumed checkpoint)
     if checkpoint is not None:
         model, hist, earlier = _train_checkpointed(c, model, chain, checkpoint, progress)
-    elif c.arch == "transformer":
-        from .torch import train_transformer
-        hist = train_transformer(
-            model, chain, c.steps, batch_size=c.batch_size, lr=c.lr,
-            weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
-            seed=c.seed, schedule=c.schedule, warmup=c.warmup, total_steps=c.steps,
-            max_grad_norm=c.max_grad_norm or None, eval_every=max(1, c.steps // 10),
-            eval_size=c.eval_size, progress=progress)
     else:
         hist = train_as(c, model, chain, progress=progress)
     # the held-out batch train() evaluated on: disjoint from every training stream

@@ -53,8 +53,8 @@ class SweepInterrupted(KeyboardInterrupt):
                    % (done, total))
         else:
             msg = ("sweep interrupted: %d of %d runs are stored in %s; run the same sweep "
-                   "with this store again to compute only the other %d (residual-MLP runs "
-                   "resume from their last checkpoint)" % (done, total, store, total - done))
+                   "with this store again to compute only the other %d (runs on this "
+                   "machine resume from their last checkpoint)" % (done, total, store, total - done))
         super().__init__(msg)
 
 
@@ -349,9 +349,9 @@ def _checkpoint_path(store, key):
 
 
 def _checkpoint_for(store, key, config, local):
-    """Where a run of the sweep checkpoints its training: beside its record, for residual-MLP
-    runs on this machine (Dask workers may not see the store)."""
-    if store is None or not local or config.arch != "mlp":
+    """Where a run of the sweep checkpoints its training: beside its record, for runs on this
+    machine (Dask workers may not see the store)."""
+    if store is None or not local:
         return None
     return str(_checkpoint_path(store, key))
 

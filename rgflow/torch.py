@@ -9,12 +9,14 @@ Needs PyTorch (the ``ref`` extra); ``import rgflow`` never imports this module.
 >>> stream = capture(net, tokens)   # doctest: +SKIP
 >>> rg.rank_profile(stream, "position")                              # doctest: +SKIP
 """
+import pickle
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from ._util import as_bool_mask, as_count, as_mask_rate, as_real, as_seed, check_memory
+from ._util import (as_bool_mask, as_count, as_mask_rate, as_real, as_seed, atomic_write,
+                    check_memory)
 
 __all__ = ["capture", "residual_blocks", "TransformerMLM", "train_transformer"]
 
@@ -288,6 +290,8 @@ def _slot_name(chosen, include_input, slot):
 
 # -- an attention baseline on the same task ------------------------------------------------------
 
+CHECKPOINT_FORMAT = 1  # TransformerMLM.save's payload
+
 class TransformerMLM(torch.nn.Module):
     """A small pre-LayerNorm transformer encoder for the masked-token task: the comparison
     rgflow's residual MLP is measured against (is the collapse a property of residual MLPs or
@@ -298,7 +302,9 @@ class TransformerMLM(torch.nn.Module):
     feed-forward width ``hidden``, GELU, no dropout, LayerNorm first), a final LayerNorm and
     the token embedding's first ``n_states`` rows as the unembedding (shared). Its residual
     stream (:meth:`residual_stream`, :func:`capture`) has the residual MLP's shape
-    ``(depth + 1, n, length, width)``.
+    ``(depth + 1, n, length, width)``. Like a ResidualMLP it counts the updates applied
+    (``step``) and keeps its AdamW state between :func:`train_transformer` calls, so training
+    continues where it stopped; :meth:`save` and :meth:`load` write and read all of it.
 
     >>> net = TransformerMLM(n_states=8, length=16, width=16, depth=2)   # doctest: +SKIP
     >>> net.logits(np.full((3, 16), 8)).shape                             # doctest: +SKIP
@@ -311,10 +317,12 @@ class TransformerMLM(torch.nn.Module):
         self.length = as_count(length, "length")
         self.width = as_count(width, "width")
         self.depth = as_count(depth, "depth")
-        heads = as_count(heads, "heads")
+        self.heads = heads = as_count(heads, "heads")
         if self.width % heads:
             raise ValueError("width (%d) must be a multiple of heads (%d)" % (width, heads))
-        hidden = 4 * self.width if hidden is None else as_count(hidden, "hidden")
+        self.hidden = hidden = 4 * self.width if hidden is None else as_count(hidden, "hidden")
+        self.step = 0              # AdamW updates applied by train_transformer
+        self._adam_state = None    # torch.optim.AdamW's per-parameter state after them
         gen = torch.Generator().manual_seed(as_seed(seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
@@ -326,6 +334,48 @@ class TransformerMLM(torch.nn.Module):
                                                  norm_first=True)
                 for _ in range(self.depth))
             self.final_norm = torch.nn.LayerNorm(self.width)
+
+    @property
+    def config(self):
+        """The sizes this network was built with (constructor arguments but the seed)."""
+        return dict(n_states=self.n_states, length=self.length, width=self.width,
+                    depth=self.depth, heads=self.heads, hidden=self.hidden)
+
+    def save(self, path):
+        """Write sizes, parameters, step and AdamW state to ``path`` (``torch.save``),
+        atomically: an interrupted save leaves any previous file intact."""
+        payload = dict(format=CHECKPOINT_FORMAT, config=self.config, step=self.step,
+                       params=self.state_dict(), adam=self._adam_state)
+        with atomic_write(path, binary=True) as f:
+            torch.save(payload, f)
+
+    @classmethod
+    def load(cls, path):
+        """A network written by :meth:`save`: the same parameters, step and AdamW state.
+        Raises ValueError for a file that is not such a checkpoint."""
+        with open(path, "rb") as f:  # a missing or unreadable file: its OSError
+            try:
+                payload = torch.load(f, weights_only=True)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+                raise ValueError("%s is not a TransformerMLM checkpoint: %s" % (path, exc)) \
+                    from exc
+        try:
+            if payload.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError("unsupported format %r" % payload.get("format"))
+            model = cls(**payload["config"])
+            model.load_state_dict(payload["params"])
+            model.step = as_count(payload["step"], "step", minimum=0)
+            adam = payload["adam"] or None
+            if adam is not None:
+                shapes = [p.shape for p in model.parameters()]
+                if (sorted(adam) != list(range(len(shapes))) or any(
+                        adam[i][k].shape != shapes[i] for i in adam
+                        for k in ("exp_avg", "exp_avg_sq"))):
+                    raise ValueError("its AdamW state does not fit the parameters")
+            model._adam_state = adam
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            raise ValueError("%s is not a TransformerMLM checkpoint: %s" % (path, exc)) from exc
+        return model
 
     def forward(self, tokens):
         """(batch, length) int64 ids in [0, n_states] -> (batch, length, n_states) logits."""
@@ -380,19 +430,24 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     """Train a :class:`TransformerMLM` with ``torch.optim.AdamW`` on exactly the batches
     :func:`rgflow.train` gives a residual MLP with the same seed (the same Philox streams and
     masks, :func:`rgflow.train.train_batch`), the same learning-rate schedule and the same
-    held-out evaluation. Returns an :class:`rgflow.History` (no ``flow``). ``progress``: a
-    tqdm bar if true, or a callable called with the steps done every 25 steps (as
-    :func:`rgflow.train` does). Ctrl-C, or a sweep's stop request, ends training at the next
-    25-step boundary with :class:`rgflow.TrainingInterrupted` (the model is left in eval
-    mode; the exception's ``history`` holds the steps done). The arguments are checked as
-    :func:`rgflow.train` checks them (``steps`` >= 1: the model has no step counter to
-    continue from); ``eval_every=0`` evaluates only at the end, and a non-finite training loss
-    raises FloatingPointError naming the step.
+    held-out evaluation. Training continues from ``model.step`` with the AdamW state the model
+    kept, as :func:`rgflow.train` continues a ResidualMLP: batches, learning rate
+    (``total_steps``: the whole planned run, default ``model.step + steps``) and evaluations
+    (every ``eval_every`` global steps) follow the global step, so ``k`` steps twice give the
+    bits of ``2k`` steps once (with the same PyTorch thread count). Returns an
+    :class:`rgflow.History` (no ``flow``). ``progress``: a tqdm bar if true, or a callable
+    called with the steps done every 25 steps (as :func:`rgflow.train` does). Ctrl-C, or a
+    sweep's stop request, ends training at the next 25-step boundary with
+    :class:`rgflow.TrainingInterrupted` (the model is left in eval mode with ``step`` and its
+    AdamW state counting exactly the updates applied; the exception's ``history`` holds the
+    steps done). The arguments are checked as :func:`rgflow.train` checks them (``steps`` >=
+    1); ``eval_every=0`` evaluates only at the end, and a non-finite training loss raises
+    FloatingPointError naming the step.
     """
     import time
     from .chains import HiddenMarkovTask, MarkovChain
     from .train import (CHUNK_STEPS, TrainingInterrupted, _deferred_sigint, _fill_history,
-                        _held_out, _stop_check)
+                        _held_out, _interrupted, _stop_check)
 
     if not isinstance(model, TransformerMLM):
         raise TypeError("model must be a TransformerMLM, got %s" % type(model).__name__)
@@ -413,7 +468,8 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     if schedule not in ("constant", "cosine"):
         raise ValueError("schedule must be 'constant' or 'cosine', got %r" % (schedule,))
     warmup = as_count(warmup, "warmup", minimum=0)
-    total = steps if total_steps is None else as_count(total_steps, "total_steps")
+    start = model.step
+    total = start + steps if total_steps is None else as_count(total_steps, "total_steps")
     # None or <= 0: no clipping, as in train()
     clip = 0.0 if max_grad_norm is None else as_real(max_grad_norm, "max_grad_norm")
     # 0: evaluate only at the end, as in train()
@@ -424,6 +480,10 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
     hist, floor = _held_out(chain, model, seed, eval_size, mask_rate, mask_span)
     ev_tokens, ev_masked, ev_mask = hist.eval_batch
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if model._adam_state is not None:  # continue: the moments and step counts of earlier calls
+        state = opt.state_dict()
+        state["state"] = model._adam_state
+        opt.load_state_dict(state)
     losses, lrs, ev_steps, ev_loss = [], [], [], []
     source = chain._source()
     bar = None
@@ -439,21 +499,21 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
                               lr, schedule, warmup, total, clip, eval_every, losses, lrs,
                               ev_steps, ev_loss, (ev_tokens, ev_masked, ev_mask), report,
                               lambda: sigint[0] or (external is not None and external()),
-                              CHUNK_STEPS, TrainingInterrupted)
+                              CHUNK_STEPS, _interrupted)
         except KeyboardInterrupt as exc:  # e.g. from a progress callback, as train() does
             # hist is completed by the finally clause, before the exception propagates
             if not isinstance(exc, TrainingInterrupted):
-                stopped = TrainingInterrupted("train_transformer interrupted after step %d of "
-                                              "%d" % (len(losses), steps))
+                stopped = _interrupted(model, start, steps, "train_transformer")
                 stopped.history = hist
                 raise stopped from exc
             exc.history = hist
             raise
         finally:
             model.eval()
+            model._adam_state = opt.state_dict()["state"]
             if bar is not None:
                 bar.close()
-            _fill_history(hist, 0, losses, lrs, ev_steps, ev_loss, floor, t0)
+            _fill_history(hist, start, losses, lrs, ev_steps, ev_loss, floor, t0)
     return hist
 
 
@@ -463,7 +523,8 @@ def _transformer_loop(model, opt, source, steps, seed, batch_size, mask_rate, ma
     from . import _core
     from .train import learning_rate
     ev_tokens, ev_masked, ev_mask = held_out
-    for step in range(steps):
+    for i in range(steps):
+        step = model.step  # global: batches, the schedule and evaluations follow it
         tokens, masked, mask = _core.mlp_train_batch(*source, seed, step, batch_size,
                                                      model.length, mask_rate, mask_span)
         rate = learning_rate(step, lr, schedule, warmup, total)
@@ -481,15 +542,15 @@ def _transformer_loop(model, opt, source, steps, seed, batch_size, mask_rate, ma
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
+        model.step += 1
         losses.append(float(loss.detach()))
         lrs.append(rate)
-        if (eval_every and (step + 1) % eval_every == 0) or step + 1 == steps:
-            ev_steps.append(step + 1)
+        if (eval_every and model.step % eval_every == 0) or i + 1 == steps:
+            ev_steps.append(model.step)
             ev_loss.append(model.loss(ev_masked, ev_tokens, ev_mask))
             model.train()
-        if (step + 1) % chunk == 0 or step + 1 == steps:
+        if (i + 1) % chunk == 0 or i + 1 == steps:
             if report is not None:
-                report((step + 1) % chunk or chunk)
-            if stop() and step + 1 < steps:
-                raise interrupted("train_transformer interrupted after step %d of %d"
-                                  % (step + 1, steps))
+                report((i + 1) % chunk or chunk)
+            if stop():  # also after the last chunk, as train() does
+                raise interrupted(model, model.step - i - 1, steps, "train_transformer")

@@ -173,10 +173,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     history = None
 
 
-def _interrupted(model, start, steps):
+def _interrupted(model, start, steps, name="train"):
     return TrainingInterrupted(
-        "train interrupted after step %d (%d of the %d requested steps done); the model is "
-        "consistent: train it further or save it" % (model.step, model.step - start, steps))
+        "%s interrupted after step %d (%d of the %d requested steps done); the model is "
+        "consistent: train it further or save it" % (name, model.step, model.step - start,
+                                                     steps))
 
 
 def _check_chain(chain, model):

@@ -107,6 +107,18 @@ def seed_quick_records(store, wanted):
     assert not wanted, "no stored quick runs for %s" % wanted
 
 
+def assert_stopped_checkpoints(store, names, runs):
+    """``names`` (files of ``store`` besides its records) are the checkpoints of ``runs``
+    stopped runs (a range: of those that had started): each a .json naming its one model
+    file, with the History of every step done (saved where the run stopped), and no
+    temporary file."""
+    stopped = {name for name in names if name.endswith(".partial.json")}
+    assert len(stopped) in runs and len(names) == 2 * len(stopped), names
+    for name in stopped:
+        meta = json.loads((store / name).read_text())
+        assert meta["model"] in names and len(meta["losses"]) == meta["step"] > 0
+
+
 def test_reproduce_with_two_workers_stops_on_ctrl_c(tmp_path):
     out_dir = tmp_path / "report"
     seed_quick_records(out_dir / "runs", {(1.0, 0), (7.0, 0)})
@@ -126,7 +138,10 @@ def test_reproduce_with_two_workers_stops_on_ctrl_c(tmp_path):
         "rgflow reproduce: interrupted; 2 of 20 runs finished and are kept in report/runs; run "
         "the same command again to compute only the other 18")
     assert {p: p.read_bytes() for p in records(out_dir / "runs")} == kept
-    assert sorted(os.listdir(out_dir / "runs")) == sorted(p.name for p in kept)  # no temp files
+    # no temp files: besides the records, the checkpoints of the two stopped runs, each a
+    # .json naming its one model file, saved where the run stopped (nothing is lost)
+    assert_stopped_checkpoints(out_dir / "runs",
+                               set(os.listdir(out_dir / "runs")) - {p.name for p in kept}, (2,))
     print("reproduce --quick, 2 workers: stopped %.2f s after SIGINT" % elapsed)
 
 
@@ -198,8 +213,8 @@ def test_rg_sweep_stops_on_ctrl_c(tmp_path, where):
         lambda pgid: store.is_dir() and len(records(store)) >= 2, tmp_path)
     assert_clean_stop(code, elapsed, out, err, alive)
     m = re.fullmatch(r"sweep interrupted: (\d) of 8 runs are stored in runs; run the same sweep "
-                     r"with this store again to compute only the other (\d) \(residual-MLP "
-                     r"runs resume from their last checkpoint\)", err.strip())
+                     r"with this store again to compute only the other (\d) \(runs on this "
+                     r"machine resume from their last checkpoint\)", err.strip())
     assert m, err
     done = int(m.group(1))
     assert 2 <= done < 8 and len(records(store)) == done
@@ -224,9 +239,10 @@ def test_sweep_on_threads_stops_on_ctrl_c(tmp_path):
     assert (info.value.done, info.value.total, info.value.store) == (0, 3, tmp_path)
     assert str(info.value) == ("sweep interrupted: 0 of 3 runs are stored in %s; run the same "
                                "sweep with this store again to compute only the other 3 "
-                               "(residual-MLP runs resume from their last checkpoint)"
+                               "(runs on this machine resume from their last checkpoint)"
                                % tmp_path)
-    assert os.listdir(tmp_path) == []
+    # the two running runs' (a run a loaded machine had not started yet has none)
+    assert_stopped_checkpoints(tmp_path, os.listdir(tmp_path), (1, 2))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 

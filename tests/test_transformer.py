@@ -67,7 +67,7 @@ def test_progress_callable_and_stop_request():
     assert seen == [25, 25, 10]
     calls = []
     with _stop_when(lambda: calls.append(1) or len(calls) >= 2):
-        with pytest.raises(TrainingInterrupted, match="after step 50 of 80") as info:
+        with pytest.raises(TrainingInterrupted, match=r"after step 50 \(50 of the 80 requested") as info:
             train_transformer(TransformerMLM(6, 8, 8, 1), chain, 80, batch_size=8,
                               eval_size=64, eval_every=20)
     # the steps done ride on the exception, as an uninterrupted run of them records them
@@ -163,6 +163,141 @@ def test_eval_every_zero_divergence_and_mode_after_an_interrupt():
         raise KeyboardInterrupt
 
     net = TransformerMLM(6, 8, 8, 1)
-    with pytest.raises(TrainingInterrupted, match="after step 25 of 30"):
+    with pytest.raises(TrainingInterrupted, match=r"after step 25 \(25 of the 30 requested"):
         train_transformer(net, chain, 30, batch_size=4, eval_size=16, progress=stop)
     assert not net.training
+
+
+# -- continuing training and checkpoints ----------------------------------------------------------
+
+def _params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def test_training_continues_from_the_step_and_the_adam_state(tmp_path):
+    """30 steps, then 30 more (also through save and load), give the bits of 60 steps at once:
+    batches, the cosine schedule and evaluations follow the global step, and AdamW's moments
+    and step counts carry over."""
+    chain = rg.MarkovChain.lazy(6, 4.0)
+    kw = dict(batch_size=8, lr=3e-3, seed=2, eval_size=32, eval_every=10, schedule="cosine",
+              warmup=5, total_steps=60)
+    whole = TransformerMLM(6, 8, 8, 2, seed=1)
+    want = train_transformer(whole, chain, 60, **kw)
+    assert whole.step == 60
+    net = TransformerMLM(6, 8, 8, 2, seed=1)
+    first = train_transformer(net, chain, 30, **kw)
+    assert net.step == 30 and first.steps.tolist() == list(range(1, 31))
+    net.save(tmp_path / "net.pt")
+    loaded = TransformerMLM.load(tmp_path / "net.pt")
+    assert loaded.step == 30 and loaded.config == net.config
+    assert all(torch.equal(a, b) for a, b in zip(_params(loaded), _params(net)))
+    for resumed in (net, loaded):
+        second = train_transformer(resumed, chain, 30, **kw)
+        assert second.steps.tolist() == list(range(31, 61))
+        np.testing.assert_array_equal(np.concatenate([first.losses, second.losses]),
+                                      want.losses)
+        np.testing.assert_array_equal(np.concatenate([first.lrs, second.lrs]), want.lrs)
+        assert first.eval_steps.tolist() + second.eval_steps.tolist() == want.eval_steps.tolist()
+        np.testing.assert_array_equal(np.concatenate([first.eval_loss, second.eval_loss]),
+                                      want.eval_loss)
+        assert all(torch.equal(a, b) for a, b in zip(_params(resumed), _params(whole)))
+    # without the AdamW state (a fresh optimizer) the continuation differs: the state matters
+    fresh = TransformerMLM.load(tmp_path / "net.pt")
+    fresh._adam_state = None
+    other = train_transformer(fresh, chain, 30, **kw)
+    assert not np.array_equal(other.losses, want.losses[30:])
+
+
+def test_load_rejects_what_is_not_a_transformer_checkpoint(tmp_path):
+    net = TransformerMLM(6, 8, 8, 2, seed=1)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    rg.ResidualMLP(6, 8, 8, 16, 1).save(tmp_path / "mlp.npz")
+    net.save(tmp_path / "net.pt")
+    data = (tmp_path / "net.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    payload = torch.load(tmp_path / "net.pt", weights_only=True)
+    payload["config"]["width"] = 12
+    torch.save(payload, tmp_path / "wide.pt")
+    payload = torch.load(tmp_path / "net.pt", weights_only=True)
+    payload["format"] = 99
+    torch.save(payload, tmp_path / "future.pt")
+    for name in ("junk.pt", "mlp.npz", "cut.pt", "wide.pt", "future.pt"):
+        with pytest.raises(ValueError, match="not a TransformerMLM checkpoint"):
+            TransformerMLM.load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        TransformerMLM.load(tmp_path / "missing.pt")
+    # AdamW state of other parameters: refused, not loaded into the wrong tensors
+    train_transformer(net, rg.MarkovChain.lazy(6, 2.0), 2, batch_size=4, eval_size=16)
+    payload = torch.load(_saved(net, tmp_path / "trained.pt"), weights_only=True)
+    payload["adam"][0]["exp_avg"] = torch.zeros(3)
+    torch.save(payload, tmp_path / "bad-adam.pt")
+    with pytest.raises(ValueError, match="AdamW state"):
+        TransformerMLM.load(tmp_path / "bad-adam.pt")
+
+
+def _saved(net, path):
+    net.save(path)
+    return path
+
+
+TCKPT = Config(arch="transformer", xi=7.0, seed=3, steps=60, hidden=16, depth=2, width=8,
+               length=8, eval_size=64, batch_size=8, schedule="cosine", warmup=10)
+
+
+def _checkpointed(tmp_path, stop_after=None, progress=False):
+    """run()'s training of TCKPT through its checkpoint (run() itself adds the gate's 65,536
+    sequences, minutes through a transformer): (model, History) or the TrainingInterrupted."""
+    from rgflow.experiments import _train_checkpointed, make_chain
+    from rgflow.train import _stop_when
+    checks = []
+    stop = None if stop_after is None else (lambda: checks.append(1) or len(checks) >= stop_after)
+    with _stop_when(stop):
+        model, hist, _ = _train_checkpointed(TCKPT, make_model(TCKPT), make_chain(TCKPT),
+                                             tmp_path / "run.partial.json", progress)
+    return model, hist
+
+
+def _same_training(a, b):
+    (ma, ha), (mb, hb) = a, b
+    assert ma.step == mb.step == TCKPT.steps
+    assert all(torch.equal(p, q) for p, q in zip(_params(ma), _params(mb)))
+    for name in ("steps", "losses", "lrs", "eval_steps", "eval_loss", "eval_bayes"):
+        np.testing.assert_array_equal(getattr(ha, name), getattr(hb, name), err_msg=name)
+
+
+def test_checkpointed_transformer_training_resumes_to_the_same_bits(tmp_path):
+    """A run's transformer training saved every tenth (6 steps) and where a stop lands, then
+    resumed in another model: the bits of the unbroken training (train_as, as run() calls
+    it), and no file left behind."""
+    import json
+    from rgflow.experiments import make_chain, train_as
+    from rgflow.train import TrainingInterrupted
+    plain = make_model(TCKPT)
+    plain = (plain, train_as(TCKPT, plain, make_chain(TCKPT), progress=False))
+    _same_training(plain, _checkpointed(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TrainingInterrupted, match=r"after step 30 \(6 of the 6 requested"):
+        _checkpointed(tmp_path, stop_after=5)   # pieces of 6 steps: the stop after the 5th
+    meta = json.loads((tmp_path / "run.partial.json").read_text())
+    assert meta["step"] == 30 and meta["torch_threads"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial-30.pt",
+                                                          "run.partial.json"]
+    steps = []
+    _same_training(plain, _checkpointed(tmp_path, progress=steps.append))
+    assert steps[0] == 30 and sum(steps) == TCKPT.steps  # the resumed steps count as done
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_transformer_checkpoint_of_another_thread_count_is_ignored(tmp_path):
+    import json
+    from rgflow.train import TrainingInterrupted
+    with pytest.raises(TrainingInterrupted):
+        _checkpointed(tmp_path, stop_after=5)
+    ckpt = tmp_path / "run.partial.json"
+    meta = json.loads(ckpt.read_text())
+    meta["torch_threads"] = 2  # PyTorch's results may depend on its thread count
+    ckpt.write_text(json.dumps(meta))
+    steps = []
+    _checkpointed(tmp_path, progress=steps.append)
+    assert steps[0] == 6 and sum(steps) == TCKPT.steps  # started over
+    assert list(tmp_path.iterdir()) == []
