@@ -424,8 +424,12 @@ def _train_checkpointed(config, model, chain, checkpoint, progress=True):
             except TrainingInterrupted as stopped:
                 # the model counts exactly the updates applied, and the piece's History (no
                 # evaluation at the stop unless the unbroken run has one there) holds them:
-                # keep them, so a stop loses nothing
-                if stopped.history is not None and 0 < model.step < c.steps:
+                # keep them, so a stop loses nothing. Only for a stop the training loop made
+                # (no __cause__): a KeyboardInterrupt it converted (e.g. raised by a progress
+                # callback, before the step's evaluation and flow point) may leave the History
+                # short of what the unbroken run records at model.step
+                if (stopped.history is not None and stopped.__cause__ is None
+                        and 0 < model.step < c.steps):
                     _extend(hist, stopped.history)
                     _save_checkpoint(c, model, hist, checkpoint, previous)
                 raise

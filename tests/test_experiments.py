@@ -304,3 +304,24 @@ def test_a_checkpoint_that_does_not_fit_is_ignored(tmp_path, spoil):
 def test_checkpoint_argument_is_checked(tmp_path):
     with pytest.raises(ValueError, match="checkpoint must be a path ending in .json"):
         run(CKPT, progress=False, checkpoint=tmp_path / "run.npz")
+
+
+def test_a_stop_from_a_progress_callback_does_not_save_a_short_history(tmp_path, monkeypatch):
+    """A KeyboardInterrupt raised by the progress callable lands after the C chunk but before
+    the step's evaluation and flow point: saving there would resume to a record without them."""
+    from rgflow.train import TrainingInterrupted
+    monkeypatch.setattr(experiments, "FLOW_STEPS", 5)
+    ckpt = tmp_path / "run.partial.json"
+    plain = run(CKPT, progress=False)
+    done = []
+
+    def progress(n):
+        done.append(n)
+        if sum(done) >= 20:  # step 20: an evaluation and a flow point of the unbroken run
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="after step 20"):
+        run(CKPT, progress=progress, checkpoint=ckpt)
+    assert json.loads(ckpt.read_text())["step"] < 20  # the last complete save, not the stop
+    _same_run(plain, run(CKPT, progress=False, checkpoint=ckpt))
+    assert list(tmp_path.iterdir()) == []
