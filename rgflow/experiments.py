@@ -376,8 +376,9 @@ def remove_checkpoint(checkpoint, keep=None):
               and os.path.splitext(name)[0][len(stem) + 1:].isdigit()]
     if keep is None:
         doomed.append(checkpoint)
+    keep = None if keep is None else os.path.join(folder, os.path.basename(keep))
     for path in doomed:
-        if path != keep:
+        if path != keep:  # both folder-joined: "run.json" has folder ".", "./run-10.npz"
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
 

@@ -325,3 +325,20 @@ def test_a_stop_from_a_progress_callback_does_not_save_a_short_history(tmp_path,
     assert json.loads(ckpt.read_text())["step"] < 20  # the last complete save, not the stop
     _same_run(plain, run(CKPT, progress=False, checkpoint=ckpt))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_in_the_working_directory_keeps_its_model_file(tmp_path, monkeypatch):
+    """run(config, checkpoint="run.json") (the README's example): each save removes the
+    previous model file, not the one it just wrote."""
+    from rgflow.train import TrainingInterrupted, _stop_when
+    monkeypatch.chdir(tmp_path)
+    checks = []
+    with _stop_when(lambda: checks.append(1) or len(checks) >= 3):
+        with pytest.raises(TrainingInterrupted):
+            run(CKPT, progress=False, checkpoint="run.json")
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [meta["model"], "run.json"]
+    steps = []
+    _same_run(run(CKPT, progress=False), run(CKPT, progress=steps.append, checkpoint="run.json"))
+    assert steps[0] == meta["step"]  # resumed, not started over
+    assert list(tmp_path.iterdir()) == []
