@@ -356,7 +356,9 @@ class TransformerMLM(torch.nn.Module):
         with open(path, "rb") as f:  # a missing or unreadable file: its OSError
             try:
                 payload = torch.load(f, weights_only=True)
-            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            # damaged bytes: the weights-only unpickler also raises KeyError, IndexError, ...
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, LookupError,
+                    TypeError, AttributeError, ValueError) as exc:
                 raise ValueError("%s is not a TransformerMLM checkpoint: %s" % (path, exc)) \
                     from exc
         try:
@@ -373,7 +375,7 @@ class TransformerMLM(torch.nn.Module):
                         for k in ("exp_avg", "exp_avg_sq"))):
                     raise ValueError("its AdamW state does not fit the parameters")
             model._adam_state = adam
-        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        except (ValueError, LookupError, TypeError, AttributeError, RuntimeError) as exc:
             raise ValueError("%s is not a TransformerMLM checkpoint: %s" % (path, exc)) from exc
         return model
 

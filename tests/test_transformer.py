@@ -233,6 +233,18 @@ def test_load_rejects_what_is_not_a_transformer_checkpoint(tmp_path):
     torch.save(payload, tmp_path / "bad-adam.pt")
     with pytest.raises(ValueError, match="AdamW state"):
         TransformerMLM.load(tmp_path / "bad-adam.pt")
+    payload["adam"][0] = torch.zeros(3)  # a tensor, not a dict: IndexError inside
+    torch.save(payload, tmp_path / "tensor-adam.pt")
+    with pytest.raises(ValueError, match="not a TransformerMLM checkpoint"):
+        TransformerMLM.load(tmp_path / "tensor-adam.pt")
+
+
+@pytest.mark.parametrize("data", [b"\x80\x02r\xeb.\xe7?\xaakJ\"\xae",     # IndexError inside
+                                  b"h\x8bCR\xfa/+\x8d\xb0R\x95\xac"])     # KeyError inside
+def test_load_turns_what_torch_load_raises_on_damaged_bytes_into_value_error(tmp_path, data):
+    (tmp_path / "x.pt").write_bytes(data)
+    with pytest.raises(ValueError, match="not a TransformerMLM checkpoint"):
+        TransformerMLM.load(tmp_path / "x.pt")
 
 
 def _saved(net, path):
