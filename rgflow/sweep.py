@@ -449,10 +449,11 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         ``ProcessPoolExecutor``), or a ``dask.distributed.Client``.
     store : directory; each finished run is written there atomically as ``<key>.json`` (key =
         hash of config + rgflow version). Existing valid records are reused; missing, truncated
-        or corrupted ones are recomputed. A residual-MLP run on this machine (not on Dask)
-        checkpoints its training there as ``<key>.partial.json`` and ``<key>.partial-<step>.npz``
-        every ``steps // 10`` steps, so a stopped sweep resumes it where it was (same bits);
-        run() removes them when its training is complete.
+        or corrupted ones are recomputed. A run on this machine (not on Dask) checkpoints its
+        training there as ``<key>.partial.json`` and ``<key>.partial-<step>.npz`` (``.pt`` for
+        ``arch="transformer"``) every ``steps // 10`` steps and where a stop lands, so a
+        stopped sweep resumes it where it was (same bits); run() removes them when its
+        training is complete.
     progress : show a tqdm bar over the training steps of the runs to do (the workers report
         their steps as they go; the postfix counts finished runs).
     retry_failed : recompute stored runs that ended in an error. A run that ran out of memory
