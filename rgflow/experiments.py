@@ -432,7 +432,9 @@ def _train_checkpointed(config, model, chain, checkpoint, progress=True):
                 if (stopped.history is not None and stopped.__cause__ is None
                         and 0 < model.step < c.steps):
                     _extend(hist, stopped.history)
-                    _save_checkpoint(c, model, hist, checkpoint, previous)
+                    # a save that fails (disk full) must not replace the stop with an error
+                    with contextlib.suppress(OSError):
+                        _save_checkpoint(c, model, hist, checkpoint, previous)
                 raise
             _extend(hist, part)
             if model.step < c.steps:
