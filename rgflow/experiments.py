@@ -279,20 +279,15 @@ def train_as(config, model, chain, steps=None, progress=True):
     """
     c = config
     steps = c.steps if steps is None else steps
+    common = dict(batch_size=c.batch_size, lr=c.lr, weight_decay=c.weight_decay,
+                  mask_rate=c.mask_rate, mask_span=c.mask_span, seed=c.seed,
+                  schedule=c.schedule, warmup=c.warmup, total_steps=c.steps,
+                  max_grad_norm=c.max_grad_norm or None, eval_every=max(1, c.steps // 10),
+                  eval_size=c.eval_size, progress=progress)
     if c.arch == "transformer":
         from .torch import train_transformer
-        return train_transformer(
-            model, chain, steps, batch_size=c.batch_size, lr=c.lr,
-            weight_decay=c.weight_decay, mask_rate=c.mask_rate, mask_span=c.mask_span,
-            seed=c.seed, schedule=c.schedule, warmup=c.warmup, total_steps=c.steps,
-            max_grad_norm=c.max_grad_norm or None, eval_every=max(1, c.steps // 10),
-            eval_size=c.eval_size, progress=progress)
-    return train(model, chain, steps, batch_size=c.batch_size,
-                 lr=c.lr, weight_decay=c.weight_decay, mask_rate=c.mask_rate,
-                 mask_span=c.mask_span, seed=c.seed, schedule=c.schedule, warmup=c.warmup,
-                 total_steps=c.steps, max_grad_norm=c.max_grad_norm or None,
-                 eval_every=max(1, c.steps // 10), eval_size=c.eval_size, progress=progress,
-                 flow_at=flow_steps(c.steps))
+        return train_transformer(model, chain, steps, **common)
+    return train(model, chain, steps, flow_at=flow_steps(c.steps), **common)
 
 
 CHECKPOINT_FORMAT = 1

@@ -356,27 +356,24 @@ class TransformerMLM(torch.nn.Module):
         with open(path, "rb") as f:  # a missing or unreadable file: its OSError
             try:
                 payload = torch.load(f, weights_only=True)
+                if payload.get("format") != CHECKPOINT_FORMAT:
+                    raise ValueError("unsupported format %r" % payload.get("format"))
+                model = cls(**payload["config"])
+                model.load_state_dict(payload["params"])
+                model.step = as_count(payload["step"], "step", minimum=0)
+                adam = payload["adam"] or None
+                if adam is not None:
+                    shapes = [p.shape for p in model.parameters()]
+                    if (sorted(adam) != list(range(len(shapes))) or any(
+                            adam[i][k].shape != shapes[i] for i in adam
+                            for k in ("exp_avg", "exp_avg_sq"))):
+                        raise ValueError("its AdamW state does not fit the parameters")
+                model._adam_state = adam
             # damaged bytes: the weights-only unpickler also raises KeyError, IndexError, ...
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, LookupError,
                     TypeError, AttributeError, ValueError) as exc:
                 raise ValueError("%s is not a TransformerMLM checkpoint: %s" % (path, exc)) \
                     from exc
-        try:
-            if payload.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError("unsupported format %r" % payload.get("format"))
-            model = cls(**payload["config"])
-            model.load_state_dict(payload["params"])
-            model.step = as_count(payload["step"], "step", minimum=0)
-            adam = payload["adam"] or None
-            if adam is not None:
-                shapes = [p.shape for p in model.parameters()]
-                if (sorted(adam) != list(range(len(shapes))) or any(
-                        adam[i][k].shape != shapes[i] for i in adam
-                        for k in ("exp_avg", "exp_avg_sq"))):
-                    raise ValueError("its AdamW state does not fit the parameters")
-            model._adam_state = adam
-        except (ValueError, LookupError, TypeError, AttributeError, RuntimeError) as exc:
-            raise ValueError("%s is not a TransformerMLM checkpoint: %s" % (path, exc)) from exc
         return model
 
     def forward(self, tokens):
