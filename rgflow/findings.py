@@ -723,7 +723,8 @@ def block_activity(results, steps=(100, 1000, 10000), excess_max=None):
     k = 1..K over the gated runs (:func:`gate_of`), medians of the relative update
     ``||z_k - z_{k-1}|| / ||z_{k-1}||``, the gradient norm and the share of switched-off hidden
     units at the end, and the relative update at the flow checkpoints (common to every run)
-    nearest to ``steps``.
+    nearest to ``steps`` (a checkpoint at the end of training is the end's figure and is
+    not repeated).
 
     Returns a list of rows ``xi``, ``block`` (1-based), ``runs``, ``update``,
     ``grad_norm``, ``inactive_units`` (None when no run stores it) and ``update_at``
@@ -738,8 +739,11 @@ def block_activity(results, steps=(100, 1000, 10000), excess_max=None):
         marks = {}
         common = sorted(set.intersection(*({p["step"] for p in f} for f in flows))) \
             if all(flows) else []
+        last = min(r.config.steps for r in runs)
         for want in steps if common else ():
             at = min(common, key=lambda h: abs(np.log(h / want)))
+            if at >= last:
+                continue
             marks[at] = [next(p for p in f if p["step"] == at) for f in flows]
         depths = {r.config.depth for r in runs}
         if len(depths) != 1:

@@ -270,6 +270,7 @@ def test_block_activity_medians_over_gated_runs():
     runs = []
     for seed in range(3):
         r = fake_result(1.0, seed, 0.9)
+        r.config = r.config.replace(steps=20000)
         r.measures["update"] = [0.01 * (seed + 1), 1.0, 0.0, 0.0, 0.0]
         r.grad_norms = {"blocks": [0.1, 0.2, 0.3, 0.4, 0.5 + seed]}
         r.inactive_units = [0.5, 0.0, 0.9, 0.9, 0.9]
@@ -284,6 +285,10 @@ def test_block_activity_medians_over_gated_runs():
     # checkpoints not every run has are skipped, not looked up
     runs[1].history["flow"] = runs[1].history["flow"][:2]
     assert F.block_activity(runs)[0]["update_at"] == {90: 0.09, 1100: 1.1}
+    # a checkpoint at the last step is the end's figure, not a column of its own
+    for r in runs:
+        r.config = r.config.replace(steps=1100)
+    assert F.block_activity(runs)[0]["update_at"] == {90: 0.09}
     with pytest.raises(ValueError, match="depths"):
         F.block_activity([runs[0], _deeper(runs[2])])
 
