@@ -1,6 +1,7 @@
-"""Write the findings documents from the gated sweep's stored records: the README's table
+"""Write the findings documents from the gated sweep's stored records: the README's tables
 between ``<!-- findings:<size> -->`` markers (:func:`rgflow.report.headline_markdown`) and
-docs/findings-<size>.md, the full tables (:func:`rgflow.report.gated_markdown`). A size is
+``<!-- findings:<size>:sensitivity -->`` markers (:func:`rgflow.report.sensitivity_markdown`),
+and docs/findings-<size>.md, the full tables (:func:`rgflow.report.gated_markdown`). A size is
 written only when all of its runs are stored; tests/test_findings.py checks that both
 documents are what the records give.
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gated_sweep import documented, store  # noqa: E402
-from rgflow.report import computed_on_lines, gated_markdown, headline_markdown  # noqa: E402
+from rgflow.report import (computed_on_lines, gated_markdown, headline_markdown,  # noqa: E402
+                           sensitivity_markdown)
 from rgflow.sweep import load_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,12 +48,19 @@ def document(size, runs):
         + gated_markdown(runs)) + "\n"
 
 
-def readme_block(text, size):
-    """The README's lines between the findings markers of ``size``."""
-    m = re.search(r"<!-- findings:%s -->\n(.*?)<!-- /findings:%s -->" % (size, size), text, re.S)
+def readme_block(text, name):
+    """The README's lines between the findings markers ``name`` (e.g. "small",
+    "small:sensitivity")."""
+    m = re.search(r"<!-- findings:%s -->\n(.*?)<!-- /findings:%s -->" % (name, name), text, re.S)
     if m is None:
-        raise ValueError("README.md has no <!-- findings:%s --> block" % size)
+        raise ValueError("README.md has no <!-- findings:%s --> block" % name)
     return m
+
+
+def readme_blocks(size, runs):
+    """{marker name: the README's lines there} for ``size``."""
+    return {size: "\n".join(headline_markdown(runs)) + "\n",
+            size + ":sensitivity": "\n".join(sensitivity_markdown(runs)) + "\n"}
 
 
 def main():
@@ -62,9 +71,10 @@ def main():
             print("%s: not every run is stored yet; left as it is" % size)
             continue
         (ROOT / "docs" / ("findings-%s.md" % size)).write_text(document(size, runs))
-        m = readme_block(text, size)
-        text = text[:m.start(1)] + "\n".join(headline_markdown(runs)) + "\n" + text[m.end(1):]
-        print("%s: README table and docs/findings-%s.md written from %d runs"
+        for name, block in readme_blocks(size, runs).items():
+            m = readme_block(text, name)
+            text = text[:m.start(1)] + block + text[m.end(1):]
+        print("%s: README tables and docs/findings-%s.md written from %d runs"
               % (size, size, len(runs)))
     README.write_text(text)
 

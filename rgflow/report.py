@@ -282,12 +282,19 @@ def gated_markdown(results):
                         for m in marks),
                 "%.3g" % row["update"], "%.2g" % row["grad_norm"],
                 "—" if row["inactive_units"] is None else "%.0f %%" % (100 * row["inactive_units"])))
+    lines += ["", "## Sensitivity (masked positions, centred erank)", "",
+              "Each row moves one threshold, the others at their defaults.", ""]
+    return lines + sensitivity_markdown(results)
+
+
+def sensitivity_markdown(results):
+    """The sensitivity table (:func:`rgflow.findings.sensitivity`: each threshold moved over
+    its range, the others at their defaults) as markdown lines: per row, the claims'
+    "holds in k of n gated seeds" at each ξ and the selectivity verdicts."""
     rows = findings.sensitivity(results)
     keys = list(rows[0][2])
-    lines += ["", "## Sensitivity (masked positions, centred erank)", "",
-              "Each row moves one threshold, the others at their defaults.", "",
-              "| threshold | value | " + " | ".join(keys) + " |",
-              "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
+    lines = ["| threshold | value | " + " | ".join(keys) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in keys) + " |"]
     for name, value, out in rows:
         shown = ("not judged" if value is None else "yes" if value is True else
                  "no" if value is False else "%g" % value)

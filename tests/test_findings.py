@@ -1,7 +1,7 @@
 """The findings as the README states them, tied to the stored records and to the code.
 
-* Small size: the README's table and docs/findings-small.md are exactly what the 25 stored runs
-  of the gated sweep give (``make findings`` writes them), and one cell of the quick
+* Small size: the README's tables (verdicts, sensitivity) and docs/findings-small.md are
+  exactly what the 25 stored runs of the gated sweep give (``make findings`` writes them), and one cell of the quick
   configuration (ξ = 7, seed 0) is trained again: its first 2,623 steps in the default suite,
   all 30,000 in the slow one, each against its stored record.
 * Paper size: the same check once its sweep has stored every run (until then the test is
@@ -42,9 +42,9 @@ def stored_or_skip(size):
 def test_readme_and_docs_are_what_the_records_give(size):
     runs = stored_or_skip(size)
     text = (ROOT / "README.md").read_text()
-    block = findings_docs.readme_block(text, size).group(1)
-    assert block == "\n".join(findings_docs.headline_markdown(runs)) + "\n", \
-        "README.md's %s table is stale: run `make findings`" % size
+    for name, want in findings_docs.readme_blocks(size, runs).items():
+        assert findings_docs.readme_block(text, name).group(1) == want, \
+            "README.md's %s table is stale: run `make findings`" % name
     doc = (ROOT / "docs" / ("findings-%s.md" % size)).read_text()
     assert doc == findings_docs.document(size, runs), \
         "docs/findings-%s.md is stale: run `make findings`" % size
