@@ -292,6 +292,23 @@ def _slot_name(chosen, include_input, slot):
 
 CHECKPOINT_FORMAT = 1  # TransformerMLM.save's payload
 
+def _check_adam_state(adam, shapes):
+    """Raise ValueError unless ``adam`` is torch.optim.AdamW's per-parameter state for
+    parameters of ``shapes``: {index: {"step", "exp_avg", "exp_avg_sq"}}, every one a tensor,
+    the moments of the parameter's shape (so a crafted or foreign file cannot load moments
+    into the wrong tensors or drop the step counts)."""
+    fits = (isinstance(adam, dict) and len(adam) == len(shapes)
+            and set(adam) == set(range(len(shapes)))
+            and all(isinstance(adam[i], dict)
+                    and set(adam[i]) == {"step", "exp_avg", "exp_avg_sq"}
+                    and all(isinstance(v, torch.Tensor) for v in adam[i].values())
+                    and adam[i]["step"].numel() == 1
+                    and adam[i]["exp_avg"].shape == adam[i]["exp_avg_sq"].shape == shapes[i]
+                    for i in range(len(shapes))))
+    if not fits:
+        raise ValueError("its AdamW state does not fit the parameters")
+
+
 class TransformerMLM(torch.nn.Module):
     """A small pre-LayerNorm transformer encoder for the masked-token task: the comparison
     rgflow's residual MLP is measured against (is the collapse a property of residual MLPs or
@@ -361,13 +378,9 @@ class TransformerMLM(torch.nn.Module):
                 model = cls(**payload["config"])
                 model.load_state_dict(payload["params"])
                 model.step = as_count(payload["step"], "step", minimum=0)
-                adam = payload["adam"] or None
-                if adam is not None:
-                    shapes = [p.shape for p in model.parameters()]
-                    if (sorted(adam) != list(range(len(shapes))) or any(
-                            adam[i][k].shape != shapes[i] for i in adam
-                            for k in ("exp_avg", "exp_avg_sq"))):
-                        raise ValueError("its AdamW state does not fit the parameters")
+                adam = payload["adam"]
+                if adam is not None:  # None: saved before any update
+                    _check_adam_state(adam, [p.shape for p in model.parameters()])
                 model._adam_state = adam
             # damaged bytes: the weights-only unpickler also raises KeyError, IndexError, ...
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, LookupError,
@@ -509,7 +522,8 @@ def train_transformer(model, chain, steps, *, batch_size=128, lr=1e-3, weight_de
             raise
         finally:
             model.eval()
-            model._adam_state = opt.state_dict()["state"]
+            # {} when no update was applied to a fresh network: no state, as before the call
+            model._adam_state = opt.state_dict()["state"] or None
             if bar is not None:
                 bar.close()
             _fill_history(hist, start, losses, lrs, ev_steps, ev_loss, floor, t0)

@@ -233,10 +233,15 @@ def test_load_rejects_what_is_not_a_transformer_checkpoint(tmp_path):
     torch.save(payload, tmp_path / "bad-adam.pt")
     with pytest.raises(ValueError, match="AdamW state"):
         TransformerMLM.load(tmp_path / "bad-adam.pt")
-    payload["adam"][0] = torch.zeros(3)  # a tensor, not a dict: IndexError inside
-    torch.save(payload, tmp_path / "tensor-adam.pt")
-    with pytest.raises(ValueError, match="not a TransformerMLM checkpoint"):
-        TransformerMLM.load(tmp_path / "tensor-adam.pt")
+    # not AdamW's state: a tensor for a parameter's entry, a missing step count, not a dict
+    good = torch.load(_saved(net, tmp_path / "trained.pt"), weights_only=True)
+    no_step = {i: {k: v for k, v in e.items() if k != "step"} for i, e in good["adam"].items()}
+    for name, adam in [("tensor", {**good["adam"], 0: torch.zeros(3)}), ("no-step", no_step),
+                       ("zero", 0), ("empty", {}), ("list", [good["adam"][0]])]:
+        torch.save({**good, "adam": adam}, tmp_path / ("%s-adam.pt" % name))
+        with pytest.raises(ValueError, match="AdamW state does not fit"):
+            TransformerMLM.load(tmp_path / ("%s-adam.pt" % name))
+    assert TransformerMLM.load(tmp_path / "trained.pt").step == 2  # the file they came from
 
 
 @pytest.mark.parametrize("data", [b"\x80\x02r\xeb.\xe7?\xaakJ\"\xae",     # IndexError inside
