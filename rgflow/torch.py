@@ -292,13 +292,13 @@ def _slot_name(chosen, include_input, slot):
 
 CHECKPOINT_FORMAT = 1  # TransformerMLM.save's payload
 
+
 def _check_adam_state(adam, shapes):
     """Raise ValueError unless ``adam`` is torch.optim.AdamW's per-parameter state for
     parameters of ``shapes``: {index: {"step", "exp_avg", "exp_avg_sq"}}, every one a tensor,
     the moments of the parameter's shape (so a crafted or foreign file cannot load moments
     into the wrong tensors or drop the step counts)."""
-    fits = (isinstance(adam, dict) and len(adam) == len(shapes)
-            and set(adam) == set(range(len(shapes)))
+    fits = (isinstance(adam, dict) and set(adam) == set(range(len(shapes)))
             and all(isinstance(adam[i], dict)
                     and set(adam[i]) == {"step", "exp_avg", "exp_avg_sq"}
                     and all(isinstance(v, torch.Tensor) for v in adam[i].values())

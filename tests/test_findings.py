@@ -1,9 +1,9 @@
 """The findings as the README states them, tied to the stored records and to the code.
 
 * Small size: the README's tables (verdicts, sensitivity) and docs/findings-small.md are
-  exactly what the 25 stored runs of the gated sweep give (``make findings`` writes them), and one cell of the quick
-  configuration (ξ = 7, seed 0) is trained again: its first 2,623 steps in the default suite,
-  all 30,000 in the slow one, each against its stored record.
+  exactly what the 25 stored runs of the gated sweep give (``make findings`` writes them),
+  and one cell of the quick configuration (ξ = 7, seed 0) is trained again: its first 2,623
+  steps in the default suite, all 30,000 in the slow one, each against its stored record.
 * Paper size: the same check once its sweep has stored every run (until then the test is
   skipped, saying how many are stored); the slow test trains one cell again.
 * The first findings (docs/findings-v1.md): their verdict tables are what the v1 pipeline
