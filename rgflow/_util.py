@@ -126,6 +126,24 @@ def atomic_write(path, binary=False):
             os.close(dfd)
 
 
+def remove_stale_temporaries(path):
+    """Delete the temporary files :func:`atomic_write` left beside ``path`` (or beside files
+    whose names extend it, e.g. ``run.partial`` covers ``run.partial.json`` and
+    ``run.partial-10.npz``) when a process was killed mid-write (SIGKILL, power loss: no
+    handler runs). Only for a path no other process is writing now. Missing files are fine."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = "." + os.path.basename(path)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+
+
 def as_mask_rate(value, name="mask_rate"):
     """A masking rate in [0, 1] (0 still hides one span per sequence: see mask_tokens)."""
     return as_real(value, name, low=0.0, high=1.0)

@@ -22,7 +22,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 
-from ._util import atomic_write
+from ._util import atomic_write, remove_stale_temporaries
 from .experiments import Config, Result, run
 from .findings import collapse_ratio, gate_of
 from .train import TrainingInterrupted, _stop_when
@@ -88,8 +88,10 @@ def _checksum(payload):
 def _write_record(store, payload):
     """Store one run's payload as ``store/<key>.json``, checksummed, all or nothing."""
     record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
-    with atomic_write(Path(store) / (payload["key"] + ".json")) as f:
+    path = Path(store) / (payload["key"] + ".json")
+    with atomic_write(path) as f:
         f.write(json.dumps(record))
+    remove_stale_temporaries(path)  # of a process killed while writing this record
 
 
 def _well_formed(payload):

@@ -172,6 +172,21 @@ def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, counted):
     assert sorted(p.name for p in store.iterdir()) == sorted(c.key() + ".json" for c in cfgs)
 
 
+def test_a_finished_run_removes_what_a_killed_writer_left(tmp_path):
+    """SIGKILL in the middle of an atomic write leaves its temporary file (no handler runs):
+    the run that later finishes removes those of its own record and checkpoint, no others."""
+    store = tmp_path / "runs"
+    store.mkdir()
+    key = TINY.key()
+    own = [".%s.json.0a1b2c3d4e5f.tmp" % key, ".%s.partial.json.0a1b2c3d4e5f.tmp" % key,
+           ".%s.partial-4.npz.0a1b2c3d4e5f.tmp" % key]
+    other = [".%s.json.0a1b2c3d4e5f.tmp" % TINY.replace(seed=1).key(), "notes.tmp"]
+    for name in own + other:
+        (store / name).write_text("half")
+    rg.sweep([TINY], store=store, progress=False)
+    assert sorted(p.name for p in store.iterdir()) == sorted(other + [key + ".json"])
+
+
 def test_stopped_sweep_resumes_its_run_from_the_checkpoint(tmp_path, monkeypatch):
     """Ctrl-C in the middle of a run keeps its training up to the last evaluation interval;
     the resumed sweep continues from there and stores the record an unbroken sweep stores."""
