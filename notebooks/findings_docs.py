@@ -1,9 +1,11 @@
 """Write the findings documents from the gated sweep's stored records: the README's tables
 between ``<!-- findings:<size> -->`` markers (:func:`rgflow.report.headline_markdown`) and
 ``<!-- findings:<size>:sensitivity -->`` markers (:func:`rgflow.report.sensitivity_markdown`),
-and docs/findings-<size>.md, the full tables (:func:`rgflow.report.gated_markdown`). A size is
-written only when all of its runs are stored; tests/test_findings.py checks that both
-documents are what the records give.
+and docs/findings-<size>.md, the full tables (:func:`rgflow.report.gated_markdown`); and the
+``<!-- findings:architectures -->`` table, the transformer runs of arch_sweep.py beside the
+MLP runs with the same seeds (:func:`rgflow.report.architectures_markdown`). A table is
+written only when all of its runs are stored; tests/test_findings.py checks that every
+document is what the records give.
 
     python notebooks/findings_docs.py        (or: make findings)
 """
@@ -12,9 +14,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import arch_sweep  # noqa: E402
 from gated_sweep import documented, store  # noqa: E402
-from rgflow.report import (computed_on_lines, gated_markdown, headline_markdown,  # noqa: E402
-                           sensitivity_markdown)
+from rgflow.report import (architectures_markdown, computed_on_lines,  # noqa: E402
+                           gated_markdown, headline_markdown, sensitivity_markdown)
 from rgflow.sweep import load_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +66,33 @@ def readme_blocks(size, runs):
             size + ":sensitivity": "\n".join(sensitivity_markdown(runs)) + "\n"}
 
 
+def architecture_results():
+    """The transformer runs arch_sweep.py plans and the small-size MLP runs with the same
+    seeds (trained on the same batches), or None while any transformer run is missing."""
+    planned = arch_sweep.configs()
+    try:
+        transformer = load_results(arch_sweep.STORE, planned)
+    except RuntimeError:
+        return None
+    seeds = {c.seed for c in planned}
+    mlp = [r for r in load_results(store("small"), documented("small"))
+           if r.config.seed in seeds]
+    return mlp + transformer
+
+
+def architectures_block(runs):
+    return "\n".join(architectures_markdown(runs)) + "\n"
+
+
 def main():
     text = README.read_text()
+    runs = architecture_results()
+    if runs is None:
+        print("architectures: not every transformer run is stored yet; left as it is")
+    else:
+        m = readme_block(text, "architectures")
+        text = text[:m.start(1)] + architectures_block(runs) + text[m.end(1):]
+        print("architectures: README table written from %d runs" % len(runs))
     for size in ("small", "paper"):
         runs = results(size)
         if runs is None:

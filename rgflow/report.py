@@ -349,6 +349,79 @@ def headline_markdown(results):
     return lines
 
 
+def architectures_markdown(results):
+    """Residual MLP and transformer side by side (masked positions, centred erank): the table
+    of :func:`headline_markdown` with one column per architecture and ξ, claim (ii) per
+    architecture, and the transformer − MLP difference of R_peak at each ξ (Welch), as
+    markdown lines. ``results`` holds both architectures (``config.arch``); every cell is
+    stated as "k/n gated seeds" with its interval, and a sentence says which cells have
+    fewer gated seeds than a verdict needs."""
+    archs = [a for a in ("mlp", "transformer") if any(r.config.arch == a for r in results)]
+    if len(archs) != 2:
+        raise ValueError("results must hold runs of both architectures, got %s" % archs)
+    v = {a: findings.verdicts([r for r in results if r.config.arch == a]) for a in archs}
+    cols = [(a, side) for side in ("short", "long") for a in archs]
+    names = {"mlp": "MLP", "transformer": "transformer"}
+
+    def row(claim, reading, cell):
+        return "| %s | %s | %s |" % (claim, reading, " | ".join(cell(v[a][s]) for a, s in cols))
+
+    def count(key, ratio=None, label=None):
+        def cell(c):
+            text = findings._statement(c[key])
+            if ratio and c[ratio] is not None:
+                text += ", %s %s" % (label or ratio, _ci(c[ratio]))
+            return text
+        return cell
+
+    def excess(c):
+        return _range([f["gate"]["excess"] for f in c["runs"]], 4)
+
+    def peak_layers(c):
+        return _range([f["peak_layer"] for f in c["runs"] if f["gate"]["passed"]])
+
+    lines = ["| claim | reading | %s |" % " | ".join(
+                 "%s ξ = %g" % (names[a], SHORT_XI if s == "short" else LONG_XI)
+                 for a, s in cols),
+             "| --- | --- |" + " --- |" * len(cols),
+             row("gate", "runs within %g nats of the floor that beat the adjacent rule"
+                 % findings.GATE_EXCESS,
+                 lambda c: "%d/%d" % (c["n_gated"], c["n_runs"])),
+             row("gate", "excess over the floor, every run (nats)", excess),
+             row("(i) collapse", "from layer 1, gated seeds where it holds",
+                 count("collapse", "R")),
+             row("(i) collapse", "from the peak", count("collapse_peak", "R_peak")),
+             row("(i) collapse", "peak after block (gated runs)", peak_layers),
+             row("(i) at initialisation", "R_peak of the untrained network",
+                 lambda c: _ci(c["R_peak_init"])),
+             row("(iii) plateau", "stream drift", count("plateau", "top2_share", "top-2 share")),
+             row("(iii) plateau", "masked-token drift",
+                 count("plateau_masked", "top2_share_masked", "top-2 share")),
+             "", "| comparison | reading | Δ [95 % CI] | Hedges' g | verdict |",
+             "| --- | --- | --- | --- | --- |"]
+    for a in archs:
+        sel = v[a]["selectivity_peak"]
+        d, g = _diff(sel["delta_R"])
+        lines.append("| (ii) selectivity, %s | R_peak, ξ = %g − ξ = %g | %s | %s | %s |"
+                     % (names[a], LONG_XI, SHORT_XI, d, g, sel["status"]))
+    for side, xi in (("short", SHORT_XI), ("long", LONG_XI)):
+        gated = {a: [f["R_peak"] for f in v[a][side]["runs"]
+                     if f["gate"]["passed"] and np.isfinite(f["R_peak"])] for a in archs}
+        diff = (findings.compare(gated["mlp"], gated["transformer"])
+                if min(len(x) for x in gated.values()) >= 2 else None)
+        d, g = _diff(diff)
+        lines.append("| transformer − MLP | R_peak at ξ = %g | %s | %s | descriptive |"
+                     % (xi, d, g))
+    short = [(names[a], xi, v[a][s]["n_gated"]) for a in archs
+             for s, xi in (("short", SHORT_XI), ("long", LONG_XI))
+             if not v[a][s]["enough"]]
+    if short:
+        lines += ["", "Fewer gated seeds than the %d a verdict needs in %s: those counts and "
+                  "intervals are descriptive, and claim (ii) gets no verdict there." % (
+                      findings.MIN_SEEDS, ", ".join("%s ξ = %g (%d)" % c for c in short))]
+    return lines
+
+
 def _figures(results, out):
     # no matplotlib.use("Agg") here: it would switch a notebook's backend for good (matplotlib
     # falls back to Agg by itself without a display)

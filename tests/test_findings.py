@@ -50,6 +50,16 @@ def test_readme_and_docs_are_what_the_records_give(size):
         "docs/findings-%s.md is stale: run `make findings`" % size
 
 
+def test_readme_architectures_table_is_what_the_records_give():
+    runs = findings_docs.architecture_results()
+    if runs is None:
+        pytest.skip("notebooks/arch_sweep.py has not stored all its transformer runs")
+    text = (ROOT / "README.md").read_text()
+    assert findings_docs.readme_block(text, "architectures").group(1) == \
+        findings_docs.architectures_block(runs), \
+        "README.md's architectures table is stale: run `make findings`"
+
+
 # The measures of a stored run, recomputed: the rank kernel's routes (rank.h) changed after
 # some records were written (CholeskyQR2 took over matrices that went to dgesdd), and each
 # route is within 1e-10 relative of an SVD, so two routes agree to about 2e-10.

@@ -165,3 +165,40 @@ def test_an_undefined_figure_is_a_word_not_nan(monkeypatch, tmp_path):
     assert "| erank | masked | +0.090 [+0.090, +0.090] | undefined (SD 0) | fails |" in md
     assert "| 1 | 10 | yes | 0.00 | 2 | 3.00 | 2.00 | undefined | 0.667 |" in md
     assert not re.search(r"\bnan\b", head + md, re.I)
+
+
+def test_architectures_side_by_side():
+    """The README's MLP-vs-transformer table: one column per architecture and ξ, claim (ii)
+    per architecture, the transformer − MLP difference of R_peak by hand (Welch), and the
+    cells short of MIN_SEEDS named."""
+    from test_findings_criteria import fake_result
+
+    from rgflow.report import architectures_markdown
+
+    def as_transformer(r):
+        r.config = r.config.replace(arch="transformer")
+        return r
+
+    mlp = [fake_result(1.0, s, 0.85 + 0.01 * s) for s in range(3)]
+    mlp.append(fake_result(1.0, 3, 0.5, excess=0.05))             # fails the gate
+    mlp += [fake_result(7.0, s, 0.99) for s in range(3)]
+    tr = [as_transformer(fake_result(1.0, s, 0.97 + 0.01 * s)) for s in range(3)]
+    tr += [as_transformer(fake_result(7.0, s, 0.99 + 0.001 * s)) for s in range(3)]
+    text = "\n".join(architectures_markdown(mlp + tr))
+    assert ("| claim | reading | MLP ξ = 1 | transformer ξ = 1 | MLP ξ = 7 | "
+            "transformer ξ = 7 |") in text
+    assert "| gate | runs within 0.02 nats of the floor that beat the adjacent rule | " \
+           "3/4 | 3/3 | 3/3 | 3/3 |" in text
+    assert "| gate | excess over the floor, every run (nats) | 0.0050–0.0500 | 0.0050 |" in text
+    # 0.85, 0.86, 0.87: mean 0.86, half-width t(0.975, 2) x 0.01 / sqrt(3) = 0.0248
+    assert "| (i) collapse | from the peak | 3/3, R_peak 0.860 [0.835, 0.885] | 0/3," in text
+    # 0.98 - 0.86 = 0.12; Welch df 4, half-width t(0.975, 4) x 0.01 x sqrt(2/3) = 0.0227;
+    # g = 0.12 / 0.01 x (1 - 3 / (4 x 6 - 9)) = 9.60
+    assert "| transformer − MLP | R_peak at ξ = 1 | +0.120 [+0.097, +0.143] | 9.60 | " \
+           "descriptive |" in text
+    assert "| (ii) selectivity, MLP | R_peak, ξ = 7 − ξ = 1 |" in text
+    assert text.count("| no verdict |") == 2
+    assert ("Fewer gated seeds than the 10 a verdict needs in MLP ξ = 1 (3), MLP ξ = 7 (3), "
+            "transformer ξ = 1 (3), transformer ξ = 7 (3)") in text
+    with pytest.raises(ValueError, match="both architectures"):
+        architectures_markdown(mlp)
