@@ -272,12 +272,12 @@ def make_parser():
                        help="%s (default: %s)" % (what, "%d" % both[0] if both[0] == both[1]
                                                   else "%d, or %d with --quick" % both))
     p.add_argument("--task", choices=("chain", "hmm", "hmm-random"), default="chain",
-                   metavar="TASK", help="chain, hmm or hmm-random. chain: the tokens are the lazy chain's states; hmm: each is replaced "
-                   "by a uniform token with probability --noise (a hidden Markov task); "
+                   metavar="TASK", help="chain, hmm or hmm-random. chain: the tokens are the "
+                   "lazy chain's states; hmm: each is replaced by a uniform token with probability --noise (a hidden Markov task); "
                    "hmm-random: a random emission mixed with --noise (default: %(default)s)")
     p.add_argument("--noise", type=_real(0.0, False, 1.0, False), default=0.0, metavar="ETA",
-                   help="the hidden-Markov tasks' emission noise, in [0, 1] (default: "
-                   "%(default)s)")
+                   help="the hidden-Markov tasks' emission noise, in [0, 1]; > 0 for --task "
+                   "hmm (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: show one)")
     p.set_defaults(func=sweep)
@@ -363,6 +363,9 @@ def main(argv=None):
     if getattr(args, "noise", 0.0) and args.task == "chain":
         # the command's own usage line, as for its other bad values
         parser.commands[args.command].error("argument --noise: needs --task hmm or hmm-random")
+    if getattr(args, "task", None) == "hmm" and not args.noise:
+        parser.commands[args.command].error("argument --noise: --task hmm needs a noise > 0 "
+                                            "(with 0 it is --task chain)")
     if getattr(args, "scheduler", None) and importlib.util.find_spec("distributed") is None:
         # Dask is an extra: without it the sweep ended in a ModuleNotFoundError traceback
         parser.commands[args.command].error(

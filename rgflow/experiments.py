@@ -81,7 +81,8 @@ class Config:
     AdamW lr 1e-3, 3000 steps, mask rate 0.15). ``chain="random"`` uses
     ``MarkovChain.random(n_states, xi, seed=chain_seed)``; ``"lazy"`` the lazy chain with
     uniform stationary law. ``task="hmm"`` makes that chain hidden: each token is its state,
-    replaced by a uniform token with probability ``noise`` (:meth:`HiddenMarkovTask.noisy`);
+    replaced by a uniform token with probability ``noise`` > 0 (:meth:`HiddenMarkovTask.noisy`;
+    noise 0 would be ``task="chain"`` under another key, so it is refused);
     ``task="hmm-random"`` emits from ``n_hidden`` states (0: ``n_states``) through a random
     Dirichlet emission mixed with ``noise`` (:meth:`HiddenMarkovTask.random`).
     ``schedule="cosine"`` decays the learning rate to 0 over ``steps`` after a linear
@@ -151,6 +152,9 @@ class Config:
                              % (_core.MAX_STATES, self.n_hidden))
         if self.task == "chain" and self.noise != 0.0:
             raise ValueError("noise applies to the hidden-Markov tasks, not to task='chain'")
+        if self.task == "hmm" and self.noise == 0.0:  # one spelling of one task, so one key
+            raise ValueError("task='hmm' needs noise > 0: with noise 0 every token is its "
+                             "state, which is task='chain'")
         if self.task != "hmm-random" and self.n_hidden not in (0, self.n_states):
             raise ValueError("n_hidden applies to task='hmm-random' only (task=%r has "
                              "n_states hidden states)" % self.task)

@@ -82,6 +82,9 @@ BAD = [
     (["demo", "--seed", str(2**64 - 1)], "argument --seed: must be an integer >= 0 and <= "
                                           "18446744073709551614, got 18446744073709551615"),
     (["sweep", "--noise", "0.3"], "argument --noise: needs --task hmm or hmm-random"),
+    # noise 0 made the plain chain under another name (and another store key)
+    (["sweep", "--task", "hmm"], "argument --noise: --task hmm needs a noise > 0 "
+                                 "(with 0 it is --task chain)"),
     # an empty name was taken as the current directory
     (["reproduce", "--store", ""], "argument --store: a directory name is needed, got ''"),
     (["reproduce", "--out", ""], "argument --out: a directory name is needed, got ''"),

@@ -831,9 +831,12 @@ def test_config_hidden_markov_fields_and_keys():
     assert (other.n_hidden, other.n_states) == (3, 5)
     # n_hidden = n_states is the default spelled out: the same config, the same key
     for task in ("hmm", "hmm-random"):
-        assert Config(task=task, n_hidden=8).key() == Config(task=task).key()
+        assert Config(task=task, n_hidden=8, noise=0.1).key() == \
+            Config(task=task, noise=0.1).key()
     for bad, match in [(dict(noise=0.1), "noise"), (dict(task="hmm", noise=1.5), "noise"),
-                       (dict(task="bogus"), "task"), (dict(task="hmm", n_hidden=3), "n_hidden")]:
+                       (dict(task="hmm"), "task='hmm' needs noise > 0"),
+                       (dict(task="bogus"), "task"),
+                       (dict(task="hmm", noise=0.1, n_hidden=3), "n_hidden")]:
         with pytest.raises(ValueError, match=match):
             Config(**bad)
 
