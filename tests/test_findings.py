@@ -60,6 +60,23 @@ def test_readme_architectures_table_is_what_the_records_give():
         "README.md's architectures table is stale: run `make findings`"
 
 
+INTERVAL = re.compile(r"[−+-]?\d+\.\d+ \[[−+-]?\d+\.\d+, [−+-]?\d+\.\d+\]")
+
+
+def test_every_interval_the_readme_prose_quotes_is_in_a_generated_table():
+    """The README's prose restates figures of the generated tables by hand ("R_peak 0.865
+    [0.840, 0.889]"): each mean-and-interval it quotes must be one the records give, so a
+    re-generation that moves a figure flags the sentence that still quotes the old one."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.compile(r"<!-- findings:(\S+) -->.*?<!-- /findings:\1 -->", re.S)
+    generated = "".join(m.group(0) for m in blocks.finditer(text)) + "".join(
+        (ROOT / "docs" / ("findings-%s.md" % size)).read_text() for size in ("small", "paper"))
+    quoted = INTERVAL.findall(blocks.sub("", text))
+    assert len(quoted) >= 14  # measured: the findings prose quotes 14
+    stale = [q for q in quoted if q.replace("−", "-") not in generated.replace("−", "-")]
+    assert not stale, "README.md quotes figures no generated table has: %s" % stale
+
+
 # The measures of a stored run, recomputed: the rank kernel's routes (rank.h) changed after
 # some records were written (CholeskyQR2 took over matrices that went to dgesdd), and each
 # route is within 1e-10 relative of an SVD, so two routes agree to about 2e-10.
