@@ -3,9 +3,11 @@ between ``<!-- findings:<size> -->`` markers (:func:`rgflow.report.headline_mark
 ``<!-- findings:<size>:sensitivity -->`` markers (:func:`rgflow.report.sensitivity_markdown`),
 and docs/findings-<size>.md, the full tables (:func:`rgflow.report.gated_markdown`); and the
 ``<!-- findings:architectures -->`` table, the transformer runs of arch_sweep.py beside the
-MLP runs with the same seeds (:func:`rgflow.report.architectures_markdown`). A table is
-written only when all of its runs are stored; tests/test_findings.py checks that every
-document is what the records give.
+MLP runs with the same seeds (:func:`rgflow.report.architectures_markdown`). These are
+written only when all of their runs are stored. The ``<!-- findings:tasks -->`` table (chain
+and hidden-Markov tasks, :func:`rgflow.report.tasks_markdown`) is written from the runs of
+hmm_sweep.py stored so far, and says how many of each cell's runs that is.
+tests/test_findings.py checks that every document is what the records give.
 
     python notebooks/findings_docs.py        (or: make findings)
 """
@@ -15,9 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import arch_sweep  # noqa: E402
+import hmm_sweep  # noqa: E402
 from gated_sweep import documented, store  # noqa: E402
 from rgflow.report import (architectures_markdown, computed_on_lines,  # noqa: E402
-                           gated_markdown, headline_markdown, sensitivity_markdown)
+                           gated_markdown, headline_markdown, sensitivity_markdown,
+                           tasks_markdown)
 from rgflow.sweep import load_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,8 +88,21 @@ def architectures_block(runs):
     return "\n".join(architectures_markdown(runs)) + "\n"
 
 
+def tasks_block():
+    """The README's tasks table: hmm_sweep.py's runs stored so far, beside the chain runs of
+    the small-size gated sweep with the same seeds (where hmm_sweep.py reads them from)."""
+    planned = hmm_sweep.configs()
+    seeds = {c.seed for c in planned}
+    chain = [c for c in documented("small") if c.seed in seeds]
+    runs = load_results(store("small"), chain) + load_results(hmm_sweep.STORE)
+    return "\n".join(tasks_markdown(runs, planned + chain)) + "\n"
+
+
 def main():
     text = README.read_text()
+    m = readme_block(text, "tasks")
+    text = text[:m.start(1)] + tasks_block() + text[m.end(1):]
+    print("tasks: README table written from the stored runs")
     runs = architecture_results()
     if runs is None:
         print("architectures: not every transformer run is stored yet; left as it is")

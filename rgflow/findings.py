@@ -607,8 +607,9 @@ def cell_verdicts(results, **options):
     return out
 
 
-def _selective(cells, ratio, delta):
-    """Claim (ii) on one ratio ("R" or "R_peak") of the gated runs of both cells."""
+def _selective(cells, ratio, delta, xis=(SHORT_XI, LONG_XI)):
+    """Claim (ii) on one ratio ("R" or "R_peak") of the gated runs of both cells
+    (:func:`cell_verdicts` of the short and the long ξ, ``xis``)."""
     # a ratio that is not finite (a zero rank[1]) cannot collapse or stay flat: it counts
     # among the runs but enters no interval
     rs = [f[ratio] for f in cells["short"]["runs"] if f["gate"]["passed"]]
@@ -621,7 +622,7 @@ def _selective(cells, ratio, delta):
                  and short_ok == len(rs) and long_ok == len(rl) and diff["lo"] > 0)
     # a verdict needs MIN_SEEDS gated seeds at each xi: short of that, none is given
     missing = [{"xi": xi, "gated": cells[name]["n_gated"]}
-               for name, xi in (("short", SHORT_XI), ("long", LONG_XI))
+               for name, xi in zip(("short", "long"), xis)
                if not cells[name]["enough"]]
     return {"delta_R": diff, "short_collapses": {"holds": short_ok, "of": len(rs)},
             "long_flat": {"holds": long_ok, "of": len(rl)}, "holds": holds,

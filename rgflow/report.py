@@ -422,6 +422,68 @@ def architectures_markdown(results):
     return lines
 
 
+def _task_name(config):
+    return config.task if config.task == "chain" else "%s, noise %g" % (config.task,
+                                                                       config.noise)
+
+
+def tasks_markdown(results, planned=None):
+    """Chain and hidden-Markov tasks side by side (masked positions, centred erank), as
+    markdown lines: per task and ξ, the task's relevant context (:func:`rgflow.relevant_context`
+    of the run's task: tokens whose influence is >= 0.01, and the decay length), the gate and
+    claims (i) and (iii) as "k/n gated seeds" with intervals; then claim (ii) per task, R_peak
+    at each longer ξ against the shortest (Welch), with a verdict only where both cells have
+    the gated seeds a verdict needs. ``planned`` (Configs, optional) adds how many of each
+    cell's runs are stored."""
+    from .chains import relevant_context
+    from .experiments import make_chain
+
+    groups = {}
+    for r in results:
+        groups.setdefault((_task_name(r.config), r.config.xi), []).append(r)
+    want = {}
+    for c in planned or ():
+        key = (_task_name(c), c.xi)
+        want[key] = want.get(key, 0) + 1
+    cells = {key: findings.cell_verdicts(runs) for key, runs in groups.items()}
+    order = sorted(cells, key=lambda k: (k[0] != "chain", k))
+
+    def count(c, key, ratio, label=None):
+        text = findings._statement(c[key])
+        return text + (", %s %s" % (label or ratio, _ci(c[ratio])) if c[ratio] else "")
+
+    lines = ["| task | ξ | context ≥ 0.01 (tokens) | decay length (tokens) | runs | gated | "
+             "excess (nats) | (i) from layer 1 | (i) from the peak | (iii) stream | "
+             "(iii) masked tokens |", "|" + " --- |" * 11]
+    for key in order:
+        c = cells[key]
+        influence = relevant_context(make_chain(groups[key][0].config))
+        runs = "%d" % c["n_runs"] if key not in want else "%d of %d" % (c["n_runs"], want[key])
+        lines.append("| %s | %g | %d | %s | %s | %d | %s | %s | %s | %s | %s |" % (
+            key[0], key[1], influence.length, _fmt(float(influence.decay_length), 2), runs,
+            c["n_gated"], _range([f["gate"]["excess"] for f in c["runs"]], 4),
+            count(c, "collapse", "R"), count(c, "collapse_peak", "R_peak"),
+            count(c, "plateau", "top2_share", "top-2"),
+            count(c, "plateau_masked", "top2_share_masked", "top-2")))
+    lines += ["", "| task | claim (ii) on R_peak | gated seeds | Δ [95 % CI] | Hedges' g | "
+              "verdict |", "| --- | --- | --- | --- | --- | --- |"]
+    for task in dict.fromkeys(k[0] for k in order):
+        xis = sorted(k[1] for k in cells if k[0] == task)
+        for xi in xis[1:]:
+            short, long_ = cells[task, xis[0]], cells[task, xi]
+            sel = findings._selective({"short": short, "long": long_}, "R_peak",
+                                      findings.DELTA, xis=(xis[0], xi))
+            d, g = _diff(sel["delta_R"])
+            lines.append("| %s | ξ = %g − ξ = %g | %d, %d | %s | %s | %s |" % (
+                task, xi, xis[0], short["n_gated"], long_["n_gated"], d, g, sel["status"]))
+    lines += ["", "Context: the farthest distance at which hiding one visible token moves a "
+              "masked token's exact posterior by ≥ 0.01 in total variation; decay length: "
+              "tokens per e-fold of that influence beyond the neighbours (undefined for a "
+              "chain, whose influence beyond them is 0). A verdict on claim (ii) needs %d "
+              "gated seeds at both ξ." % findings.MIN_SEEDS]
+    return lines
+
+
 def _figures(results, out):
     # no matplotlib.use("Agg") here: it would switch a notebook's backend for good (matplotlib
     # falls back to Agg by itself without a display)

@@ -60,6 +60,14 @@ def test_readme_architectures_table_is_what_the_records_give():
         "README.md's architectures table is stale: run `make findings`"
 
 
+def test_readme_tasks_table_is_what_the_stored_records_give():
+    """Written from the hidden-Markov runs stored so far: a record that lands needs `make
+    findings` before its commit."""
+    text = (ROOT / "README.md").read_text()
+    assert findings_docs.readme_block(text, "tasks").group(1) == findings_docs.tasks_block(), \
+        "README.md's tasks table is stale: run `make findings`"
+
+
 INTERVAL = re.compile(r"[−+-]?\d+\.\d+ \[[−+-]?\d+\.\d+, [−+-]?\d+\.\d+\]")
 
 

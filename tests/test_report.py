@@ -202,3 +202,36 @@ def test_architectures_side_by_side():
             "transformer ξ = 1 (3), transformer ξ = 7 (3)") in text
     with pytest.raises(ValueError, match="both architectures"):
         architectures_markdown(mlp)
+
+
+def test_tasks_side_by_side():
+    """The README's chain-vs-hidden-Markov table: the task's relevant context beside its
+    cells, claim (ii) of each longer ξ against the shortest, figures by hand."""
+    from test_findings_criteria import fake_result
+
+    import rgflow as rg
+    from rgflow.report import tasks_markdown
+
+    def hmm(r):
+        r.config = r.config.replace(task="hmm", noise=0.3)
+        return r
+
+    runs = [fake_result(1.0, s, 0.85 + 0.01 * s) for s in range(3)]
+    runs += [fake_result(7.0, s, 0.99) for s in range(3)]
+    runs += [hmm(fake_result(1.0, s, 0.97 + 0.01 * s)) for s in range(3)]
+    runs += [hmm(fake_result(7.0, s, 0.9)) for s in range(2)]
+    runs.append(hmm(fake_result(7.0, 2, 0.5, excess=0.05)))      # fails the gate
+    planned = [r.config for r in runs] + [runs[0].config.replace(seed=9)]
+    text = "\n".join(tasks_markdown(runs, planned))
+    context = rg.relevant_context(rg.HiddenMarkovTask.noisy(8, 7.0, 0.3))
+    assert context.length == 3  # the README's Quick start table: noise 0.3, ξ = 7
+    assert text.splitlines()[2].startswith(
+        "| chain | 1 | 1 | undefined | 3 of 4 | 3 | 0.0050 | 3/3, R 0.860 [0.835, 0.885] | "
+        "3/3, R_peak 0.860 [0.835, 0.885] |")
+    assert ("| hmm, noise 0.3 | 7 | 3 | %.2f | 3 of 3 | 2 | 0.0050–0.0500 |"
+            % context.decay_length) in text
+    # chain: 0.99 - 0.86 = +0.13, Welch df 2 (one side without spread), half-width
+    # t(0.975, 2) x 0.01 / sqrt(3) = 0.0248
+    assert "| chain | ξ = 7 − ξ = 1 | 3, 3 | +0.130 [+0.105, +0.155] |" in text
+    assert "| hmm, noise 0.3 | ξ = 7 − ξ = 1 | 3, 2 | -0.080 [" in text
+    assert text.count("| no verdict |") == 2
