@@ -2,6 +2,8 @@
 import contextlib
 import numbers
 import os
+import re
+import socket
 
 import numpy as np
 
@@ -84,6 +86,39 @@ def as_real(value, name, low=None, high=None, low_open=False, high_open=False):
     return value
 
 
+# Temporary files of atomic_write are named ".<name>.<host>.<pid>-<12 hex>.tmp", so that one
+# left by a killed process can be told from one a live process is writing (maybe on another
+# machine sharing the folder): see remove_orphaned_temporaries.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)-[0-9a-f]{12}\.tmp$")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists under another user, or cannot be asked: keep its files
+    return True
+
+
+def remove_orphaned_temporaries(directory):
+    """Delete the temporary files :func:`atomic_write` left in ``directory`` when its process
+    was killed mid-write (SIGKILL, power loss: no handler runs): those written on this
+    machine by a process that no longer runs. A temporary a live process is writing, or one
+    from another machine, is left alone. A missing directory is fine."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if m and m.group("host") == _HOST and not _alive(int(m.group("pid"))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+
+
 @contextlib.contextmanager
 def atomic_write(path, binary=False):
     """Write ``path`` all or nothing: yields a file open for writing (text, UTF-8, or binary)
@@ -98,8 +133,8 @@ def atomic_write(path, binary=False):
     directory = os.path.dirname(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
-        tmp = os.path.join(directory, ".%s.%s.tmp" % (os.path.basename(path),
-                                                    os.urandom(6).hex()))
+        tmp = os.path.join(directory, ".%s.%s.%d-%s.tmp" % (
+            os.path.basename(path), _HOST, os.getpid(), os.urandom(6).hex()))
         try:
             fd = os.open(tmp, flags, 0o666)  # the kernel applies the umask
             break
@@ -124,24 +159,6 @@ def atomic_write(path, binary=False):
             os.fsync(dfd)
         finally:
             os.close(dfd)
-
-
-def remove_stale_temporaries(path):
-    """Delete the temporary files :func:`atomic_write` left beside ``path`` (or beside files
-    whose names extend it, e.g. ``run.partial`` covers ``run.partial.json`` and
-    ``run.partial-10.npz``) when a process was killed mid-write (SIGKILL, power loss: no
-    handler runs). Only for a path no other process is writing now. Missing files are fine."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    prefix = "." + os.path.basename(path)
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(prefix) and name.endswith(".tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(directory, name))
 
 
 def as_mask_rate(value, name="mask_rate"):

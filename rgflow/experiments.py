@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from . import _core, findings
-from ._util import as_count, as_mask_rate, as_real, atomic_write, remove_stale_temporaries
+from ._util import (as_count, as_mask_rate, as_real, atomic_write,
+                    remove_orphaned_temporaries)
 from .analysis import block_updates, cka_matrix, drift_profile, rank_profile, relevance_decomposition
 from .chains import XI_MAX, HiddenMarkovTask, MarkovChain, mask_tokens
 from .model import ResidualMLP
@@ -362,8 +363,7 @@ def _save_checkpoint(config, model, hist, checkpoint, previous):
 
 def remove_checkpoint(checkpoint, keep=None):
     """Delete a run's checkpoint: its model files but ``keep``, and (without ``keep``) its
-    .json and any half-written temporary a killed process left of them. Missing files are
-    fine."""
+    .json. Missing files are fine."""
     checkpoint = os.fspath(checkpoint)
     folder = os.path.dirname(checkpoint) or "."
     stem = os.path.basename(checkpoint[:-len(".json")])
@@ -376,7 +376,6 @@ def remove_checkpoint(checkpoint, keep=None):
               and os.path.splitext(name)[0][len(stem) + 1:].isdigit()]
     if keep is None:
         doomed.append(checkpoint)
-        remove_stale_temporaries(os.path.join(folder, stem))
     keep = None if keep is None else os.path.join(folder, os.path.basename(keep))
     for path in doomed:
         if path != keep:  # both folder-joined: "run.json" has folder ".", "./run-10.npz"
@@ -405,6 +404,8 @@ def _train_checkpointed(config, model, chain, checkpoint, progress=True):
     """
     c = config
     every = max(1, c.steps // 10)  # train_as's evaluation interval
+    # what a killed process left half-written there (the checkpoint it replaced is intact)
+    remove_orphaned_temporaries(os.path.dirname(os.path.abspath(checkpoint)))
     resumed = _resume(c, model, checkpoint)
     model, hist = resumed if resumed is not None else (model, History())
     earlier = hist.wall_time

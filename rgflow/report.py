@@ -353,12 +353,17 @@ def architectures_markdown(results):
     """Residual MLP and transformer side by side (masked positions, centred erank): the table
     of :func:`headline_markdown` with one column per architecture and ξ, claim (ii) per
     architecture, and the transformer − MLP difference of R_peak at each ξ (Welch), as
-    markdown lines. ``results`` holds both architectures (``config.arch``); every cell is
+    markdown lines. ``results`` holds both architectures (``config.arch``), whose runs of one
+    ξ differ in seed, ``arch`` and ``heads`` only (ValueError otherwise); every cell is
     stated as "k/n gated seeds" with its interval, and a sentence says which cells have
-    fewer gated seeds than a verdict needs."""
+    fewer gated seeds than a verdict needs. The difference between architectures is
+    unpaired (Welch) although runs of one seed share their batches: the gate drops runs of
+    one architecture and not the other, which breaks the pairs."""
     archs = [a for a in ("mlp", "transformer") if any(r.config.arch == a for r in results)]
     if len(archs) != 2:
         raise ValueError("results must hold runs of both architectures, got %s" % archs)
+    _cells_by([r.config for r in results], lambda c: c.xi,
+              {"seed": 0, "arch": "mlp", "heads": 2})
     v = {a: findings.verdicts([r for r in results if r.config.arch == a]) for a in archs}
     cols = [(a, side) for side in ("short", "long") for a in archs]
     names = {"mlp": "MLP", "transformer": "transformer"}
@@ -427,28 +432,48 @@ def _task_name(config):
                                                                        config.noise)
 
 
+def _cells_by(configs, label, ignore):
+    """{label(config): that cell's configuration without ``ignore`` (a Config with those
+    fields at one value)}; ValueError when two configurations of one label differ in another
+    field (a size, a chain, a recipe): their runs are not one cell."""
+    cells = {}
+    for c in configs:
+        key, rest = label(c), c.replace(**ignore)
+        if cells.setdefault(key, rest) != rest:
+            raise ValueError("runs labelled %r differ in more than %s: %r and %r"
+                             % (key, ", ".join(sorted(ignore)), cells[key], rest))
+    return cells
+
+
 def tasks_markdown(results, planned=None):
     """Chain and hidden-Markov tasks side by side (masked positions, centred erank), as
     markdown lines: per task and ξ, the task's relevant context (:func:`rgflow.relevant_context`
-    of the run's task: tokens whose influence is >= 0.01, and the decay length), the gate and
+    of the cell's task: tokens whose influence is >= 0.01, and the decay length), the gate and
     claims (i) and (iii) as "k/n gated seeds" with intervals; then claim (ii) per task, R_peak
     at each longer ξ against the shortest (Welch), with a verdict only where both cells have
-    the gated seeds a verdict needs. ``planned`` (Configs, optional) adds how many of each
-    cell's runs are stored."""
+    the gated seeds a verdict needs. ``planned`` (Configs, optional) adds a row for every
+    planned cell and says how many of each cell's runs are stored. Runs of one task and ξ must
+    differ in their seed only (ValueError otherwise)."""
     from .chains import relevant_context
     from .experiments import make_chain
 
-    groups = {}
+    planned = list(planned or ())
+
+    def label(c):
+        return (_task_name(c), c.xi)
+
+    configs = _cells_by([r.config for r in results] + planned, label, {"seed": 0})
+    groups, want = {key: [] for key in configs}, {}
     for r in results:
-        groups.setdefault((_task_name(r.config), r.config.xi), []).append(r)
-    want = {}
-    for c in planned or ():
-        key = (_task_name(c), c.xi)
-        want[key] = want.get(key, 0) + 1
+        groups[label(r.config)].append(r)
+    for c in planned:
+        want[label(c)] = want.get(label(c), 0) + 1
     cells = {key: findings.cell_verdicts(runs) for key, runs in groups.items()}
     order = sorted(cells, key=lambda k: (k[0] != "chain", k))
 
     def count(c, key, ratio, label=None):
+        if not c["n_gated"]:
+            return "—"
         text = findings._statement(c[key])
         return text + (", %s %s" % (label or ratio, _ci(c[ratio])) if c[ratio] else "")
 
@@ -457,7 +482,7 @@ def tasks_markdown(results, planned=None):
              "(iii) masked tokens |", "|" + " --- |" * 11]
     for key in order:
         c = cells[key]
-        influence = relevant_context(make_chain(groups[key][0].config))
+        influence = relevant_context(make_chain(configs[key]))
         runs = "%d" % c["n_runs"] if key not in want else "%d of %d" % (c["n_runs"], want[key])
         lines.append("| %s | %g | %d | %s | %s | %d | %s | %s | %s | %s | %s |" % (
             key[0], key[1], influence.length, _fmt(float(influence.decay_length), 2), runs,
@@ -474,8 +499,9 @@ def tasks_markdown(results, planned=None):
             sel = findings._selective({"short": short, "long": long_}, "R_peak",
                                       findings.DELTA, xis=(xis[0], xi))
             d, g = _diff(sel["delta_R"])
-            lines.append("| %s | ξ = %g − ξ = %g | %d, %d | %s | %s | %s |" % (
-                task, xi, xis[0], short["n_gated"], long_["n_gated"], d, g, sel["status"]))
+            lines.append("| %s | ξ = %g − ξ = %g | %d at ξ = %g, %d at ξ = %g | %s | %s | %s |"
+                         % (task, xi, xis[0], long_["n_gated"], xi, short["n_gated"], xis[0],
+                            d, g, sel["status"]))
     lines += ["", "Context: the farthest distance at which hiding one visible token moves a "
               "masked token's exact posterior by ≥ 0.01 in total variation; decay length: "
               "tokens per e-fold of that influence beyond the neighbours (undefined for a "

@@ -22,7 +22,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 
-from ._util import atomic_write, remove_stale_temporaries
+from ._util import atomic_write, remove_orphaned_temporaries
 from .experiments import Config, Result, run
 from .findings import collapse_ratio, gate_of
 from .train import TrainingInterrupted, _stop_when
@@ -88,10 +88,8 @@ def _checksum(payload):
 def _write_record(store, payload):
     """Store one run's payload as ``store/<key>.json``, checksummed, all or nothing."""
     record = {"format": RECORD_FORMAT, "sha256": _checksum(payload), "payload": payload}
-    path = Path(store) / (payload["key"] + ".json")
-    with atomic_write(path) as f:
+    with atomic_write(Path(store) / (payload["key"] + ".json")) as f:
         f.write(json.dumps(record))
-    remove_stale_temporaries(path)  # of a process killed while writing this record
 
 
 def _well_formed(payload):
@@ -455,7 +453,10 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
         training there as ``<key>.partial.json`` and ``<key>.partial-<step>.npz`` (``.pt`` for
         ``arch="transformer"``) every ``steps // 10`` steps and where a stop lands, so a
         stopped sweep resumes it where it was (same bits); run() removes them when its
-        training is complete.
+        training is complete. Temporary files that killed processes of this machine left
+        half-written in the store are removed when a sweep starts. Two sweeps that share a
+        store must not run the same config at the same time (they would share its
+        checkpoint).
     progress : show a tqdm bar over the training steps of the runs to do (the workers report
         their steps as they go; the postfix counts finished runs).
     retry_failed : recompute stored runs that ended in an error. A run that ran out of memory
@@ -493,6 +494,7 @@ def sweep(configs, executor=None, store=None, progress=True, retry_failed=False,
     store = Path(store) if store is not None else None
     if store is not None:
         store.mkdir(parents=True, exist_ok=True)
+        remove_orphaned_temporaries(store)  # what killed sweeps left half-written
     keys = [c.key() for c in configs]
     payloads = {}
     todo, queued = [], set()

@@ -63,8 +63,11 @@ def test_readme_architectures_table_is_what_the_records_give():
 def test_readme_tasks_table_is_what_the_stored_records_give():
     """Written from the hidden-Markov runs stored so far: a record that lands needs `make
     findings` before its commit."""
+    want = findings_docs.tasks_block()
+    if want is None:
+        pytest.skip("the small-size gated sweep has not stored all its runs")
     text = (ROOT / "README.md").read_text()
-    assert findings_docs.readme_block(text, "tasks").group(1) == findings_docs.tasks_block(), \
+    assert findings_docs.readme_block(text, "tasks").group(1) == want, \
         "README.md's tasks table is stale: run `make findings`"
 
 

@@ -202,6 +202,10 @@ def test_architectures_side_by_side():
             "transformer ξ = 1 (3), transformer ξ = 7 (3)") in text
     with pytest.raises(ValueError, match="both architectures"):
         architectures_markdown(mlp)
+    other_size = as_transformer(fake_result(7.0, 5, 0.99))
+    other_size.config = other_size.config.replace(width=8)
+    with pytest.raises(ValueError, match="differ in more than arch, heads, seed"):
+        architectures_markdown(mlp + tr + [other_size])
 
 
 def test_tasks_side_by_side():
@@ -222,6 +226,7 @@ def test_tasks_side_by_side():
     runs += [hmm(fake_result(7.0, s, 0.9)) for s in range(2)]
     runs.append(hmm(fake_result(7.0, 2, 0.5, excess=0.05)))      # fails the gate
     planned = [r.config for r in runs] + [runs[0].config.replace(seed=9)]
+    planned.append(runs[0].config.replace(xi=15.0))                 # nothing stored yet
     text = "\n".join(tasks_markdown(runs, planned))
     context = rg.relevant_context(rg.HiddenMarkovTask.noisy(8, 7.0, 0.3))
     assert context.length == 3  # the README's Quick start table: noise 0.3, ξ = 7
@@ -232,6 +237,12 @@ def test_tasks_side_by_side():
             % context.decay_length) in text
     # chain: 0.99 - 0.86 = +0.13, Welch df 2 (one side without spread), half-width
     # t(0.975, 2) x 0.01 / sqrt(3) = 0.0248
-    assert "| chain | ξ = 7 − ξ = 1 | 3, 3 | +0.130 [+0.105, +0.155] |" in text
-    assert "| hmm, noise 0.3 | ξ = 7 − ξ = 1 | 3, 2 | -0.080 [" in text
-    assert text.count("| no verdict |") == 2
+    assert "| chain | ξ = 7 − ξ = 1 | 3 at ξ = 7, 3 at ξ = 1 | +0.130 [+0.105, +0.155] |" \
+        in text
+    assert "| hmm, noise 0.3 | ξ = 7 − ξ = 1 | 2 at ξ = 7, 3 at ξ = 1 | -0.080 [" in text
+    assert "| chain | 15 | 1 | undefined | 0 of 1 | 0 | — | — | — | — | — |" in text
+    assert "| chain | ξ = 15 − ξ = 1 | 0 at ξ = 15, 3 at ξ = 1 | — | — | no verdict |" in text
+    assert text.count("| no verdict |") == 3
+    # runs of one task and xi that differ in more than their seed are not one cell
+    with pytest.raises(ValueError, match="differ in more than seed"):
+        tasks_markdown(runs + [fake_result(1.0, 5, 0.9)], [runs[0].config.replace(depth=4)])

@@ -172,19 +172,26 @@ def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path, counted):
     assert sorted(p.name for p in store.iterdir()) == sorted(c.key() + ".json" for c in cfgs)
 
 
-def test_a_finished_run_removes_what_a_killed_writer_left(tmp_path):
-    """SIGKILL in the middle of an atomic write leaves its temporary file (no handler runs):
-    the run that later finishes removes those of its own record and checkpoint, no others."""
+def test_a_sweep_removes_the_temporaries_killed_writers_left(tmp_path):
+    """SIGKILL in the middle of an atomic write leaves its temporary file (no handler runs).
+    A sweep that starts removes those of dead processes of this machine, and only those: a
+    live writer's, another machine's and other files stay."""
+    from rgflow._util import _HOST
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
     store = tmp_path / "runs"
     store.mkdir()
     key = TINY.key()
-    own = [".%s.json.0a1b2c3d4e5f.tmp" % key, ".%s.partial.json.0a1b2c3d4e5f.tmp" % key,
-           ".%s.partial-4.npz.0a1b2c3d4e5f.tmp" % key]
-    other = [".%s.json.0a1b2c3d4e5f.tmp" % TINY.replace(seed=1).key(), "notes.tmp"]
-    for name in own + other:
+    orphans = [".%s.json.%s.%d-0a1b2c3d4e5f.tmp" % (key, _HOST, dead.pid),
+               ".%s.partial-4.npz.%s.%d-0a1b2c3d4e5f.tmp" % (key, _HOST, dead.pid),
+               ".other.json.%s.%d-0a1b2c3d4e5f.tmp" % (_HOST, dead.pid)]
+    kept = [".%s.json.%s.%d-0a1b2c3d4e5f.tmp" % (key, _HOST, os.getpid()),
+            ".%s.json.elsewhere-%s.%d-0a1b2c3d4e5f.tmp" % (key, _HOST, dead.pid),
+            ".%s.json.0a1b2c3d4e5f.tmp" % key, "notes.tmp"]
+    for name in orphans + kept:
         (store / name).write_text("half")
     rg.sweep([TINY], store=store, progress=False)
-    assert sorted(p.name for p in store.iterdir()) == sorted(other + [key + ".json"])
+    assert sorted(p.name for p in store.iterdir()) == sorted(kept + [key + ".json"])
 
 
 def test_stopped_sweep_resumes_its_run_from_the_checkpoint(tmp_path, monkeypatch):
