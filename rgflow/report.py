@@ -448,8 +448,10 @@ def _cells_by(configs, label, ignore):
 def tasks_markdown(results, planned=None):
     """Chain and hidden-Markov tasks side by side (masked positions, centred erank), as
     markdown lines: per task and ξ, the task's relevant context (:func:`rgflow.relevant_context`
-    of the cell's task: tokens whose influence is >= 0.01, and the decay length), the gate and
-    claims (i) and (iii) as "k/n gated seeds" with intervals; then claim (ii) per task, R_peak
+    of the cell's task: tokens whose influence is >= 0.01, and the decay length), the gate,
+    claims (i) and (iii) as "k/n gated seeds" with intervals and the share of the last
+    layer's variance the posterior explains (relevance decomposition, masked positions, gated
+    runs); then claim (ii) per task, R_peak
     at each longer ξ against the shortest (Welch), with a verdict only where both cells have
     the gated seeds a verdict needs. ``planned`` (Configs, optional) adds a row for every
     planned cell and says how many of each cell's runs are stored. Runs of one task and ξ must
@@ -477,19 +479,25 @@ def tasks_markdown(results, planned=None):
         text = findings._statement(c[key])
         return text + (", %s %s" % (label or ratio, _ci(c[ratio])) if c[ratio] else "")
 
+    def relevant_share(key):
+        # relevance_decomposition at masked positions, last layer, over the gated runs
+        shares = [r.relevance["relevant_share"][-1] for r in groups[key]
+                  if findings.gate_of(r)["passed"] and r.relevance.get("relevant_share")]
+        return _ci(findings.interval(shares)) if shares else "—"
+
     lines = ["| task | ξ | context ≥ 0.01 (tokens) | decay length (tokens) | runs | gated | "
              "excess (nats) | (i) from layer 1 | (i) from the peak | (iii) stream | "
-             "(iii) masked tokens |", "|" + " --- |" * 11]
+             "(iii) masked tokens | relevant share, last layer |", "|" + " --- |" * 12]
     for key in order:
         c = cells[key]
         influence = relevant_context(make_chain(configs[key]))
         runs = "%d" % c["n_runs"] if key not in want else "%d of %d" % (c["n_runs"], want[key])
-        lines.append("| %s | %g | %d | %s | %s | %d | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %g | %d | %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
             key[0], key[1], influence.length, _fmt(float(influence.decay_length), 2), runs,
             c["n_gated"], _range([f["gate"]["excess"] for f in c["runs"]], 4),
             count(c, "collapse", "R"), count(c, "collapse_peak", "R_peak"),
             count(c, "plateau", "top2_share", "top-2"),
-            count(c, "plateau_masked", "top2_share_masked", "top-2")))
+            count(c, "plateau_masked", "top2_share_masked", "top-2"), relevant_share(key)))
     lines += ["", "| task | claim (ii) on R_peak | gated seeds | Δ [95 % CI] | Hedges' g | "
               "verdict |", "| --- | --- | --- | --- | --- | --- |"]
     for task in dict.fromkeys(k[0] for k in order):
@@ -505,8 +513,10 @@ def tasks_markdown(results, planned=None):
     lines += ["", "Context: the farthest distance at which hiding one visible token moves a "
               "masked token's exact posterior by ≥ 0.01 in total variation; decay length: "
               "tokens per e-fold of that influence beyond the neighbours (undefined for a "
-              "chain, whose influence beyond them is 0). A verdict on claim (ii) needs %d "
-              "gated seeds at both ξ." % findings.MIN_SEEDS]
+              "chain, whose influence beyond them is 0). Relevant share: the part of the "
+              "masked positions' variance at the last layer that the exact Bayes "
+              "log-posterior explains linearly (`rgflow.analysis.relevance_decomposition`). "
+              "A verdict on claim (ii) needs %d gated seeds at both ξ." % findings.MIN_SEEDS]
     return lines
 
 

@@ -225,11 +225,21 @@ def test_tasks_side_by_side():
     runs += [hmm(fake_result(1.0, s, 0.97 + 0.01 * s)) for s in range(3)]
     runs += [hmm(fake_result(7.0, s, 0.9)) for s in range(2)]
     runs.append(hmm(fake_result(7.0, 2, 0.5, excess=0.05)))      # fails the gate
+    for r, share in zip(runs[6:9], (0.90, 0.92, 0.94)):             # hmm, xi = 1
+        r.relevance = {"relevant_share": [0.0, 0.5, share]}
+    runs[-1].relevance = {"relevant_share": [0.0, 0.5, 0.1]}         # not gated: not counted
+    runs[-2].relevance = {"relevant_share": [0.0, 0.5, 0.8]}
     planned = [r.config for r in runs] + [runs[0].config.replace(seed=9)]
     planned.append(runs[0].config.replace(xi=15.0))                 # nothing stored yet
     text = "\n".join(tasks_markdown(runs, planned))
     context = rg.relevant_context(rg.HiddenMarkovTask.noisy(8, 7.0, 0.3))
     assert context.length == 3  # the README's Quick start table: noise 0.3, ξ = 7
+    assert text.splitlines()[1] == "|" + " --- |" * 12
+    rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines()[2:]}
+    # 0.90, 0.92, 0.94: half-width t(0.975, 2) x 0.02 / sqrt(3) = 0.0497
+    assert rows["| hmm, noise 0.3", "1"].endswith("| 0.920 [0.870, 0.970] |")
+    assert rows["| hmm, noise 0.3", "7"].endswith("| 0.800 |")   # one gated run has it
+    assert rows["| chain", "1"].endswith("| — |")
     assert text.splitlines()[2].startswith(
         "| chain | 1 | 1 | undefined | 3 of 4 | 3 | 0.0050 | 3/3, R 0.860 [0.835, 0.885] | "
         "3/3, R_peak 0.860 [0.835, 0.885] |")
@@ -240,7 +250,7 @@ def test_tasks_side_by_side():
     assert "| chain | ξ = 7 − ξ = 1 | 3 at ξ = 7, 3 at ξ = 1 | +0.130 [+0.105, +0.155] |" \
         in text
     assert "| hmm, noise 0.3 | ξ = 7 − ξ = 1 | 2 at ξ = 7, 3 at ξ = 1 | -0.080 [" in text
-    assert "| chain | 15 | 1 | undefined | 0 of 1 | 0 | — | — | — | — | — |" in text
+    assert "| chain | 15 | 1 | undefined | 0 of 1 | 0 | — | — | — | — | — | — |" in text
     assert "| chain | ξ = 15 − ξ = 1 | 0 at ξ = 15, 3 at ξ = 1 | — | — | no verdict |" in text
     assert text.count("| no verdict |") == 3
     # runs of one task and xi that differ in more than their seed are not one cell
