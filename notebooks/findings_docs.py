@@ -70,18 +70,22 @@ def readme_blocks(size, runs):
             size + ":sensitivity": "\n".join(sensitivity_markdown(runs)) + "\n"}
 
 
+def _small_runs(planned):
+    """The small-size gated sweep's runs with the seeds of ``planned`` (the runs arch_sweep.py
+    and hmm_sweep.py set beside their own: the same batches); RuntimeError while any is
+    missing."""
+    seeds = {c.seed for c in planned}
+    return load_results(store("small"), [c for c in documented("small") if c.seed in seeds])
+
+
 def architecture_results():
     """The transformer runs arch_sweep.py plans and the small-size MLP runs with the same
-    seeds (trained on the same batches), or None while any transformer run is missing."""
+    seeds, or None while any of them is missing."""
     planned = arch_sweep.configs()
     try:
-        transformer = load_results(arch_sweep.STORE, planned)
+        return _small_runs(planned) + load_results(arch_sweep.STORE, planned)
     except RuntimeError:
         return None
-    seeds = {c.seed for c in planned}
-    mlp = [r for r in load_results(store("small"), documented("small"))
-           if r.config.seed in seeds]
-    return mlp + transformer
 
 
 def architectures_block(runs):
@@ -93,15 +97,20 @@ def tasks_block():
     the chain runs of the small-size gated sweep with the same seeds (hmm_sweep.py reads them
     from there), or None while any of those chain runs is missing."""
     planned = hmm_sweep.configs()
-    seeds = {c.seed for c in planned}
-    chain = [c for c in documented("small") if c.seed in seeds]
     try:
-        chain_runs = load_results(store("small"), chain)
+        chain_runs = _small_runs(planned)
     except RuntimeError:
         return None
     keys = {c.key() for c in planned}
     runs = [r for r in load_results(hmm_sweep.STORE) if r.config.key() in keys]
-    return "\n".join(tasks_markdown(chain_runs + runs, planned + chain)) + "\n"
+    return "\n".join(tasks_markdown(chain_runs + runs,
+                                     planned + [r.config for r in chain_runs])) + "\n"
+
+
+def replace_block(text, name, block):
+    """``text`` with the lines between the findings markers ``name`` replaced by ``block``."""
+    m = readme_block(text, name)
+    return text[:m.start(1)] + block + text[m.end(1):]
 
 
 def main():
@@ -110,15 +119,13 @@ def main():
     if block is None:
         print("tasks: the gated sweep's chain runs are not all stored; left as it is")
     else:
-        m = readme_block(text, "tasks")
-        text = text[:m.start(1)] + block + text[m.end(1):]
+        text = replace_block(text, "tasks", block)
         print("tasks: README table written from the stored runs")
     runs = architecture_results()
     if runs is None:
-        print("architectures: not every transformer run is stored yet; left as it is")
+        print("architectures: not every run is stored yet; left as it is")
     else:
-        m = readme_block(text, "architectures")
-        text = text[:m.start(1)] + architectures_block(runs) + text[m.end(1):]
+        text = replace_block(text, "architectures", architectures_block(runs))
         print("architectures: README table written from %d runs" % len(runs))
     for size in ("small", "paper"):
         runs = results(size)
@@ -127,8 +134,7 @@ def main():
             continue
         (ROOT / "docs" / ("findings-%s.md" % size)).write_text(document(size, runs))
         for name, block in readme_blocks(size, runs).items():
-            m = readme_block(text, name)
-            text = text[:m.start(1)] + block + text[m.end(1):]
+            text = replace_block(text, name, block)
         print("%s: README tables and docs/findings-%s.md written from %d runs"
               % (size, size, len(runs)))
     README.write_text(text)

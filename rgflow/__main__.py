@@ -273,8 +273,9 @@ def make_parser():
                                                   else "%d, or %d with --quick" % both))
     p.add_argument("--task", choices=("chain", "hmm", "hmm-random"), default="chain",
                    metavar="TASK", help="chain, hmm or hmm-random. chain: the tokens are the "
-                   "lazy chain's states; hmm: each is replaced by a uniform token with probability --noise (a hidden Markov task); "
-                   "hmm-random: a random emission mixed with --noise (default: %(default)s)")
+                   "lazy chain's states; hmm: each is replaced by a uniform token with "
+                   "probability --noise (a hidden Markov task); hmm-random: a random emission "
+                   "mixed with --noise (default: %(default)s)")
     p.add_argument("--noise", type=_real(0.0, False, 1.0, False), default=0.0, metavar="ETA",
                    help="the hidden-Markov tasks' emission noise, in [0, 1]; > 0 for --task "
                    "hmm (default: %(default)s)")

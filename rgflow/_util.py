@@ -98,8 +98,8 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # exists under another user, or cannot be asked: keep its files
+    except (OSError, OverflowError):
+        pass  # exists under another user, or cannot be asked: keep its files
     return True
 
 

@@ -125,6 +125,15 @@ def _ci(r, digits=3):
     return "%s [%s, %s]" % (_fmt(r["mean"], digits), _fmt(r["lo"], digits), _fmt(r["hi"], digits))
 
 
+def _count_cell(c, key, ratio=None, label=None):
+    """A cell of :func:`rgflow.findings.cell_verdicts` ``c`` as "k/n" gated seeds where
+    ``key`` holds, with the interval of ``ratio`` (named ``label``) when there is one."""
+    text = findings._statement(c[key])
+    if ratio and c[ratio] is not None:
+        text += ", %s %s" % (label or ratio, _ci(c[ratio]))
+    return text
+
+
 def _range(values, digits=0):
     values = [v for v in values if v is not None]
     if not values:
@@ -309,13 +318,7 @@ def headline_markdown(results):
     short, long_ = v["short"], v["long"]
 
     def cells(key, ratio=None, label=None):
-        out = []
-        for c in (short, long_):
-            text = findings._statement(c[key])
-            if ratio and c[ratio] is not None:
-                text += ", %s %s" % (label or ratio, _ci(c[ratio]))
-            out.append(text)
-        return out
+        return [_count_cell(c, key, ratio, label) for c in (short, long_)]
 
     def selective(key):
         sel = v[key]
@@ -372,12 +375,7 @@ def architectures_markdown(results):
         return "| %s | %s | %s |" % (claim, reading, " | ".join(cell(v[a][s]) for a, s in cols))
 
     def count(key, ratio=None, label=None):
-        def cell(c):
-            text = findings._statement(c[key])
-            if ratio and c[ratio] is not None:
-                text += ", %s %s" % (label or ratio, _ci(c[ratio]))
-            return text
-        return cell
+        return lambda c: _count_cell(c, key, ratio, label)
 
     def excess(c):
         return _range([f["gate"]["excess"] for f in c["runs"]], 4)
@@ -451,11 +449,11 @@ def tasks_markdown(results, planned=None):
     of the cell's task: tokens whose influence is >= 0.01, and the decay length), the gate,
     claims (i) and (iii) as "k/n gated seeds" with intervals and the share of the last
     layer's variance the posterior explains (relevance decomposition, masked positions, gated
-    runs); then claim (ii) per task, R_peak
-    at each longer ξ against the shortest (Welch), with a verdict only where both cells have
-    the gated seeds a verdict needs. ``planned`` (Configs, optional) adds a row for every
-    planned cell and says how many of each cell's runs are stored. Runs of one task and ξ must
-    differ in their seed only (ValueError otherwise)."""
+    runs); then claim (ii) per task, R_peak at each longer ξ against the shortest (Welch),
+    with a verdict only where both cells have the gated seeds a verdict needs. ``planned``
+    (Configs, optional) adds a row for every planned cell and says how many of each cell's
+    runs are stored. Runs of one task and ξ must differ in their seed only (ValueError
+    otherwise)."""
     from .chains import relevant_context
     from .experiments import make_chain
 
@@ -473,11 +471,8 @@ def tasks_markdown(results, planned=None):
     cells = {key: findings.cell_verdicts(runs) for key, runs in groups.items()}
     order = sorted(cells, key=lambda k: (k[0] != "chain", k))
 
-    def count(c, key, ratio, label=None):
-        if not c["n_gated"]:
-            return "—"
-        text = findings._statement(c[key])
-        return text + (", %s %s" % (label or ratio, _ci(c[ratio])) if c[ratio] else "")
+    def count(c, key, ratio, name):
+        return _count_cell(c, key, ratio, name) if c["n_gated"] else "—"
 
     def relevant_share(key):
         # relevance_decomposition at masked positions, last layer, over the gated runs
@@ -495,7 +490,7 @@ def tasks_markdown(results, planned=None):
         lines.append("| %s | %g | %d | %s | %s | %d | %s | %s | %s | %s | %s | %s |" % (
             key[0], key[1], influence.length, _fmt(float(influence.decay_length), 2), runs,
             c["n_gated"], _range([f["gate"]["excess"] for f in c["runs"]], 4),
-            count(c, "collapse", "R"), count(c, "collapse_peak", "R_peak"),
+            count(c, "collapse", "R", "R"), count(c, "collapse_peak", "R_peak", "R_peak"),
             count(c, "plateau", "top2_share", "top-2"),
             count(c, "plateau_masked", "top2_share_masked", "top-2"), relevant_share(key)))
     lines += ["", "| task | claim (ii) on R_peak | gated seeds | Δ [95 % CI] | Hedges' g | "
@@ -507,9 +502,10 @@ def tasks_markdown(results, planned=None):
             sel = findings._selective({"short": short, "long": long_}, "R_peak",
                                       findings.DELTA, xis=(xis[0], xi))
             d, g = _diff(sel["delta_R"])
-            lines.append("| %s | ξ = %g − ξ = %g | %d at ξ = %g, %d at ξ = %g | %s | %s | %s |"
-                         % (task, xi, xis[0], long_["n_gated"], xi, short["n_gated"], xis[0],
-                            d, g, sel["status"]))
+            gated = "%d at ξ = %g, %d at ξ = %g" % (long_["n_gated"], xi, short["n_gated"],
+                                                   xis[0])
+            lines.append("| %s | ξ = %g − ξ = %g | %s | %s | %s | %s |"
+                         % (task, xi, xis[0], gated, d, g, sel["status"]))
     lines += ["", "Context: the farthest distance at which hiding one visible token moves a "
               "masked token's exact posterior by ≥ 0.01 in total variation; decay length: "
               "tokens per e-fold of that influence beyond the neighbours (undefined for a "
