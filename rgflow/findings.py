@@ -41,7 +41,7 @@ import numpy as np
 
 __all__ = [
     "Verdict", "learned_share", "monotone_collapse", "selectivity", "plateau", "collapse_ratio",
-    "collapse_crossover", "collapse_after_peak", "gate", "gate_of", "interval", "compare",
+    "collapse_crossover", "collapse_after_peak", "gate", "gate_of", "interval", "compare", "trend",
     "run_figures", "cell_verdicts", "verdicts", "sensitivity", "flow_figures",
     "excess_curve", "block_activity", "summarize", "GATE_EXCESS",
     "SHORT_XI", "LONG_XI",
@@ -504,6 +504,35 @@ def compare(a, b, confidence=None):
     return {"diff": float(np.ldexp(diff, e)), "lo": float(np.ldexp(diff - half, e)),
             "hi": float(np.ldexp(diff + half, e)), "df": df, "hedges_g": g,
             "n_a": int(x.size), "n_b": int(y.size)}
+
+
+def trend(x, y, confidence=None):
+    """Least-squares slope of ``y`` against ``x`` with its t-based confidence interval
+    (n - 2 degrees of freedom; the points are taken as independent, e.g. one per seed).
+
+    Returns a dict ``n``, ``slope``, ``lo``, ``hi``. Needs >= 3 finite points and >= 2
+    distinct ``x``.
+
+    >>> r = trend([0.0, 1.0, 2.0, 3.0], [1.0, 0.9, 0.8, 0.7]); round(r["slope"], 12)
+    -0.1
+    """
+    confidence = CONFIDENCE if confidence is None else confidence
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape or x.size < 3 or \
+            not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("trend needs x and y: 1-D, of one length >= 3, finite")
+    if np.all(x == x[0]):
+        raise ValueError("trend needs at least two distinct x")
+    ex, ey = _binary_exponent(x), _binary_exponent(y)  # computed in units near 1, scaled back
+    x, y = np.ldexp(x, -ex), np.ldexp(y, -ey)
+    dx = x - x.mean()
+    sxx = float(dx @ dx)
+    slope = float(dx @ (y - y.mean())) / sxx
+    resid = y - y.mean() - slope * dx
+    se = float(np.sqrt(resid @ resid / (x.size - 2) / sxx))
+    half, e = _t_quantile(x.size - 2, confidence) * se, ey - ex
+    return {"n": int(x.size), "slope": float(np.ldexp(slope, e)),
+            "lo": float(np.ldexp(slope - half, e)), "hi": float(np.ldexp(slope + half, e))}
 
 
 # -- verdicts over seeds (gated runs, intervals, every measure) ------------------------------

@@ -450,9 +450,10 @@ def tasks_markdown(results, planned=None):
     claims (i) and (iii) as "k/n gated seeds" with intervals and the share of the last
     layer's variance the posterior explains (relevance decomposition, masked positions, gated
     runs); then claim (ii) per task, R_peak at each longer ξ against the shortest (Welch),
-    with a verdict only where both cells have the gated seeds a verdict needs. ``planned``
-    (Configs, optional) adds a row for every planned cell and says how many of each cell's
-    runs are stored. Runs of one task and ξ must differ in their seed only (ValueError
+    with a verdict only where both cells have the gated seeds a verdict needs; then the
+    trend of every gated run's R_peak against ln ξ per task (:func:`rgflow.findings.trend`).
+    ``planned`` (Configs, optional) adds a row for every planned cell and says how many of
+    each cell's runs are stored. Runs of one task and ξ must differ in their seed only (ValueError
     otherwise)."""
     from .chains import relevant_context
     from .experiments import make_chain
@@ -506,13 +507,29 @@ def tasks_markdown(results, planned=None):
                                                    xis[0])
             lines.append("| %s | ξ = %g − ξ = %g | %s | %s | %s | %s |"
                          % (task, xi, xis[0], gated, d, g, sel["status"]))
+    lines += ["", "| task | trend of R_peak over ξ | gated runs | slope per e-fold of ξ "
+              "[95 % CI] |", "| --- | --- | --- | --- |"]
+    for task in dict.fromkeys(k[0] for k in order):
+        points = [(xi, f["R_peak"]) for (t, xi), c in cells.items() if t == task
+                  for f in c["runs"] if f["gate"]["passed"] and np.isfinite(f["R_peak"])]
+        xis = sorted({xi for xi, _ in points})
+        if len(points) >= 3 and len(xis) >= 2:
+            t = findings.trend([np.log(xi) for xi, _ in points], [r for _, r in points])
+            slope = "%+.3f [%+.3f, %+.3f]" % (t["slope"], t["lo"], t["hi"])
+        else:
+            slope = "—"
+        lines.append("| %s | R_peak against ln ξ, ξ = %s | %d | %s |" % (
+            task, ", ".join("%g" % xi for xi in xis), len(points), slope))
     lines += ["", "Context: the farthest distance at which hiding one visible token moves a "
               "masked token's exact posterior by ≥ 0.01 in total variation; decay length: "
               "tokens per e-fold of that influence beyond the neighbours (undefined for a "
               "chain, whose influence beyond them is 0). Relevant share: the part of the "
               "masked positions' variance at the last layer that the exact Bayes "
               "log-posterior explains linearly (`rgflow.analysis.relevance_decomposition`). "
-              "A verdict on claim (ii) needs %d gated seeds at both ξ." % findings.MIN_SEEDS]
+              "A verdict on claim (ii) needs %d gated seeds at both ξ. Trend: the least-squares "
+              "slope of every gated run's R_peak against ln ξ (`rgflow.findings.trend`, "
+              "t-interval; each run one point), a description across the cells, not a "
+              "verdict; claim (ii) predicts a positive slope." % findings.MIN_SEEDS]
     return lines
 
 

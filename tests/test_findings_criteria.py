@@ -335,6 +335,38 @@ def test_interval_and_compare_do_not_depend_on_the_units(scale):
         assert (c["df"], c["hedges_g"]) == pytest.approx((t.df, g), rel=1e-12)
 
 
+@pytest.mark.parametrize("xscale, yscale",
+                         [(1.0, 1.0), (1e-300, 1e-20), (1e200, 1e-100), (1e-170, 1e130)])
+def test_trend_matches_scipy_linregress_in_any_units(xscale, yscale):
+    """The slope and its t-interval against scipy.stats.linregress (n - 2 degrees of freedom)
+    on the same points in units near 1, scaled back, to 1e-12 relative."""
+    from scipy import stats
+    x = np.log([1.0, 1.0, 2.0, 4.0, 4.0, 7.0, 15.0])
+    y = np.array([0.99, 0.97, 0.96, 0.93, 0.95, 0.90, 0.86])
+    ref = stats.linregress(x, y)
+    half = stats.t.ppf(0.975, x.size - 2) * ref.stderr
+    r = F.trend(x * xscale, y * yscale)
+    k = yscale / xscale
+    assert r["n"] == 7
+    assert (r["slope"], r["lo"], r["hi"]) == pytest.approx(
+        (ref.slope * k, (ref.slope - half) * k, (ref.slope + half) * k), rel=1e-12)
+
+
+def test_trend_edge_cases():
+    # points on a line: the slope exactly, a zero-width interval
+    r = F.trend([0.0, 1.0, 2.0, 3.0], [1.0, 0.75, 0.5, 0.25])
+    assert (r["slope"], r["lo"], r["hi"]) == (-0.25, -0.25, -0.25)
+    assert F.trend([1.0, 1.0, 2.0], [0.5, 0.5, 0.5])["slope"] == 0.0
+    for x, y in (([0.0, 1.0], [1.0, 2.0]),              # too few points for an interval
+                 ([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]),    # no spread in x
+                 ([0.0, 1.0, np.nan], [1.0, 2.0, 3.0]),
+                 ([0.0, 1.0, 2.0], [1.0, np.inf, 3.0]),
+                 ([0.0, 1.0, 2.0], [1.0, 2.0]),
+                 ([[0.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]])):
+        with pytest.raises(ValueError, match="trend needs"):
+            F.trend(x, y)
+
+
 def test_interval_and_compare_edge_cases():
     from scipy import stats
     # identical groups: no difference, g 0; both groups constant: a point interval, no g

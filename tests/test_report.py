@@ -5,6 +5,7 @@ import json
 import re
 from datetime import datetime, timezone
 
+import numpy as np
 import pytest
 
 import rgflow as rg
@@ -253,6 +254,15 @@ def test_tasks_side_by_side():
     assert "| chain | 15 | 1 | undefined | 0 of 1 | 0 | — | — | — | — | — | — |" in text
     assert "| chain | ξ = 15 − ξ = 1 | 0 at ξ = 15, 3 at ξ = 1 | — | — | no verdict |" in text
     assert text.count("| no verdict |") == 3
+    # the trend over xi: every gated run's R_peak against ln xi (scipy's regression here)
+    from scipy import stats
+    for task, pts in (("chain", [(1.0, 0.85), (1.0, 0.86), (1.0, 0.87)] + [(7.0, 0.99)] * 3),
+                      ("hmm, noise 0.3", [(1.0, 0.97), (1.0, 0.98), (1.0, 0.99),
+                                          (7.0, 0.9), (7.0, 0.9)])):
+        fit = stats.linregress(np.log([p[0] for p in pts]), [p[1] for p in pts])
+        half = stats.t.ppf(0.975, len(pts) - 2) * fit.stderr
+        assert "| %s | R_peak against ln ξ, ξ = 1, 7 | %d | %+.3f [%+.3f, %+.3f] |" % (
+            task, len(pts), fit.slope, fit.slope - half, fit.slope + half) in text
     # runs of one task and xi that differ in more than their seed are not one cell
     with pytest.raises(ValueError, match="differ in more than seed"):
         tasks_markdown(runs + [fake_result(1.0, 5, 0.9)], [runs[0].config.replace(depth=4)])
