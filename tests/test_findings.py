@@ -6,6 +6,8 @@
   steps in the default suite, all 30,000 in the slow one, each against its stored record.
 * Paper size: the same check once its sweep has stored every run (until then the test is
   skipped, saying how many are stored); the slow test trains one cell again.
+* Hidden-Markov tasks and the attention baseline: the README's tables are what their stored
+  runs give, and the figures and counts its prose quotes by hand are the tables'.
 * The first findings (docs/findings-v1.md): their verdict tables are what the v1 pipeline
   (``findings.summarize``) gives on their stored records.
 """
@@ -86,6 +88,41 @@ def test_every_interval_the_readme_prose_quotes_is_in_a_generated_table():
     assert len(quoted) >= 14  # measured: the findings prose quotes 14
     stale = [q for q in quoted if q.replace("−", "-") not in generated.replace("−", "-")]
     assert not stale, "README.md quotes figures no generated table has: %s" % stale
+
+
+def test_the_hidden_markov_prose_counts_are_the_tables():
+    """The counts the README's hidden-Markov prose quotes by hand (seeds that collapse after
+    the peak per ξ, plateau totals per task, the range of the relevant share) are those of
+    its generated table, which test_readme_tasks_table_is_what_the_stored_records_give ties
+    to the records."""
+    text = (ROOT / "README.md").read_text()
+    rows = [line.split(" | ") for line in
+            findings_docs.readme_block(text, "tasks").group(1).splitlines()
+            if line.startswith("| chain |") or line.startswith("| hmm, noise ")]
+    cells = [r for r in rows if len(r) == 12]           # the per-cell table, not claim (ii)
+    assert len(cells) == 15 and all(r[4] == "5 of 5" for r in cells), "not every run stored"
+
+    def held(task, column):   # "k/n, ..." of each xi of a task
+        return [tuple(map(int, r[column].split(",")[0].split("/")))
+                for r in cells if r[0] == "| " + task]
+
+    prose = text[text.index("All 65 runs are stored"):
+                 text.index("### Residual MLP against an attention baseline")]
+    prose = " ".join(prose.split())
+    for task, noise in (("hmm, noise 0.1", "0.1"), ("hmm, noise 0.3", "0.3")):
+        peak = [k for k, _ in held(task, 8)]
+        assert ("%s and %d of 5" % (", ".join(map(str, peak[:-1])), peak[-1])) in prose, task
+    plateau = {task: [sum(x) for x in zip(*held(task, 9))]
+               for task in ("chain", "hmm, noise 0.1", "hmm, noise 0.3")}
+    assert "in %d of the %d runs at noise 0.3" % tuple(plateau["hmm, noise 0.3"]) in prose
+    assert "in %d of %d at noise 0.1" % tuple(plateau["hmm, noise 0.1"]) in prose
+    assert "in %d of the %d gated chain runs" % tuple(plateau["chain"]) in prose
+    assert max(k for task in plateau for k, _ in held(task, 7)) == 2
+    assert "holds in at most 2 of 5 seeds in any cell" in prose
+    shares = [float(r[11].split()[0]) for r in cells]
+    assert "%d–%d %%" % (round(100 * min(shares)), round(100 * max(shares))) in prose
+    assert sum(int(r[5]) for r in cells if not r[0].startswith("| chain")) == 50
+    assert "every hidden-Markov run passed the gate" in prose
 
 
 # The measures of a stored run, recomputed: the rank kernel's routes (rank.h) changed after
