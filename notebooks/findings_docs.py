@@ -92,10 +92,11 @@ def architectures_block(runs):
     return "\n".join(architectures_markdown(runs)) + "\n"
 
 
-def tasks_block():
-    """The README's tasks table: the runs hmm_sweep.py plans that are stored so far, beside
-    the chain runs of the small-size gated sweep with the same seeds (hmm_sweep.py reads them
-    from there), or None while any of those chain runs is missing."""
+def tasks_runs():
+    """The runs of the tasks table and their plan: the runs hmm_sweep.py plans that are stored
+    so far (extra seeds in its store are left out), beside the chain runs of the small-size
+    gated sweep with the same seeds (hmm_sweep.py reads them from there), and the planned
+    configurations of both; None while any of those chain runs is missing."""
     planned = hmm_sweep.configs()
     try:
         chain_runs = _small_runs(planned)
@@ -103,8 +104,13 @@ def tasks_block():
         return None
     keys = {c.key() for c in planned}
     runs = [r for r in load_results(hmm_sweep.STORE) if r.config.key() in keys]
-    return "\n".join(tasks_markdown(chain_runs + runs,
-                                     planned + [r.config for r in chain_runs])) + "\n"
+    return chain_runs + runs, planned + [r.config for r in chain_runs]
+
+
+def tasks_block():
+    """The README's tasks table (:func:`tasks_runs`), or None while it cannot be written."""
+    found = tasks_runs()
+    return None if found is None else "\n".join(tasks_markdown(*found)) + "\n"
 
 
 def replace_block(text, name, block):
