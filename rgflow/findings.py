@@ -435,6 +435,17 @@ def gate_of(result, excess_max=None, require_adjacent=True):
     return out
 
 
+def _confidence(confidence):
+    """``confidence`` (None: CONFIDENCE) checked to be a level strictly between 0 and 1."""
+    if confidence is None:
+        return CONFIDENCE
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)) \
+            or not 0.0 < float(confidence) < 1.0:
+        raise ValueError("confidence must be a number strictly between 0 and 1, got %r"
+                         % (confidence,))
+    return float(confidence)
+
+
 def _t_quantile(df, confidence):
     from scipy import stats
     return float(stats.t.ppf(0.5 + confidence / 2, df))
@@ -458,7 +469,7 @@ def interval(values, confidence=None):
     >>> r = interval([1.0, 2.0, 3.0]); r["mean"], round(r["lo"], 4), round(r["hi"], 4)
     (2.0, -0.4841, 4.4841)
     """
-    confidence = CONFIDENCE if confidence is None else confidence
+    confidence = _confidence(confidence)
     v = np.asarray(values, dtype=float)
     if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
         raise ValueError("values must be a non-empty 1-D sequence of finite numbers")
@@ -483,7 +494,7 @@ def compare(a, b, confidence=None):
     >>> r = compare([1.0, 2.0, 3.0], [2.0, 3.0, 4.0]); r["diff"], round(r["hedges_g"], 4)
     (1.0, 0.8)
     """
-    confidence = CONFIDENCE if confidence is None else confidence
+    confidence = _confidence(confidence)
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.ndim != 1 or y.ndim != 1 or x.size < 2 or y.size < 2 or \
             not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
@@ -511,12 +522,12 @@ def trend(x, y, confidence=None):
     (n - 2 degrees of freedom; the points are taken as independent, e.g. one per seed).
 
     Returns a dict ``n``, ``slope``, ``lo``, ``hi``. Needs >= 3 finite points and >= 2
-    distinct ``x``.
+    distinct ``x`` (ValueError otherwise, or when the slope or its interval overflows).
 
     >>> r = trend([0.0, 1.0, 2.0, 3.0], [1.0, 0.9, 0.8, 0.7]); round(r["slope"], 12)
     -0.1
     """
-    confidence = CONFIDENCE if confidence is None else confidence
+    confidence = _confidence(confidence)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 1 or x.shape != y.shape or x.size < 3 or \
             not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
@@ -531,8 +542,13 @@ def trend(x, y, confidence=None):
     resid = y - y.mean() - slope * dx
     se = float(np.sqrt(resid @ resid / (x.size - 2) / sxx))
     half, e = _t_quantile(x.size - 2, confidence) * se, ey - ex
-    return {"n": int(x.size), "slope": float(np.ldexp(slope, e)),
-            "lo": float(np.ldexp(slope - half, e)), "hi": float(np.ldexp(slope + half, e))}
+    with np.errstate(over="ignore", under="ignore"):
+        out = {"n": int(x.size), "slope": float(np.ldexp(slope, e)),
+               "lo": float(np.ldexp(slope - half, e)), "hi": float(np.ldexp(slope + half, e))}
+    if not all(np.isfinite(out[k]) for k in ("slope", "lo", "hi")):
+        raise ValueError("trend: the slope or its interval is beyond float64's range "
+                         "(rescale x or y)")
+    return out
 
 
 # -- verdicts over seeds (gated runs, intervals, every measure) ------------------------------

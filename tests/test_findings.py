@@ -7,7 +7,8 @@
 * Paper size: the same check once its sweep has stored every run (until then the test is
   skipped, saying how many are stored); the slow test trains one cell again.
 * Hidden-Markov tasks and the attention baseline: the README's tables are what their stored
-  runs give, and the figures and counts its prose quotes by hand are the tables'.
+  runs give; the intervals the prose quotes, and the hidden-Markov prose's counts, are the
+  tables'.
 * The first findings (docs/findings-v1.md): their verdict tables are what the v1 pipeline
   (``findings.summarize``) gives on their stored records.
 """
@@ -15,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rgflow import ResidualMLP
@@ -91,38 +93,68 @@ def test_every_interval_the_readme_prose_quotes_is_in_a_generated_table():
 
 
 def test_the_hidden_markov_prose_counts_are_the_tables():
-    """The counts the README's hidden-Markov prose quotes by hand (seeds that collapse after
-    the peak per ξ, plateau totals per task, the range of the relevant share) are those of
-    its generated table, which test_readme_tasks_table_is_what_the_stored_records_give ties
-    to the records."""
+    """The figures the README's hidden-Markov prose quotes by hand without an interval (the
+    context and decay lengths, seeds that collapse after the peak per task and ξ, plateau
+    totals, run counts, the relevant share's range) are those of its generated table, which
+    test_readme_tasks_table_is_what_the_stored_records_give ties to the records."""
     text = (ROOT / "README.md").read_text()
     rows = [line.split(" | ") for line in
             findings_docs.readme_block(text, "tasks").group(1).splitlines()
             if line.startswith("| chain |") or line.startswith("| hmm, noise ")]
-    cells = [r for r in rows if len(r) == 12]           # the per-cell table, not claim (ii)
-    assert len(cells) == 15 and all(r[4] == "5 of 5" for r in cells), "not every run stored"
+    cells = {}  # task -> the per-cell rows, in order of xi
+    for r in rows:
+        if len(r) == 12:          # the per-cell table (claim (ii) and the trend have fewer)
+            cells.setdefault(r[0][2:], []).append(r)
+    assert sorted(cells) == ["chain", "hmm, noise 0.1", "hmm, noise 0.3"]
+    stored = [tuple(map(int, r[4].split(" of "))) for c in cells.values() for r in c]
+    assert all(k == n for k, n in stored), "the prose describes a complete table"
+    assert all(r[1] in ("1", "2", "4", "7", "15") for c in cells.values() for r in c)
 
-    def held(task, column):   # "k/n, ..." of each xi of a task
-        return [tuple(map(int, r[column].split(",")[0].split("/")))
-                for r in cells if r[0] == "| " + task]
+    def held(task, column):   # "k/n, ..." per xi
+        return [tuple(map(int, r[column].split(",")[0].split("/"))) for r in cells[task]]
 
-    prose = text[text.index("All 65 runs are stored"):
-                 text.index("### Residual MLP against an attention baseline")]
-    prose = " ".join(prose.split())
-    for task, noise in (("hmm, noise 0.1", "0.1"), ("hmm, noise 0.3", "0.3")):
-        peak = [k for k, _ in held(task, 8)]
-        assert ("%s and %d of 5" % (", ".join(map(str, peak[:-1])), peak[-1])) in prose, task
-    plateau = {task: [sum(x) for x in zip(*held(task, 9))]
-               for task in ("chain", "hmm, noise 0.1", "hmm, noise 0.3")}
-    assert "in %d of the %d runs at noise 0.3" % tuple(plateau["hmm, noise 0.3"]) in prose
-    assert "in %d of %d at noise 0.1" % tuple(plateau["hmm, noise 0.1"]) in prose
-    assert "in %d of the %d gated chain runs" % tuple(plateau["chain"]) in prose
-    assert max(k for task in plateau for k, _ in held(task, 7)) == 2
+    def total(task, column):
+        return tuple(map(sum, zip(*held(task, column))))
+
+    section = text[text.index("### Hidden-Markov tasks"):
+                   text.index("### Residual MLP against an attention baseline")]
+    prose = " ".join(findings_docs.readme_block(section, "tasks").string[
+        findings_docs.readme_block(section, "tasks").end():].split())
+    assert "All %d runs are stored (`hmm_sweep.py`'s %d" % (
+        sum(n for _, n in stored), len(findings_docs.hmm_sweep.configs())) in prose
+    gated = [int(r[5]) for r in cells["chain"]]
+    assert "on the chain, %d of 5 at ξ = 1 and all %d at longer ξ" % (
+        gated[0], sum(gated[1:])) in prose and sum(gated[1:]) == 20
+    assert all(int(r[5]) == 5 for t in cells if t != "chain" for r in cells[t])
+    decay = {t: (cells[t][0][3], cells[t][-1][3]) for t in cells if t != "chain"}
+    assert "(%s to %s tokens at noise 0.1, %s to %s at noise 0.3)" % (
+        decay["hmm, noise 0.1"] + decay["hmm, noise 0.3"]) in prose
+    context = {t: [int(r[2]) for r in cells[t]] for t in cells}
+    assert (min(map(min, context.values())), max(map(max, context.values()))) == (1, 3)
+    assert all(context[t][-1] < context[t][-2] for t in cells if t != "chain")
+    runs = {t: total(t, 9)[1] for t in cells}   # gated runs
+    assert "over every gated run (%d runs each), and" % runs["hmm, noise 0.1"] in prose
+    assert runs["hmm, noise 0.1"] == runs["hmm, noise 0.3"]
+    assert "on the chain (%d runs)" % total("chain", 9)[1] in prose
+    peak = {t: [k for k, _ in held(t, 8)] for t in cells}
+    assert ("holds in %s and %d of 5 seeds at ξ = 1, 2, 4, 7 and 15 at noise 0.1, and in %s "
+            "and %d of 5 at noise 0.3" % (
+                ", ".join(map(str, peak["hmm, noise 0.1"][:-1])), peak["hmm, noise 0.1"][-1],
+                ", ".join(map(str, peak["hmm, noise 0.3"][:-1])), peak["hmm, noise 0.3"][-1])
+            ) in prose
+    assert "in %d of the %d runs at noise 0.3, in %d of %d at noise 0.1 and in %d of the %d " \
+        "gated chain runs" % (total("hmm, noise 0.3", 9) + total("hmm, noise 0.1", 9)
+                              + total("chain", 9)) in prose
+    assert max(k for t in cells for k, _ in held(t, 7)) == 2
     assert "holds in at most 2 of 5 seeds in any cell" in prose
-    shares = [float(r[11].split()[0]) for r in cells]
-    assert "%d–%d %%" % (round(100 * min(shares)), round(100 * max(shares))) in prose
-    assert sum(int(r[5]) for r in cells if not r[0].startswith("| chain")) == 50
-    assert "every hidden-Markov run passed the gate" in prose
+    r_mean = [float(r[7].split("R ")[1].split()[0]) for c in cells.values() for r in c]
+    r_lo = [float(r[7].split("[")[1].split(",")[0]) for c in cells.values() for r in c]
+    assert min(r_mean) > 1
+    assert "its interval reaches below 1 in %d of the %d" % (
+        sum(lo < 1 for lo in r_lo), len(r_lo)) in prose
+    shares = [float(r[11].split()[0]) for c in cells.values() for r in c]
+    percent = [int(np.floor(100 * v + 0.5)) for v in (min(shares), max(shares))]
+    assert "explains %d–%d %%" % tuple(percent) in prose
 
 
 # The measures of a stored run, recomputed: the rank kernel's routes (rank.h) changed after

@@ -365,6 +365,17 @@ def test_trend_edge_cases():
                  ([[0.0, 1.0, 2.0]], [[1.0, 2.0, 3.0]])):
         with pytest.raises(ValueError, match="trend needs"):
             F.trend(x, y)
+    # a slope beyond float64's range is an error, not an infinity
+    with pytest.raises(ValueError, match="beyond float64's range"):
+        F.trend([0.0, 1e-300, 2e-300], [1e300, -1e300, 1e300])
+
+
+@pytest.mark.parametrize("confidence", [0, 1, 1.5, -0.1, float("nan"), True, "0.95"])
+def test_a_confidence_outside_0_1_is_refused(confidence):
+    for f, args in ((F.interval, ([1.0, 2.0, 3.0],)), (F.compare, ([1.0, 2.0], [2.0, 3.0])),
+                    (F.trend, ([0.0, 1.0, 2.0], [1.0, 2.0, 4.0]))):
+        with pytest.raises(ValueError, match="confidence must be"):
+            f(*args, confidence=confidence)
 
 
 def test_interval_and_compare_edge_cases():

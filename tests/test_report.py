@@ -254,15 +254,28 @@ def test_tasks_side_by_side():
     assert "| chain | 15 | 1 | undefined | 0 of 1 | 0 | — | — | — | — | — | — |" in text
     assert "| chain | ξ = 15 − ξ = 1 | 0 at ξ = 15, 3 at ξ = 1 | — | — | no verdict |" in text
     assert text.count("| no verdict |") == 3
-    # the trend over xi: every gated run's R_peak against ln xi (scipy's regression here)
+    # the trend over xi: every gated run's R_peak against ln xi, and the cells' means
+    # (scipy's regression here); a task with one xi has no trend
     from scipy import stats
+
+    def fit(x, y):
+        f = stats.linregress(np.log(x), y)
+        half = stats.t.ppf(0.975, len(x) - 2) * f.stderr
+        return "%+.3f [%+.3f, %+.3f]" % (f.slope, f.slope - half, f.slope + half)
+
     for task, pts in (("chain", [(1.0, 0.85), (1.0, 0.86), (1.0, 0.87)] + [(7.0, 0.99)] * 3),
                       ("hmm, noise 0.3", [(1.0, 0.97), (1.0, 0.98), (1.0, 0.99),
                                           (7.0, 0.9), (7.0, 0.9)])):
-        fit = stats.linregress(np.log([p[0] for p in pts]), [p[1] for p in pts])
-        half = stats.t.ppf(0.975, len(pts) - 2) * fit.stderr
-        assert "| %s | R_peak against ln ξ, ξ = 1, 7 | %d | %+.3f [%+.3f, %+.3f] |" % (
-            task, len(pts), fit.slope, fit.slope - half, fit.slope + half) in text
+        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        assert "| %s | R_peak against ln ξ, ξ = 1, 7 | %d | %s | — |" % (
+            task, len(pts), fit(x, y)) in text   # two cell means: no interval
+    three = tasks_markdown(runs + [fake_result(15.0, s, 0.95 + 0.01 * s) for s in range(2)])
+    means = [0.86, 0.99, 0.955]
+    assert ("| chain | R_peak against ln ξ, ξ = 1, 7, 15 | 8 | %s | %s |" % (
+        fit([1.0] * 3 + [7.0] * 3 + [15.0] * 2, [0.85, 0.86, 0.87] + [0.99] * 3 + [0.95, 0.96]),
+        fit([1.0, 7.0, 15.0], means))) in three
+    one = tasks_markdown([hmm(fake_result(7.0, s, 0.9)) for s in range(3)])
+    assert "| hmm, noise 0.3 | R_peak against ln ξ, ξ = 7 | 3 | — | — |" in one
     # runs of one task and xi that differ in more than their seed are not one cell
     with pytest.raises(ValueError, match="differ in more than seed"):
         tasks_markdown(runs + [fake_result(1.0, 5, 0.9)], [runs[0].config.replace(depth=4)])
