@@ -6,7 +6,9 @@ and docs/findings-<size>.md, the full tables (:func:`rgflow.report.gated_markdow
 MLP runs with the same seeds (:func:`rgflow.report.architectures_markdown`). These are
 written only when all of their runs are stored. The ``<!-- findings:tasks -->`` table (chain
 and hidden-Markov tasks, :func:`rgflow.report.tasks_markdown`) is written from the runs of
-hmm_sweep.py stored so far, and says how many of each cell's runs that is.
+hmm_sweep.py stored so far, and says how many of each cell's runs that is; the
+``<!-- findings:tasks:verdicts -->`` table, the same for 10 seeds at ξ = 1 and 15, once all
+of its runs are stored.
 tests/test_findings.py checks that every document is what the records give.
 
     python notebooks/findings_docs.py        (or: make findings)
@@ -92,14 +94,18 @@ def architectures_block(runs):
     return "\n".join(architectures_markdown(runs)) + "\n"
 
 
-def tasks_runs():
-    """The runs of the tasks table and their plan: the runs hmm_sweep.py plans that are stored
-    so far (extra seeds in its store are left out), beside the chain runs of the small-size
-    gated sweep with the same seeds (hmm_sweep.py reads them from there), and the planned
-    configurations of both; None while any of those chain runs is missing."""
-    planned = hmm_sweep.configs()
+VERDICT_SEEDS, VERDICT_XIS = 10, (1.0, 15.0)   # the cells of the tasks:verdicts table
+
+
+def tasks_runs(seeds=5, xis=hmm_sweep.XIS):
+    """The runs of a tasks table and their plan: the runs hmm_sweep.py plans for ``seeds``
+    and ``xis`` that are stored so far (other seeds in its store are left out), beside the
+    chain runs of the small-size gated sweep with the same seeds (hmm_sweep.py reads them
+    from there), and the planned configurations of both; None while any of those chain runs
+    is missing."""
+    planned = hmm_sweep.configs(seeds=seeds, xis=xis)
     try:
-        chain_runs = _small_runs(planned)
+        chain_runs = [r for r in _small_runs(planned) if r.config.xi in xis]
     except RuntimeError:
         return None
     keys = {c.key() for c in planned}
@@ -107,10 +113,13 @@ def tasks_runs():
     return chain_runs + runs, planned + [r.config for r in chain_runs]
 
 
-def tasks_block():
-    """The README's tasks table (:func:`tasks_runs`), or None while it cannot be written."""
-    found = tasks_runs()
-    return None if found is None else "\n".join(tasks_markdown(*found)) + "\n"
+def tasks_block(seeds=5, xis=hmm_sweep.XIS, complete=False):
+    """The README's tasks table (:func:`tasks_runs`), or None while it cannot be written
+    (with ``complete``, also while any planned run is missing)."""
+    found = tasks_runs(seeds, xis)
+    if found is None or (complete and len(found[0]) < len(found[1])):
+        return None
+    return "\n".join(tasks_markdown(*found)) + "\n"
 
 
 def replace_block(text, name, block):
@@ -127,6 +136,12 @@ def main():
     else:
         text = replace_block(text, "tasks", block)
         print("tasks: README table written from the stored runs")
+    block = tasks_block(VERDICT_SEEDS, VERDICT_XIS, complete=True)
+    if block is None:
+        print("tasks:verdicts: not every run is stored yet; left as it is")
+    else:
+        text = replace_block(text, "tasks:verdicts", block)
+        print("tasks:verdicts: README table written")
     runs = architecture_results()
     if runs is None:
         print("architectures: not every run is stored yet; left as it is")

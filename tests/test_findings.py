@@ -75,6 +75,19 @@ def test_readme_tasks_table_is_what_the_stored_records_give():
         "README.md's tasks table is stale: run `make findings`"
 
 
+def test_readme_tasks_verdicts_table_is_what_the_stored_records_give():
+    """Written once every run of its cells (10 seeds at ξ = 1 and 15) is stored; the
+    README's verdicts on claim (ii) there are what the records give."""
+    want = findings_docs.tasks_block(findings_docs.VERDICT_SEEDS, findings_docs.VERDICT_XIS,
+                                     complete=True)
+    if want is None:
+        pytest.skip("not every run of the 10-seed cells is stored")
+    text = (ROOT / "README.md").read_text()
+    assert findings_docs.readme_block(text, "tasks:verdicts").group(1) == want, \
+        "README.md's tasks:verdicts table is stale: run `make findings`"
+    assert want.count("| fails |") == 2   # the prose says claim (ii) fails on both HMM tasks
+
+
 INTERVAL = re.compile(r"[−+-]?\d+\.\d+ \[[−+-]?\d+\.\d+, [−+-]?\d+\.\d+\]")
 
 
